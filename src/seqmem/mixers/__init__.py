@@ -1,0 +1,9 @@
+"""Mixers: causal sequence maps (b, t, d) -> (b, t, d) with an explicit state.
+
+Public API: `build(name, d_model, **kw)`, `names()`, `get(name)`, `register(name)`, `Mixer`.
+"""
+
+from seqmem.mixers import classic, leaky  # noqa: F401  (registers the mixers)
+from seqmem.mixers.base import Mixer, State, build, get, hyperparameters, names, register, step_loop
+
+__all__ = ["Mixer", "State", "build", "get", "hyperparameters", "names", "register", "step_loop"]

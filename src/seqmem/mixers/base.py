@@ -1,0 +1,161 @@
+"""The mixer contract and the mixer registry.
+
+A mixer is an RNN first: a causal map (b, t, d) -> (b, t, d) with an explicit state that is
+passed in and returned, never stored on the module. Every declared mode computes the same
+function as a loop of `step`; the contract test suite (tests/test_mixer_contract.py) checks it
+for every registered mixer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from seqmem.errors import SeqmemError
+
+State = Any  # a Tensor or a NamedTuple of Tensors
+
+_REGISTRY: dict[str, type[Mixer]] = {}
+
+
+class Mixer(nn.Module):
+    """Base class of every mixer.
+
+    Subclasses set `modes` (first = default) and implement `_forward(x, state, mode, chunk_size)`,
+    `step`, `init_state`, `state_size` and optionally `timescales`.
+    """
+
+    modes: ClassVar[tuple[str, ...]] = ("recurrent",)
+    name: ClassVar[str] = ""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
+            raise SeqmemError(f"d_model must be a positive integer, got {d_model!r}")
+        self.d_model = d_model
+
+    # ---- the contract -------------------------------------------------------------------
+    def forward(
+        self, x: Tensor, state: State = None, *, mode: str | None = None, chunk_size: int = 64
+    ) -> tuple[Tensor, State]:
+        """Map x (b, t, d_model) to y (b, t, d_model), starting from `state` (zeros if None)."""
+        mode = self.check_mode(mode)
+        self.check_input(x, ndim=3)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return self._forward(x, state, mode, chunk_size)
+
+    def _forward(self, x: Tensor, state: State, mode: str, chunk_size: int):
+        raise NotImplementedError
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step: x_t (b, d_model) -> y_t (b, d_model) and the next state."""
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        raise NotImplementedError
+
+    def state_size(self) -> int:
+        """Floats of state per sequence."""
+        raise NotImplementedError
+
+    def timescales(self) -> Tensor | None:
+        """Per-channel memory time constant in steps, or None where it is not defined."""
+        return None
+
+    # ---- shared checks ------------------------------------------------------------------
+    def check_mode(self, mode: str | None) -> str:
+        if mode is None:
+            return self.modes[0]
+        if mode not in self.modes:
+            raise ValueError(
+                f"{type(self).__name__} has no mode {mode!r}; its modes: {', '.join(self.modes)}"
+            )
+        return mode
+
+    def check_input(self, x: Tensor, *, ndim: int) -> None:
+        """Raise a one-line SeqmemError unless x is a floating tensor (..., d_model) of ndim."""
+        what = "(batch, time, d_model)" if ndim == 3 else "(batch, d_model)"
+        if not isinstance(x, Tensor):
+            raise SeqmemError(f"{self.name or type(self).__name__}: expected a Tensor {what}, "
+                              f"got {type(x).__name__}")
+        if x.ndim != ndim or x.shape[-1] != self.d_model:
+            raise SeqmemError(
+                f"{self.name or type(self).__name__}: expected input of shape {what} with "
+                f"d_model={self.d_model}, got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise SeqmemError(
+                f"{self.name or type(self).__name__}: expected a floating-point input "
+                f"(float32 or float64), got {x.dtype}"
+            )
+        p = next(self.parameters(), None)
+        if p is not None and p.dtype != x.dtype:
+            raise SeqmemError(
+                f"{self.name or type(self).__name__}: input dtype {x.dtype} does not match the "
+                f"parameters' dtype {p.dtype}; convert one with .to(dtype)"
+            )
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}"
+
+
+def step_loop(mixer: Mixer, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """The reference: run `mixer.step` over time. Returns (y (b, t, d), final state)."""
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        ys.append(y_t)
+    return torch.stack(ys, dim=1), state
+
+
+# ---- registry ---------------------------------------------------------------------------
+def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
+    """Class decorator: register a Mixer subclass under a short name."""
+
+    def deco(cls: type[Mixer]) -> type[Mixer]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise SeqmemError(f"mixer name {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    """Registered mixer names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Mixer]:
+    if name not in _REGISTRY:
+        raise SeqmemError(f"unknown mixer {name!r}; accepted: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def hyperparameters(cls: type[Mixer]) -> dict[str, inspect.Parameter]:
+    """The keyword-only constructor hyperparameters of a mixer class (d_model excluded)."""
+    sig = inspect.signature(cls.__init__)
+    return {
+        n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def build(name: str, d_model: int, **kw) -> Mixer:
+    """Build the mixer registered as `name` with `d_model` and keyword hyperparameters."""
+    cls = get(name)
+    accepted = hyperparameters(cls)
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise SeqmemError(
+            f"unknown option(s) {', '.join(unknown)} for mixer {name!r}; accepted: "
+            f"{', '.join(accepted) or '(none)'}"
+        )
+    return cls(d_model, **kw)

@@ -1,0 +1,176 @@
+"""Classic RNNs under the mixer contract: Elman, GRU and LSTM.
+
+Parameters follow torch.nn.RNN / GRU / LSTM (same names, shapes, gate order and
+initialisation U(-1/sqrt(d), 1/sqrt(d))), so weights can be copied across and the outputs
+match. Timescales come from the gates: a gate g that keeps a fraction g of the state per step
+gives a memory time constant 1 / (1 - g) steps (LSTM: forget gate f; GRU: update gate z),
+averaged over a probe input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from seqmem.errors import check_choice
+from seqmem.mixers.base import Mixer, register
+from seqmem.ops.rnn import (
+    LSTMState,
+    elman_recurrent,
+    elman_step,
+    gru_recurrent,
+    gru_step,
+    lstm_recurrent,
+    lstm_step,
+)
+
+PROBE_BATCH, PROBE_STEPS, PROBE_SEED = 64, 200, 0
+
+
+class _TorchLikeRNN(Mixer):
+    """Shared parameters of the torch.nn-style RNNs: W_ih (g d, d), W_hh (g d, d), biases."""
+
+    n_gates = 1
+    modes = ("recurrent",)
+
+    def __init__(self, d_model: int, *, bias: bool = True):
+        super().__init__(d_model)
+        g, d, k = self.n_gates, d_model, 1 / math.sqrt(d_model)
+        self.weight_ih = nn.Parameter(torch.empty(g * d, d).uniform_(-k, k))
+        self.weight_hh = nn.Parameter(torch.empty(g * d, d).uniform_(-k, k))
+        self.bias_ih = nn.Parameter(torch.empty(g * d).uniform_(-k, k)) if bias else None
+        self.bias_hh = nn.Parameter(torch.empty(g * d).uniform_(-k, k)) if bias else None
+
+    def drive(self, x: Tensor) -> Tensor:
+        u = x @ self.weight_ih.T  # (..., g d)
+        return u + self.bias_ih if self.bias_ih is not None else u
+
+    def _probe_input(self) -> Tensor:
+        gen = torch.Generator().manual_seed(PROBE_SEED)
+        return torch.randn(PROBE_BATCH, PROBE_STEPS, self.d_model, generator=gen).to(
+            self.weight_hh
+        )
+
+    def load_torch(self, module: nn.RNNBase) -> None:
+        """Copy the weights of a one-layer torch.nn.RNN / GRU / LSTM of the same size."""
+        with torch.no_grad():
+            self.weight_ih.copy_(module.weight_ih_l0)
+            self.weight_hh.copy_(module.weight_hh_l0)
+            if self.bias_ih is not None:
+                self.bias_ih.copy_(module.bias_ih_l0)
+                self.bias_hh.copy_(module.bias_hh_l0)
+
+
+@register("elman")
+class Elman(_TorchLikeRNN):
+    """Elman RNN (Elman 1990), as torch.nn.RNN: h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+
+    Args:
+        d_model: hidden width (= input width).
+        phi: "tanh" (default) or "relu".
+        bias: learn b_ih and b_hh.
+    """
+
+    n_gates = 1
+
+    def __init__(self, d_model: int, *, phi: str = "tanh", bias: bool = True):
+        super().__init__(d_model, bias=bias)
+        self.phi = check_choice("elman activation phi", phi, ("tanh", "relu"))
+
+    def _forward(self, x, state, mode, chunk_size):
+        return elman_recurrent(self.drive(x), state, self.weight_hh, self.bias_hh, phi=self.phi)
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        h = elman_step(self.drive(x_t), state, self.weight_hh, self.bias_hh, phi=self.phi)
+        return h, h
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        w = self.weight_hh
+        return torch.zeros(batch_size, self.d_model, device=device or w.device,
+                           dtype=dtype or w.dtype)
+
+    def state_size(self):
+        return self.d_model
+
+
+@register("gru")
+class GRU(_TorchLikeRNN):
+    """Gated recurrent unit (Cho et al. 2014), as torch.nn.GRU.
+
+    h_t = (1 - z_t) n_t + z_t h_{t-1}; the update gate z keeps a fraction z of the state, so
+    the unit timescale is 1 / (1 - z), averaged over a probe input (`timescales`).
+    """
+
+    n_gates = 3
+
+    def __init__(self, d_model: int, *, bias: bool = True):
+        super().__init__(d_model, bias=bias)
+
+    def _forward(self, x, state, mode, chunk_size):
+        y, h, _ = gru_recurrent(self.drive(x), state, self.weight_hh, self.bias_hh)
+        return y, h
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        h, _ = gru_step(self.drive(x_t), state, self.weight_hh, self.bias_hh)
+        return h, h
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        w = self.weight_hh
+        return torch.zeros(batch_size, self.d_model, device=device or w.device,
+                           dtype=dtype or w.dtype)
+
+    def state_size(self):
+        return self.d_model
+
+    @torch.no_grad()
+    def timescales(self, probe: Tensor | None = None) -> Tensor:
+        """Mean over a probe input (b, t, d) of 1 / (1 - z) per unit (default: N(0, 1) noise)."""
+        x = self._probe_input() if probe is None else probe
+        _, _, z = gru_recurrent(self.drive(x), self.init_state(x.shape[0], dtype=x.dtype),
+                                self.weight_hh, self.bias_hh)
+        return (1 / (1 - z).clamp_min(1e-6)).mean(dim=(0, 1))
+
+
+@register("lstm")
+class LSTM(_TorchLikeRNN):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997), as torch.nn.LSTM.
+
+    State (h, c); c_t = f_t c_{t-1} + i_t g_t. The unit timescale is 1 / (1 - f), averaged over
+    a probe input (`timescales`), as in the flagship paper's LSTM analysis. The output is h_t.
+    """
+
+    n_gates = 4
+
+    def __init__(self, d_model: int, *, bias: bool = True):
+        super().__init__(d_model, bias=bias)
+
+    def _forward(self, x, state, mode, chunk_size):
+        y, state, _ = lstm_recurrent(self.drive(x), LSTMState(*state), self.weight_hh,
+                                     self.bias_hh)
+        return y, state
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        state, _ = lstm_step(self.drive(x_t), LSTMState(*state), self.weight_hh, self.bias_hh)
+        return state.h, state
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        w = self.weight_hh
+        z = torch.zeros(batch_size, self.d_model, device=device or w.device,
+                        dtype=dtype or w.dtype)
+        return LSTMState(z, z.clone())
+
+    def state_size(self):
+        return 2 * self.d_model
+
+    @torch.no_grad()
+    def timescales(self, probe: Tensor | None = None) -> Tensor:
+        """Mean over a probe input (b, t, d) of 1 / (1 - f) per unit (default: N(0, 1) noise)."""
+        x = self._probe_input() if probe is None else probe
+        _, _, f = lstm_recurrent(self.drive(x), self.init_state(x.shape[0], dtype=x.dtype),
+                                 self.weight_hh, self.bias_hh)
+        return (1 / (1 - f).clamp_min(1e-6)).mean(dim=(0, 1))
