@@ -61,8 +61,8 @@ def leaky_rnn_recurrent(
     keep = 1 - inv_tau  # (d,)
     Wt = W.T
     hs = []
-    for t in range(u.shape[1]):
-        pre = torch.addmm(u[:, t], h, Wt)  # (b, d)
+    for u_t in u.unbind(1):  # unbind: one backward for all steps (indexing u[:, t] costs O(t))
+        pre = torch.addmm(u_t, h, Wt)  # (b, d)
         h = f(keep * h + inv_tau * pre) if rule == "default" else keep * h + inv_tau * f(pre)
         hs.append(h)
     if not hs:
@@ -84,8 +84,8 @@ def elman_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
                     phi: str = "tanh") -> tuple[Tensor, Tensor]:
     """Loop of `elman_step` over u (b, t, d). Returns (h_all (b, t, d), h_final (b, d))."""
     hs = []
-    for t in range(u.shape[1]):
-        h = elman_step(u[:, t], h, W_hh, b_hh, phi=phi)
+    for u_t in u.unbind(1):
+        h = elman_step(u_t, h, W_hh, b_hh, phi=phi)
         hs.append(h)
     if not hs:
         return u.new_zeros(u.shape), h
@@ -115,8 +115,8 @@ def gru_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Loop of `gru_step` over u (b, t, 3d). Returns (h_all, h_final, z_all)."""
     hs, zs = [], []
-    for t in range(u.shape[1]):
-        h, z = gru_step(u[:, t], h, W_hh, b_hh)
+    for u_t in u.unbind(1):
+        h, z = gru_step(u_t, h, W_hh, b_hh)
         hs.append(h)
         zs.append(z)
     if not hs:
@@ -153,8 +153,8 @@ def lstm_recurrent(u: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | Non
                    ) -> tuple[Tensor, LSTMState, Tensor]:
     """Loop of `lstm_step` over u (b, t, 4d). Returns (h_all, final state, f_all)."""
     hs, fs = [], []
-    for t in range(u.shape[1]):
-        state, f = lstm_step(u[:, t], state, W_hh, b_hh)
+    for u_t in u.unbind(1):
+        state, f = lstm_step(u_t, state, W_hh, b_hh)
         hs.append(state.h)
         fs.append(f)
     if not hs:

@@ -1,0 +1,267 @@
+"""The `seqmem` command: thin commands that parse arguments and call the library.
+
+Bad input is printed as one line (`error: ...`) with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from seqmem import __version__
+from seqmem.errors import SeqmemError
+
+EPILOG = """examples:
+  seqmem run --quick                      the flagship in at most 60 s
+  seqmem run                              the flagship (at most 10 minutes)
+  seqmem train --mixer gru --task n_dms --curriculum multi train.max_epochs=20
+  seqmem train --resume RUN_ID            continue an interrupted run
+  seqmem runs                             list runs and their status
+  seqmem list mixers                      registered mixers (also: tasks)
+
+Overrides are dotted keys, e.g. train.lr=3e-4 model.d_model=64 task.N=5 (a leading -- is
+optional). Runs live under --root (default runs/, database runs/seqmem.db)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqmem", description="Build, train and dissect sequence models that remember.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"seqmem {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="the flagship: single- vs multi-head curricula on N-parity",
+                       description="Train the leaky RNN on N-parity with the single-head and "
+                       "the multi-head curriculum side by side (same seed and budget), then "
+                       "print a comparison table. Extra arguments are dotted overrides.")
+    r.add_argument("config", nargs="?", help="YAML config replacing the flagship defaults")
+    r.add_argument("--quick", action="store_true", help="a budget of at most 60 s")
+    r.add_argument("--sequential", action="store_true",
+                   help="train the two curricula one after the other in this process")
+    _common(r)
+
+    t = sub.add_parser("train", help="train any mixer on any task under a curriculum",
+                       description="Train one run. Extra arguments are dotted overrides of the "
+                       "config (e.g. train.lr=3e-4).")
+    t.add_argument("config", nargs="?", help="YAML run config (default: the defaults)")
+    t.add_argument("--mixer", help="mixer name (see `seqmem list mixers`)")
+    t.add_argument("--task", help="task name (see `seqmem list tasks`)")
+    t.add_argument("--curriculum", help="single, multi, sliding or none")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    _common(t)
+
+    ru = sub.add_parser("runs", help="list runs in the store")
+    ru.add_argument("--status", help="only runs with this status")
+    ru.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ru.add_argument("--format", choices=("table", "json"), default="table")
+    ru.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    s = sub.add_parser("show", help="a run's config, status and summary")
+    s.add_argument("run_id")
+    s.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    ls = sub.add_parser("list", help="list registered mixers or tasks")
+    ls.add_argument("what", choices=("mixers", "tasks"))
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default="runs", help="store root (default runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    out = []
+    for a in extra:
+        if "=" not in a or a.startswith("-") and not a.startswith("--"):
+            raise SeqmemError(f"unrecognised argument {a!r}; overrides look like "
+                              f"train.lr=3e-4 (see seqmem --help)")
+        out.append(a.removeprefix("--"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    console = Console()
+    try:
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command not in ("run", "train") and extra:
+            raise SeqmemError(f"unrecognised argument(s): {' '.join(extra)}")
+        return COMMANDS[args.command](args, _split_overrides(extra), console)
+    except SeqmemError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are recorded; resume with "
+              "`seqmem train --resume RUN_ID` (see `seqmem runs`)", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args, overrides, console) -> int:
+    from seqmem.flagship import comparison_rows, flagship_configs
+    from seqmem.store import RunStore
+    from seqmem.train.runner import Job, execute
+
+    cfgs = flagship_configs(args.config, overrides, quick=args.quick)
+    store = RunStore(args.root)
+    jobs = []
+    for cfg in cfgs:
+        run = store.create_run(cfg.model_dump(mode="json"), kind="flagship", name=cfg.name)
+        jobs.append(Job(cfg, run.id, str(run.dir), label=cfg.curriculum.kind))
+    budget = cfgs[0].train.max_time_s
+    console.print(f"seqmem run: leaky RNN (d_model={cfgs[0].model.d_model}) on N-parity, "
+                  f"single- vs multi-head curriculum, "
+                  f"{f'{budget:.0f} s' if budget else 'no time limit'} each"
+                  f"{'' if args.sequential else ', side by side'}; runs "
+                  f"{', '.join(j.run_id for j in jobs)}")
+    ended = execute(jobs, store, parallel=not args.sequential, progress=not args.no_progress,
+                    console=console)
+    summaries = {j.label: ended[j.run_id].get("summary", {}) for j in jobs}
+    _print_comparison(console, jobs, ended, summaries, comparison_rows)
+    return 0 if all(ended[j.run_id]["status"] == "done" for j in jobs) else 1
+
+
+def _print_comparison(console, jobs, ended, summaries, comparison_rows) -> None:
+    tab = Table(title="single- vs multi-head curriculum (N-parity)", title_justify="left")
+    tab.add_column("")
+    for j in jobs:
+        tab.add_column(j.label)
+
+    def cell(s, key, fmt="{}"):
+        v = s.get(key)
+        return "" if v is None else fmt.format(v)
+
+    rows = [
+        ("status", lambda j, s: ended[j.run_id]["status"]),
+        ("max N solved", lambda j, s: cell(s, "n_solved")),
+        ("epochs", lambda j, s: cell(s, "epochs")),
+        ("training time", lambda j, s: cell(s, "elapsed_s", "{:.0f} s")),
+        ("tau mean ± sd (end)", lambda j, s: f"{s['tau_mean']:.3f} ± {s['tau_sd']:.3f}"
+         if "tau_mean" in s else ""),
+        ("tau max (end)", lambda j, s: cell(s, "tau_max", "{:.3f}")),
+        ("run id", lambda j, s: j.run_id),
+    ]
+    for name, f in rows:
+        tab.add_row(name, *(f(j, summaries[j.label]) for j in jobs))
+    console.print(tab)
+    header, body = comparison_rows(summaries)
+    if body:
+        per_n = Table(title="per N: epochs spent and tau when N was solved",
+                      title_justify="left")
+        for h in header:
+            per_n.add_column(h)
+        for row in body:
+            per_n.add_row(*row)
+        console.print(per_n)
+    for j in jobs:
+        if ended[j.run_id].get("reason"):
+            console.print(f"[{j.label}] {ended[j.run_id]['status']}: "
+                          f"{ended[j.run_id]['reason']}")
+
+
+def cmd_train(args, overrides, console) -> int:
+    from seqmem.config import RunConfig, load_config
+    from seqmem.store import RunStore
+    from seqmem.train.runner import Job, execute
+
+    store = RunStore(args.root)
+    if args.resume:
+        if args.config or args.mixer or args.task or args.curriculum or overrides:
+            raise SeqmemError("--resume takes no config, --mixer, --task, --curriculum or "
+                              "overrides: a resumed run keeps its own config")
+        run = store.open_run(args.resume)
+        row = store.get(run.id)
+        if row["status"] == "done":
+            raise SeqmemError(f"run {run.id} is already done; nothing to resume")
+        if not run.checkpoints() or "last" not in run.checkpoints():
+            raise SeqmemError(f"run {run.id} has no checkpoint 'last' to resume from; "
+                              f"start it again with seqmem train")
+        cfg = RunConfig.model_validate(run.config())
+        store.set_status(run.id, "running")
+        jobs = [Job(cfg, run.id, str(run.dir), label=cfg.name or run.id, resume=True)]
+    else:
+        pre = []
+        if args.mixer:
+            pre.append(f"model.mixer.kind={args.mixer}")
+        if args.task:
+            pre.append(f"task.kind={args.task}")
+        if args.curriculum:
+            pre.append(f"curriculum.kind={args.curriculum}")
+        cfg = load_config(args.config, pre + overrides)
+        run = store.create_run(cfg.model_dump(mode="json"), kind="train", name=cfg.name)
+        jobs = [Job(cfg, run.id, str(run.dir), label=cfg.name or run.id)]
+    console.print(f"run {jobs[0].run_id}: {cfg.model.mixer['kind']} on {cfg.task['kind']}, "
+                  f"curriculum {cfg.curriculum.kind} -> {jobs[0].run_dir}")
+    ended = execute(jobs, store, progress=not args.no_progress, console=console)
+    ev = ended[jobs[0].run_id]
+    s = ev.get("summary") or {}
+    console.print(f"{ev['status']}: epochs {s.get('epochs')}, max N solved {s.get('n_solved')}, "
+                  f"accuracy {s.get('acc_mean', float('nan')):.3f}"
+                  + (f" ({ev['reason']})" if ev.get("reason") else ""))
+    return 0 if ev["status"] == "done" else 1
+
+
+def cmd_runs(args, overrides, console) -> int:
+    from seqmem.store import RunStore
+
+    store = RunStore(args.root)
+    rows = store.list_runs(status=args.status, limit=args.limit) if Path(args.root).exists() \
+        else []
+    if args.format == "json":
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    tab = Table(title=f"runs in {args.root}", title_justify="left")
+    for col in ("id", "name", "kind", "status", "epochs", "max N", "acc", "updated"):
+        tab.add_column(col)
+    for r in rows:
+        s = r.get("summary") or {}
+        acc = s.get("acc_mean")
+        tab.add_row(r["id"], r.get("name") or "", r.get("kind") or "", r["status"],
+                    str(s.get("epochs", "")), str(s.get("n_solved") or ""),
+                    "" if acc is None else f"{acc:.3f}", str(r.get("updated_at", ""))[:19])
+    console.print(tab)
+    return 0
+
+
+def cmd_show(args, overrides, console) -> int:
+    from seqmem.store import RunStore
+
+    store = RunStore(args.root)
+    run = store.open_run(args.run_id)
+    row = store.get(run.id)
+    print(json.dumps({"row": row, "config": run.config(), "checkpoints": run.checkpoints()},
+                     indent=1, default=str))
+    return 0
+
+
+def cmd_list(args, overrides, console) -> int:
+    from seqmem import mixers, tasks
+
+    reg = mixers if args.what == "mixers" else tasks
+    tab = Table(title=f"registered {args.what}", title_justify="left")
+    tab.add_column("name")
+    tab.add_column("options (keyword, default)")
+    tab.add_column("summary")
+    for name in reg.names():
+        cls = reg.get(name)
+        opts = ", ".join(f"{k}={p.default!r}" for k, p in reg.hyperparameters(cls).items())
+        doc = (cls.__doc__ or "").strip().splitlines()
+        tab.add_row(name, opts, doc[0] if doc else "")
+    console.print(tab)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
+            "list": cmd_list}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Run configuration: pydantic v2 models with `extra="forbid"`.
+
+A run is one YAML file (or the defaults) plus dotted overrides (`train.lr=3e-4`). Every mixer
+and every task has its own config class, generated from its constructor's keyword
+hyperparameters (so the two cannot drift apart) and selected by a `kind` field:
+
+    model:
+      d_model: 128
+      mixer: {kind: leaky_rnn, rule: default}
+    task: {kind: n_parity}
+
+An unknown or misspelt key, or an invalid value, is a `ConfigError` naming its dotted path.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from seqmem import mixers, tasks
+from seqmem.errors import ConfigError, SeqmemError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_NESTED = "\x00"  # marks a nested path inside a value error message
+
+
+def _kwargs_model(cls: type, kind: str, family: str) -> type[BaseModel]:
+    """A pydantic model mirroring cls's keyword-only constructor hyperparameters + `kind`."""
+    import inspect
+
+    hints = typing.get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {"kind": (Literal[kind], kind)}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[name] = (hints.get(name, Any), default)
+    return create_model(f"{cls.__name__}Config", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+@functools.cache
+def mixer_config_class(kind: str) -> type[BaseModel]:
+    """The config class of a registered mixer (fields = its keyword hyperparameters)."""
+    return _kwargs_model(mixers.get(kind), kind, "mixer")
+
+
+@functools.cache
+def task_config_class(kind: str) -> type[BaseModel]:
+    """The config class of a registered task (fields = its keyword hyperparameters)."""
+    return _kwargs_model(tasks.get(kind), kind, "task")
+
+
+def _validate_kind(value: Any, family: str, registry_names, config_class) -> dict:
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict) or "kind" not in value:
+        raise ValueError(f"must be a mapping with a 'kind' key (one of "
+                         f"{', '.join(registry_names())}), got {value!r}")
+    kind = value["kind"]
+    if kind not in registry_names():
+        raise ValueError(f"unknown {family} {kind!r}; accepted: {', '.join(registry_names())}")
+    try:
+        return config_class(kind).model_validate(value).model_dump()
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{_NESTED}{loc}{_NESTED}{_message(err)}") from None
+
+
+class ModelConfig(Strict):
+    """The network: encoder -> n_layers blocks of one mixer -> heads."""
+
+    d_model: int = Field(128, ge=1)
+    n_layers: int = Field(1, ge=1)
+    block: Literal["plain", "residual"] = "plain"
+    mixer: dict = Field(default_factory=lambda: {"kind": "leaky_rnn"})
+
+    @field_validator("mixer", mode="before")
+    @classmethod
+    def _mixer(cls, v):
+        return _validate_kind(v, "mixer", mixers.names, mixer_config_class)
+
+
+class TrainConfig(Strict):
+    """The training loop. `optimizer="auto"` picks the flagship paper's choice per mixer:
+    SGD with Nesterov momentum (lr 0.05, momentum 0.1) for leaky_rnn and elman, Adam (lr 1e-3)
+    for the rest. An epoch is `steps_per_epoch` updates then `eval_batches` evaluation batches."""
+
+    optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
+    lr: float | None = Field(None, gt=0)
+    momentum: float = Field(0.1, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+    clip: float | None = Field(2.0, gt=0)
+    batch_size: int = Field(256, ge=1)
+    steps_per_epoch: int = Field(50, ge=1)
+    eval_batches: int = Field(10, ge=1)
+    max_epochs: int = Field(1000, ge=1)
+    max_time_s: float | None = Field(None, gt=0)
+    threads: int | None = Field(1, ge=1)
+
+
+class CurriculumConfig(Strict):
+    """How N grows (tasks with an `N` option only).
+
+    - single: one head; when its accuracy > threshold, N -> N + 1 on the same head.
+    - multi: heads for N = n_start..N; when the mean accuracy over heads and the newest head's
+      accuracy both exceed threshold, add a head for N + 1.
+    - sliding: like multi, but only the newest `window` heads are trained and evaluated.
+    - none: train the task as configured.
+    The curriculum ends when N = n_max is solved.
+    """
+
+    kind: Literal["single", "multi", "sliding", "none"] = "multi"
+    n_start: int = Field(2, ge=2)
+    n_max: int = Field(100, ge=2)
+    threshold: float = Field(0.98, gt=0, le=1)
+    window: int = Field(5, ge=1)
+
+
+class RunConfig(Strict):
+    """One run: a model trained on a task under a curriculum, with a seed."""
+
+    name: str | None = None
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: dict = Field(default_factory=lambda: {"kind": "n_parity"})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, v):
+        return _validate_kind(v, "task", tasks.names, task_config_class)
+
+    @model_validator(mode="after")
+    def _curriculum_fits_task(self):
+        c = self.curriculum
+        if c.kind != "none":
+            if "N" not in tasks.hyperparameters(tasks.get(self.task["kind"])):
+                raise ValueError(
+                    f"curriculum.kind: {c.kind!r} needs a task with an N option (n_parity, "
+                    f"n_dms); task {self.task['kind']!r} has none: use curriculum.kind=none"
+                )
+            if c.n_max < c.n_start:
+                raise ValueError(f"curriculum.n_max ({c.n_max}) must be >= curriculum.n_start "
+                                 f"({c.n_start})")
+        return self
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---- loading, overrides and error messages -------------------------------------------------
+def _message(err: dict) -> str:
+    msg = err["msg"]
+    if err.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    return msg
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem: '<dotted.path>: <what is wrong>'."""
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        msg = _message(err)
+        if msg.startswith(_NESTED):
+            _, inner, msg = msg.split(_NESTED, 2)
+            loc.append(inner)
+        where = ".".join(loc)
+        if err.get("type") == "extra_forbidden":
+            msg += "; accepted: " + ", ".join(_accepted_keys(loc))
+        lines.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(lines)
+
+
+def _accepted_keys(loc: list[str]) -> list[str]:
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def parse_value(text: str) -> Any:
+    """A dotted override's value, read as YAML (numbers, booleans, lists, null, strings)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides to a nested dict (returns a new dict)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if isinstance(nxt, str) and p in ("mixer", "task"):
+                nxt = {"kind": nxt}
+            if not isinstance(nxt, dict):
+                nxt = {}
+            node[p] = nxt
+            node = nxt
+        if parts[-1] == "kind" and parts[-2:-1] in (["mixer"], ["task"]):
+            node.clear()  # changing the kind drops the previous kind's options
+        node[parts[-1]] = parse_value(value)
+    return data
+
+
+def load_config(source: str | Path | dict | None = None, overrides: list[str] | None = None
+                ) -> RunConfig:
+    """Build a RunConfig from a YAML file, a dict or the defaults, then dotted overrides."""
+    if source is None:
+        data: dict = {}
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: "
+                              f"{str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    except SeqmemError as e:
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,168 @@
+"""One Block and one SequenceModel (encoder -> blocks -> heads), written once for every mixer.
+
+A SequenceModel is itself steppable (`init_state` / `step`), so analysis can drive a trained
+model one token at a time exactly as it runs over a whole sequence.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmem import mixers
+from seqmem.errors import SeqmemError, check_choice
+
+BLOCKS = ("plain", "residual")
+
+
+class Block(nn.Module):
+    """A mixer inside a block.
+
+    - "plain": y = mixer(x). The RNN of the flagship paper is a single plain block.
+    - "residual": y = x + mixer(LayerNorm(x)) (pre-norm), the usual deep-stack block.
+    """
+
+    def __init__(self, mixer: mixers.Mixer, *, kind: str = "plain"):
+        super().__init__()
+        self.kind = check_choice("block", kind, BLOCKS)
+        self.mixer = mixer
+        self.norm = nn.LayerNorm(mixer.d_model) if kind == "residual" else None
+
+    def forward(self, x: Tensor, state=None, *, mode: str | None = None):
+        y, state = self.mixer(self.norm(x) if self.norm is not None else x, state, mode=mode)
+        return (x + y if self.kind == "residual" else y), state
+
+    def step(self, x_t: Tensor, state):
+        y, state = self.mixer.step(self.norm(x_t) if self.norm is not None else x_t, state)
+        return (x_t + y if self.kind == "residual" else y), state
+
+
+class SequenceModel(nn.Module):
+    """encoder -> n_layers blocks of one mixer -> classification heads.
+
+    Args:
+        d_input: input channels (real-valued inputs); ignored if `vocab_size` is given.
+        d_model: width of the blocks.
+        mixer: registry name of the mixer; `mixer_options` are its keyword hyperparameters.
+        n_layers: number of blocks.
+        block: "plain" or "residual" (see `Block`).
+        heads: number of classes of each read-out head.
+        vocab_size: if given, inputs are token ids (b, t) read by an embedding.
+    """
+
+    def __init__(
+        self,
+        d_input: int,
+        d_model: int,
+        *,
+        mixer: str = "leaky_rnn",
+        mixer_options: dict | None = None,
+        n_layers: int = 1,
+        block: str = "plain",
+        heads: list[int] | tuple[int, ...] = (2,),
+        vocab_size: int | None = None,
+    ):
+        super().__init__()
+        if n_layers < 1:
+            raise SeqmemError(f"n_layers must be >= 1, got {n_layers}")
+        if not heads or any(c < 2 for c in heads):
+            raise SeqmemError(f"heads must be a non-empty list of class counts >= 2, got {heads}")
+        self.d_input, self.d_model, self.vocab_size = d_input, d_model, vocab_size
+        self.encoder = (
+            nn.Embedding(vocab_size, d_model) if vocab_size else nn.Linear(d_input, d_model)
+        )
+        self.blocks = nn.ModuleList(
+            Block(mixers.build(mixer, d_model, **(mixer_options or {})), kind=block)
+            for _ in range(n_layers)
+        )
+        self.heads = nn.ModuleList(nn.Linear(d_model, c) for c in heads)
+
+    # ---- sequence form ------------------------------------------------------------------
+    def features(self, x: Tensor, state: list | None = None, *, mode: str | None = None):
+        """Hidden features of the last block, (b, t, d_model), and the list of block states."""
+        h = self.encode(x)
+        state = state if state is not None else [None] * len(self.blocks)
+        new_state = []
+        for blk, s in zip(self.blocks, state, strict=True):
+            h, s = blk(h, s, mode=mode)
+            new_state.append(s)
+        return h, new_state
+
+    def encode(self, x: Tensor) -> Tensor:
+        if self.vocab_size:
+            if x.dtype != torch.long or x.ndim != 2:
+                raise SeqmemError(f"token inputs must be a long tensor (batch, time), got "
+                                  f"{x.dtype} {tuple(x.shape)}")
+        elif x.ndim != 3 or x.shape[-1] != self.d_input:
+            raise SeqmemError(f"inputs must have shape (batch, time, {self.d_input}), got "
+                              f"{tuple(x.shape)}")
+        return self.encoder(x)
+
+    def readout(self, h: Tensor, heads: list[int] | None = None) -> list[Tensor]:
+        """Logits of each head in `heads` (default all) for features h (..., d_model)."""
+        idx = range(len(self.heads)) if heads is None else heads
+        return [self.heads[i](h) for i in idx]
+
+    def forward(self, x: Tensor, state: list | None = None, *, heads: list[int] | None = None,
+                mode: str | None = None):
+        """Logits of every time step for each head in `heads`, and the final block states."""
+        h, state = self.features(x, state, mode=mode)
+        return self.readout(h, heads), state
+
+    # ---- step form ----------------------------------------------------------------------
+    def init_state(self, batch_size: int, *, device=None, dtype=None,
+                   generator: torch.Generator | None = None) -> list:
+        """Initial state of every block; mixers with a random initial state draw from `generator`."""
+        p = next(self.parameters())
+        device, dtype = device or p.device, dtype or p.dtype
+        states = []
+        for blk in self.blocks:
+            kw = {}
+            if "generator" in inspect.signature(blk.mixer.init_state).parameters:
+                kw["generator"] = generator
+            states.append(blk.mixer.init_state(batch_size, device=device, dtype=dtype, **kw))
+        return states
+
+    def step(self, x_t: Tensor, state: list):
+        """One step: x_t (b, d_input) (or (b,) token ids) -> features (b, d_model), new states."""
+        h = self.encoder(x_t)
+        new_state = []
+        for blk, s in zip(self.blocks, state, strict=True):
+            h, s = blk.step(h, s)
+            new_state.append(s)
+        return h, new_state
+
+    def mixer_modules(self) -> list[mixers.Mixer]:
+        return [blk.mixer for blk in self.blocks]
+
+    def timescales(self) -> Tensor | None:
+        """Per-unit timescales of every block, concatenated (None if a mixer defines none)."""
+        ts = [m.timescales() for m in self.mixer_modules()]
+        if any(t is None for t in ts):
+            return None
+        return torch.cat([t.reshape(-1) for t in ts])
+
+
+def masked_heads_loss(model: SequenceModel, h: Tensor, targets: Tensor, mask: Tensor,
+                      heads: list[int]) -> tuple[Tensor, Tensor]:
+    """Cross-entropy summed over `heads` (mean over supervised positions) and per-head accuracy.
+
+    h: (b, t, d) features; targets: (b, t, n_active) class ids, column j for head heads[j];
+    mask: (b, t) supervised positions. Heads are read out only where mask is True.
+    Returns (loss, acc (n_active,)).
+    """
+    if targets.shape[-1] != len(heads):
+        raise SeqmemError(f"targets have {targets.shape[-1]} heads but {len(heads)} heads are "
+                          f"active")
+    h_sel = h[mask]  # (n, d)
+    t_sel = targets[mask]  # (n, n_active)
+    loss = h.new_zeros(())
+    accs = []
+    for j, i in enumerate(heads):
+        logits = model.heads[i](h_sel)  # (n, c)
+        loss = loss + F.cross_entropy(logits, t_sel[:, j])
+        accs.append((logits.argmax(-1) == t_sel[:, j]).to(h.dtype).mean())
+    return loss, torch.stack(accs).detach()
