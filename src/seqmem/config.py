@@ -21,6 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import (
     BaseModel,
@@ -40,6 +41,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DEFAULT_MIXER, DEFAULT_TASK = "leaky_rnn", "n_parity"
 _NESTED = "\x00"  # marks a nested path inside a value error message
 
 
@@ -69,10 +71,13 @@ def task_config_class(kind: str) -> type[BaseModel]:
     return _kwargs_model(tasks.get(kind), kind, "task")
 
 
-def _validate_kind(value: Any, family: str, registry_names, config_class) -> dict:
+def _validate_kind(value: Any, family: str, registry_names, config_class, default: str
+                   ) -> dict:
     if isinstance(value, str):
         value = {"kind": value}
-    if not isinstance(value, dict) or "kind" not in value:
+    if isinstance(value, dict) and "kind" not in value:
+        value = {"kind": default, **value}  # options given without a kind: the default kind
+    if not isinstance(value, dict):
         raise ValueError(f"must be a mapping with a 'kind' key (one of "
                          f"{', '.join(registry_names())}), got {value!r}")
     kind = value["kind"]
@@ -92,12 +97,12 @@ class ModelConfig(Strict):
     d_model: int = Field(128, ge=1)
     n_layers: int = Field(1, ge=1)
     block: Literal["plain", "residual"] = "plain"
-    mixer: dict = Field(default_factory=lambda: {"kind": "leaky_rnn"})
+    mixer: dict = Field(default_factory=lambda: {"kind": DEFAULT_MIXER})
 
     @field_validator("mixer", mode="before")
     @classmethod
     def _mixer(cls, v):
-        return _validate_kind(v, "mixer", mixers.names, mixer_config_class)
+        return _validate_kind(v, "mixer", mixers.names, mixer_config_class, DEFAULT_MIXER)
 
 
 class TrainConfig(Strict):
@@ -143,17 +148,30 @@ class RunConfig(Strict):
     name: str | None = None
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: dict = Field(default_factory=lambda: {"kind": "n_parity"})
+    task: dict = Field(default_factory=lambda: {"kind": DEFAULT_TASK})
     train: TrainConfig = Field(default_factory=TrainConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
 
     @field_validator("task", mode="before")
     @classmethod
     def _task(cls, v):
-        return _validate_kind(v, "task", tasks.names, task_config_class)
+        return _validate_kind(v, "task", tasks.names, task_config_class, DEFAULT_TASK)
 
     @model_validator(mode="after")
-    def _curriculum_fits_task(self):
+    def _values_fit(self):
+        # Values only the constructors can judge (N >= 2, tau_init, ...) are judged now, by
+        # building the task and the mixer (on the meta device: no memory, no side effects).
+        opts = {k: v for k, v in self.task.items() if k != "kind"}
+        try:
+            tasks.build(self.task["kind"], **opts)
+        except SeqmemError as e:
+            raise ValueError(f"{_NESTED}task{_NESTED}{e}") from None
+        opts = {k: v for k, v in self.model.mixer.items() if k != "kind"}
+        try:
+            with torch.device("meta"):
+                mixers.build(self.model.mixer["kind"], self.model.d_model, **opts)
+        except SeqmemError as e:
+            raise ValueError(f"{_NESTED}model.mixer{_NESTED}{e}") from None
         c = self.curriculum
         if c.kind != "none":
             if "N" not in tasks.hyperparameters(tasks.get(self.task["kind"])):

@@ -10,11 +10,14 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from seqmem import __version__
 from seqmem.errors import SeqmemError
+
+RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s")
 
 EPILOG = """examples:
   seqmem run --quick                      the flagship in at most 60 s
@@ -79,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _split_overrides(extra: list[str]) -> list[str]:
     out = []
     for a in extra:
-        if "=" not in a or a.startswith("-") and not a.startswith("--"):
+        if "=" not in a or (a.startswith("-") and not a.startswith("--")):
             raise SeqmemError(f"unrecognised argument {a!r}; overrides look like "
                               f"train.lr=3e-4 (see seqmem --help)")
         out.append(a.removeprefix("--"))
@@ -169,23 +172,31 @@ def _print_comparison(console, jobs, ended, summaries, comparison_rows) -> None:
 
 
 def cmd_train(args, overrides, console) -> int:
-    from seqmem.config import RunConfig, load_config
+    from seqmem.config import load_config
     from seqmem.store import RunStore
     from seqmem.train.runner import Job, execute
 
     store = RunStore(args.root)
     if args.resume:
-        if args.config or args.mixer or args.task or args.curriculum or overrides:
-            raise SeqmemError("--resume takes no config, --mixer, --task, --curriculum or "
-                              "overrides: a resumed run keeps its own config")
+        if args.config or args.mixer or args.task or args.curriculum:
+            raise SeqmemError("--resume takes no config, --mixer, --task or --curriculum: a "
+                              "resumed run keeps its own config")
+        bad = [o for o in overrides if o.split("=")[0] not in RESUME_OVERRIDES]
+        if bad:
+            raise SeqmemError(f"--resume accepts only budget overrides "
+                              f"({', '.join(RESUME_OVERRIDES)}); got {', '.join(bad)}")
         run = store.open_run(args.resume)
         row = store.get(run.id)
-        if row["status"] == "done":
-            raise SeqmemError(f"run {run.id} is already done; nothing to resume")
-        if not run.checkpoints() or "last" not in run.checkpoints():
+        if row["status"] == "done" and not overrides:
+            raise SeqmemError(f"run {run.id} is already done; nothing to resume (extend its "
+                              f"budget with train.max_epochs=... or train.max_time_s=...)")
+        if "last" not in run.checkpoints():
             raise SeqmemError(f"run {run.id} has no checkpoint 'last' to resume from; "
                               f"start it again with seqmem train")
-        cfg = RunConfig.model_validate(run.config())
+        cfg = load_config(run.config(), overrides)
+        if overrides:  # the run's config records its budget as extended
+            (Path(run.dir) / "config.yaml").write_text(
+                yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         store.set_status(run.id, "running")
         jobs = [Job(cfg, run.id, str(run.dir), label=cfg.name or run.id, resume=True)]
     else:

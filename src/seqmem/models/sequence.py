@@ -115,7 +115,7 @@ class SequenceModel(nn.Module):
     # ---- step form ----------------------------------------------------------------------
     def init_state(self, batch_size: int, *, device=None, dtype=None,
                    generator: torch.Generator | None = None) -> list:
-        """Initial state of every block; mixers with a random initial state draw from `generator`."""
+        """Initial state of every block (random initial states draw from `generator`)."""
         p = next(self.parameters())
         device, dtype = device or p.device, dtype or p.dtype
         states = []

@@ -76,7 +76,7 @@ class Curriculum:
         if self.kind == "none" or self.finished or not self.criterion(accs):
             return False
         self.solved.append(self.N)
-        if self.N >= self.n_max:
+        if self.n_max <= self.N:
             self.finished = True
         else:
             self.N += 1

@@ -13,7 +13,6 @@ A non-finite loss raises `RunFailed` before anything is saved, so "last" stays g
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -217,7 +216,3 @@ def checkpoint(model, opt, gen, cur, epoch, elapsed, stages, last) -> dict:
                   "stages": stages, "last": last},
     }
 
-
-def is_finite_summary(summary: dict) -> bool:
-    v = summary.get("acc_mean")
-    return v is None or math.isfinite(v)

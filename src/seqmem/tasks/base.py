@@ -1,0 +1,147 @@
+"""The task contract and the task registry.
+
+A task is a seeded generator of batches. For task authors:
+
+- Subclass `Task`, decorate it with `@register("short_name")`, and import its module in
+  `seqmem/tasks/__init__.py` so that it registers.
+- Constructor: hyperparameters keyword-only, each with a default, and no side effects (no
+  sampling, no I/O). Validate every value there and raise a one-line `SeqmemError` naming what
+  was wrong and what is accepted (`build` and the config layer rely on it to judge options).
+  Set the instance attributes `d_input` (input channels), `heads` (classes per output head,
+  in order) and, for token tasks, `vocab` (token strings indexed by id).
+- `sample(batch_size, *, generator)` returns a `Batch`. Every random number comes from the
+  `generator` passed in (a CPU `torch.Generator`), never from the global RNG, so one seed gives
+  one sequence of batches. Generate with vectorised torch ops (training draws thousands of
+  batches): no Python loop over examples or time steps. All examples of a batch share one
+  length `t`.
+- `Batch` shapes, batch-first and time-second:
+    inputs  (b, t, d_input) float32 for real-valued inputs; (b, t) long ids for token tasks
+    targets (b, t, n_heads) long class ids in [0, heads[j]); 0 wherever mask is False
+    mask    (b, t) bool, True at supervised positions (shared by all heads)
+    meta    plain facts about the batch: {"N": [...], "seq_len": t, ...}; per-example facts
+            as tensors whose first dimension is b.
+- Docstrings open with what is computed, cite the paper (and its authors' code where used),
+  and say where something is seqmem's choice rather than the source's.
+- tests/test_tasks.py loops over `names()` and checks every registered task returns a
+  consistent Batch; a new task also needs an oracle test of its labels.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from seqmem.errors import SeqmemError
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+@dataclass
+class Batch:
+    """One batch of a task: inputs, per-head targets, the supervised positions and facts."""
+
+    inputs: Tensor  # (b, t, d_input) float32, or (b, t) long token ids
+    targets: Tensor  # (b, t, n_heads) long; 0 where mask is False
+    mask: Tensor  # (b, t) bool
+    meta: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with inputs, targets, mask and tensor meta values on `device`."""
+        meta = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.meta.items()}
+        return Batch(self.inputs.to(device), self.targets.to(device), self.mask.to(device), meta)
+
+
+class Task:
+    """Base class of every task: a seeded generator of `Batch`es.
+
+    Subclasses set `d_input`, `heads` (and `vocab` for token tasks) in their constructor and
+    implement `sample`.
+    """
+
+    name: ClassVar[str] = ""
+    d_input: int
+    heads: list[int]
+    vocab: list[str] | None = None
+
+    def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
+        """A batch of `batch_size` examples drawn with `generator` only."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(
+            f"{k}={getattr(self, k)!r}" for k in hyperparameters(type(self)) if hasattr(self, k)
+        )
+        return f"{type(self).__name__}({opts})"
+
+
+# ---- shared checks ----------------------------------------------------------------------
+def check_sample_args(task: Task, batch_size: int, generator: torch.Generator) -> None:
+    """Raise a one-line SeqmemError unless batch_size >= 1 and generator is a CPU Generator."""
+    who = task.name or type(task).__name__
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise SeqmemError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(generator, torch.Generator):
+        raise SeqmemError(
+            f"{who}: generator must be a torch.Generator (e.g. "
+            f"torch.Generator().manual_seed(0)), got {type(generator).__name__}"
+        )
+    if generator.device.type != "cpu":
+        raise SeqmemError(f"{who}: generator must be on the CPU, got one on {generator.device}")
+
+
+def check_int(what: str, value, *, low: int) -> int:
+    """Return `value` if it is an integer >= low (bool excluded), else raise a SeqmemError."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise SeqmemError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+# ---- registry ---------------------------------------------------------------------------
+def register(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: register a Task subclass under a short name."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise SeqmemError(f"task name {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    """Registered task names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Task]:
+    if name not in _REGISTRY:
+        raise SeqmemError(f"unknown task {name!r}; accepted: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def hyperparameters(cls: type[Task]) -> dict[str, inspect.Parameter]:
+    """The keyword-only constructor hyperparameters of a task class."""
+    sig = inspect.signature(cls.__init__)
+    return {
+        n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def build(name: str, **kw) -> Task:
+    """Build the task registered as `name` with keyword hyperparameters."""
+    cls = get(name)
+    accepted = hyperparameters(cls)
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise SeqmemError(
+            f"unknown option(s) {', '.join(unknown)} for task {name!r}; accepted: "
+            f"{', '.join(accepted) or '(none)'}"
+        )
+    return cls(**kw)

@@ -1,0 +1,76 @@
+"""Configs: defaults, dotted overrides, and one-line errors naming the dotted path."""
+
+import inspect
+
+import pytest
+
+from seqmem import mixers, tasks
+from seqmem.config import load_config, mixer_config_class, task_config_class
+from seqmem.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.lr=3e-4", "model.d_model=64", "model.mixer.rule=mod",
+                             "task.N=3", "curriculum.kind=single"])
+    assert cfg.train.lr == 3e-4 and cfg.model.d_model == 64
+    defaults = {k: p.default for k, p in mixers.hyperparameters(mixers.get("leaky_rnn")).items()}
+    assert cfg.model.mixer == {**defaults, "kind": "leaky_rnn", "rule": "mod"}
+    assert cfg.task["N"] == 3 and cfg.curriculum.kind == "single"
+
+
+def test_changing_kind_drops_old_options():
+    cfg = load_config({"model": {"mixer": {"kind": "leaky_rnn", "rule": "mod"}}},
+                      ["model.mixer.kind=gru"])
+    assert cfg.model.mixer == {"kind": "gru", "bias": True}
+
+
+@pytest.mark.parametrize("family,names,config_class,get,hp", [
+    ("mixer", mixers.names, mixer_config_class, mixers.get, mixers.hyperparameters),
+    ("task", tasks.names, task_config_class, tasks.get, tasks.hyperparameters),
+])
+def test_config_classes_mirror_constructors(family, names, config_class, get, hp):
+    for name in names():
+        fields = config_class(name).model_fields
+        params = hp(get(name))
+        assert set(fields) == {"kind", *params}, name
+        for k, p in params.items():
+            if p.default is not inspect.Parameter.empty:
+                assert fields[k].default == p.default, (name, k)
+
+
+@pytest.mark.parametrize("override,message", [
+    (["train.lrr=1"], "train.lrr: unknown key; accepted: optimizer, lr"),
+    (["train.lr=-1"], "train.lr: Input should be greater than 0"),
+    (["model.mixer.kind=nope"], "model.mixer: unknown mixer 'nope'; accepted: elman, gru"),
+    (["model.mixer.rule=fancy"], "model.mixer: unknown leaky_rnn rule 'fancy'; accepted: default"),
+    (["model.mixer.tau_nit=1"], "model.mixer.tau_nit: unknown key"),
+    (["task.kind=nope"], "task: unknown task 'nope'; accepted:"),
+    (["task.N=1"], "task: N must be"),
+    (["model.mixer.tau_init=[0.5, 1]"], "model.mixer: tau_init must be"),
+    (["curriculum.kind=double"], "curriculum.kind: Input should be"),
+    (["curriculum.n_start=1"], "curriculum.n_start: Input should be greater than or equal to 2"),
+    (["curriculum.n_start=5", "curriculum.n_max=3"], "curriculum.n_max (3) must be >="),
+    (["bogus=1"], "bogus: unknown key"),
+    (["train.lr"], "is not of the form key.path=value"),
+])
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, override)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_config_hash_ignores_key_order():
+    a = load_config({"seed": 1, "train": {"lr": 0.1, "clip": 1.0}})
+    b = load_config({"train": {"clip": 1.0, "lr": 0.1}, "seed": 1})
+    assert a.config_hash() == b.config_hash()
+    assert a.config_hash() != load_config({"seed": 2}).config_hash()
