@@ -59,9 +59,14 @@ class LeakyRNN(Mixer):
         self.rule = check_choice("leaky_rnn rule", rule, LEAKY_RULES)
         self.phi = check_choice("activation phi", phi, PHIS)
         self.h0 = check_choice("leaky_rnn h0", h0, H0_CHOICES)
-        lo, hi = (float(v) for v in tau_init)
-        if not (1.0 <= lo <= hi):
-            raise SeqmemError(f"tau_init must be (low, high) with 1 <= low <= high, got {tau_init}")
+        try:
+            lo, hi = (float(v) for v in tau_init)
+        except (TypeError, ValueError):
+            lo, hi = math.nan, math.nan  # not a pair of numbers: rejected below
+        if not (1.0 <= lo <= hi < math.inf):
+            raise SeqmemError(
+                f"tau_init must be (low, high) with 1 <= low <= high < inf, got {tau_init}"
+            )
         self.zero_diagonal = zero_diagonal
         k = 1 / math.sqrt(d_model)  # torch.nn.Linear's default range
         self.W = nn.Parameter(torch.empty(d_model, d_model).uniform_(-k, k))  # (d, d)
