@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        config = getattr(args, "config", None)
+        if config and "=" in config and not Path(config).exists():
+            extra.insert(0, config)  # an override, not a config file
+            args.config = None
         if args.command not in ("run", "train") and extra:
             raise SeqmemError(f"unrecognised argument(s): {' '.join(extra)}")
         return COMMANDS[args.command](args, _split_overrides(extra), console)

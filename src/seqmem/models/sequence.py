@@ -148,21 +148,31 @@ class SequenceModel(nn.Module):
 
 def masked_heads_loss(model: SequenceModel, h: Tensor, targets: Tensor, mask: Tensor,
                       heads: list[int]) -> tuple[Tensor, Tensor]:
-    """Cross-entropy summed over `heads` (mean over supervised positions) and per-head accuracy.
+    """Cross-entropy summed over `heads` (each a mean over supervised positions) and accuracy.
 
     h: (b, t, d) features; targets: (b, t, n_active) class ids, column j for head heads[j];
-    mask: (b, t) supervised positions. Heads are read out only where mask is True.
+    mask: (b, t) supervised positions. Heads are read out only where mask is True, all heads
+    with the same number of classes in one batched product.
     Returns (loss, acc (n_active,)).
     """
     if targets.shape[-1] != len(heads):
         raise SeqmemError(f"targets have {targets.shape[-1]} heads but {len(heads)} heads are "
                           f"active")
-    h_sel = h[mask]  # (n, d)
-    t_sel = targets[mask]  # (n, n_active)
+    if not mask[:, :-1].any() and mask[:, -1].all():  # labels at the last step only
+        h_sel, t_sel = h[:, -1], targets[:, -1]  # (b, d), (b, n_active)
+    else:
+        h_sel, t_sel = h[mask], targets[mask]  # (n, d), (n, n_active)
     loss = h.new_zeros(())
-    accs = []
+    accs = h.new_zeros(len(heads))
+    groups: dict[int, list[int]] = {}
     for j, i in enumerate(heads):
-        logits = model.heads[i](h_sel)  # (n, c)
-        loss = loss + F.cross_entropy(logits, t_sel[:, j])
-        accs.append((logits.argmax(-1) == t_sel[:, j]).to(h.dtype).mean())
-    return loss, torch.stack(accs).detach()
+        groups.setdefault(model.heads[i].out_features, []).append(j)
+    for c, cols in groups.items():
+        W = torch.stack([model.heads[heads[j]].weight for j in cols])  # (k, c, d)
+        b = torch.stack([model.heads[heads[j]].bias for j in cols])  # (k, c)
+        logits = torch.einsum("nd,kcd->nkc", h_sel, W) + b  # (n, k, c)
+        tgt = t_sel[:, cols]  # (n, k)
+        ce = F.cross_entropy(logits.reshape(-1, c), tgt.reshape(-1), reduction="none")
+        loss = loss + ce.view(tgt.shape).mean(0).sum()
+        accs[cols] = (logits.detach().argmax(-1) == tgt).to(h.dtype).mean(0)
+    return loss, accs

@@ -1,0 +1,97 @@
+"""The training loop: determinism, exact resume, and failure on a non-finite loss."""
+
+import json
+
+import pytest
+import torch
+
+import seqmem.train.loop as loop
+from seqmem.config import load_config
+from seqmem.errors import RunFailed
+from seqmem.store import RunStore
+
+SMALL = ["model.d_model=16", "train.batch_size=32", "train.steps_per_epoch=3",
+         "train.eval_batches=2", "train.max_epochs=4", "curriculum.threshold=0.5"]
+
+
+def _metrics(run):
+    keep = ("epoch", "N", "acc", "loss", "eval_loss", "tau_mean", "tau_sd", "advanced")
+    return [{k: r.get(k) for k in keep} for r in run.metrics()]
+
+
+@pytest.mark.parametrize("mixer", ["leaky_rnn", "gru"])
+def test_same_config_same_numbers(tmp_path, mixer):
+    cfg = load_config(None, [*SMALL, f"model.mixer.kind={mixer}"])
+    store = RunStore(tmp_path)
+    a = store.create_run(cfg.model_dump(mode="json"))
+    b = store.create_run(cfg.model_dump(mode="json"))
+    sa = loop.train(cfg, a)
+    sb = loop.train(cfg, b)
+    assert _metrics(a) == _metrics(b)
+    assert len(_metrics(a)) == 4
+    assert sa["epochs_per_N"] == sb["epochs_per_N"]
+    for k, v in a.load_checkpoint("last")["model"].items():
+        assert torch.equal(v, b.load_checkpoint("last")["model"][k]), k
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = load_config(None, [*SMALL, "model.mixer.h0=random", "train.max_epochs=5"])
+    store = RunStore(tmp_path)
+    whole = store.create_run(cfg.model_dump(mode="json"))
+    loop.train(cfg, whole)
+
+    cut = store.create_run(cfg.model_dump(mode="json"))
+
+    def interrupt_after_two(ev):
+        if ev["event"] == "epoch" and ev["record"]["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, cut, emit=interrupt_after_two)
+    assert len(cut.metrics()) == 2
+    loop.train(cfg, cut, resume=True)
+    assert _metrics(cut) == _metrics(whole)
+    assert [r["epoch"] for r in cut.metrics()] == [1, 2, 3, 4, 5]
+
+
+def test_curriculum_advances_and_checkpoints_each_step(tmp_path):
+    cfg = load_config(None, [*SMALL, "curriculum.threshold=0.01", "curriculum.kind=multi",
+                             "curriculum.n_max=4"])
+    run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+    s = loop.train(cfg, run)
+    # threshold 0.01: every epoch solves its N, so N = 2, 3, 4 take one epoch each
+    assert s["n_solved"] == 4 and s["finished"] and s["epochs"] == 3
+    assert s["stop_reason"] == "curriculum finished"
+    assert s["epochs_per_N"] == {"2": 1, "3": 1, "4": 1}
+    assert {"N002", "N003", "N004", "last"} <= set(run.checkpoints())
+    assert [r["active_N"] for r in run.metrics()] == [[2], [2, 3], [2, 3, 4]]
+    assert [st["N"] for st in s["stages"]] == [2, 3, 4]
+
+
+def test_non_finite_loss_fails_and_keeps_last_good(tmp_path, monkeypatch):
+    cfg = load_config(None, SMALL)
+    run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+    real = loop.run_batch
+    calls = {"n": 0}
+    per_epoch = cfg.train.steps_per_epoch + cfg.train.eval_batches
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss, acc = real(*a, **k)
+        return (loss * float("nan") if calls["n"] > per_epoch else loss), acc
+
+    monkeypatch.setattr(loop, "run_batch", poisoned)
+    with pytest.raises(RunFailed, match=r"non-finite loss .* epoch 2, step 1"):
+        loop.train(cfg, run)
+    ck = run.load_checkpoint("last")
+    assert ck["train"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert len(run.metrics()) == 1
+
+
+def test_summary_is_json(tmp_path):
+    cfg = load_config(None, SMALL)
+    run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+    s = loop.train(cfg, run)
+    assert json.loads(json.dumps(s)) == run.read_summary()
+    assert s["stop_reason"] == "max_epochs" and s["epochs"] == 4
