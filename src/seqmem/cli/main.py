@@ -172,7 +172,7 @@ def _print_comparison(console, jobs, ended, summaries, comparison_rows) -> None:
     for j in jobs:
         if ended[j.run_id].get("reason"):
             console.print(f"[{j.label}] {ended[j.run_id]['status']}: "
-                          f"{ended[j.run_id]['reason']}")
+                          f"{ended[j.run_id]['reason']}", markup=False)
 
 
 def cmd_train(args, overrides, console) -> int:

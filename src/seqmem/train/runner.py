@@ -117,12 +117,12 @@ class Display:
             st = ev["stage"]
             tau = f", tau {st['tau_mean']:.3f}±{st['tau_sd']:.3f}" if "tau_mean" in st else ""
             self.console.print(f"[{label}] N={st['N']} solved at epoch {st['epoch']} "
-                               f"({st['elapsed_s']:.0f} s{tau})")
+                               f"({st['elapsed_s']:.0f} s{tau})", markup=False)
         elif ev["event"] == "end":
             row["status"] = ev["status"]
             if self.enabled and not self.live:
                 extra = f": {ev['reason']}" if ev.get("reason") else ""
-                self.console.print(f"[{label}] {ev['status']}{extra}")
+                self.console.print(f"[{label}] {ev['status']}{extra}", markup=False)
         if self.live:
             self.live.update(self.table(), refresh=True)
 
