@@ -42,3 +42,13 @@ def test_run_quick_end_to_end(tmp_path):
         s = r["summary"]
         assert s["n_solved"] >= 2 and s["stop_reason"] == "max_time_s"
         assert s["stages"][0]["N"] == 2 and "tau_mean" in s["stages"][0]
+
+
+def test_experiment_file_matches_the_defaults():
+    from pathlib import Path
+
+    from seqmem.config import load_config
+    from seqmem.flagship import FLAGSHIP
+
+    path = Path(__file__).parents[1] / "experiments" / "flagship" / "flagship.yaml"
+    assert load_config(path) == load_config(FLAGSHIP)
