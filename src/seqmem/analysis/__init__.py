@@ -1,0 +1,1 @@
+"""Analysis of trained models: timescales, ablation, perturbation, forgetting."""
