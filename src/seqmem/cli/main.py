@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seqmem import __version__
+from seqmem.analysis.analyze import ANALYSES
 from seqmem.errors import SeqmemError
 
 RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s")
@@ -25,6 +26,7 @@ EPILOG = """examples:
   seqmem train --mixer gru --task n_dms --curriculum multi train.max_epochs=20
   seqmem train --resume RUN_ID            continue an interrupted run
   seqmem runs                             list runs and their status
+  seqmem analyze RUN_ID                   timescales, tau_net, ablation, perturbation
   seqmem list mixers                      registered mixers (also: tasks)
 
 Overrides are dotted keys, e.g. train.lr=3e-4 model.d_model=64 task.N=5 (a leading -- is
@@ -68,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="a run's config, status and summary")
     s.add_argument("run_id")
     s.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    an = sub.add_parser("analyze", help="timescales, tau_net, ablation, perturbation, "
+                        "forgetting of a run", description="Analyse a run trained under an "
+                        "N-curriculum, stage by stage; results go to <run>/analysis.json and "
+                        "headline numbers to the store's summary.")
+    an.add_argument("run_id")
+    an.add_argument("--what", default=",".join(ANALYSES),
+                    help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
+    an.add_argument("--seed", type=int, default=0, help="seed of the probe inputs")
+    an.add_argument("--root", default="runs", help="store root (default runs/)")
 
     ls = sub.add_parser("list", help="list registered mixers or tasks")
     ls.add_argument("what", choices=("mixers", "tasks"))
@@ -275,7 +287,32 @@ def cmd_list(args, overrides, console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
+def cmd_analyze(args, overrides, console) -> int:
+    from seqmem.analysis.analyze import analyze_run, headline
+    from seqmem.config import RunConfig
+    from seqmem.store import RunStore
+
+    store = RunStore(args.root)
+    run = store.open_run(args.run_id)
+    cfg = RunConfig.model_validate(run.config())
+    what = tuple(w.strip() for w in args.what.split(",") if w.strip())
+    with console.status(f"analysing {run.id}") as status:
+        out = analyze_run(cfg, run, what=what, seed=args.seed,
+                          progress=lambda msg: status.update(f"analysing {run.id}: {msg}"))
+    h = headline(out)
+    store.update_summary(run.id, {**store.get(run.id)["summary"], **h})
+    tab = Table(title=f"analysis of {run.id} ({cfg.curriculum.kind}, N = {out['N'][0]}.."
+                f"{out['N'][-1]})", title_justify="left")
+    tab.add_column("measure")
+    tab.add_column("value")
+    for k, v in h.items():
+        tab.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    console.print(tab)
+    console.print(f"written: {run.dir / 'analysis.json'}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "analyze": cmd_analyze, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "list": cmd_list}
 
 if __name__ == "__main__":
