@@ -312,8 +312,8 @@ def cmd_analyze(args, overrides, console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "analyze": cmd_analyze, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
-            "list": cmd_list}
+COMMANDS = {"run": cmd_run, "analyze": cmd_analyze, "train": cmd_train, "runs": cmd_runs,
+            "show": cmd_show, "list": cmd_list}
 
 if __name__ == "__main__":
     sys.exit(main())
