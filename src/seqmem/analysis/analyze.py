@@ -137,6 +137,24 @@ def analyze_run(cfg, run, *, what: tuple[str, ...] = ANALYSES, seed: int = 0,
     return out
 
 
+#: Lighter settings for `seqmem run --quick` (seconds instead of a minute).
+QUICK = {"n_trials": 2, "stream_len": 400, "eps": (0.0, 0.1, 0.5), "n_draws": 1,
+         "tau_net_steps": 1000}
+
+
+def analyze_stored(root: str, run_id: str, what: tuple[str, ...] = ANALYSES, seed: int = 0,
+                   threads: int | None = 1, **kw) -> dict:
+    """Analyse a stored run by id (reads only: usable in a worker process)."""
+    from seqmem.config import RunConfig
+    from seqmem.store import RunStore
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = RunStore(root).open_run(run_id)
+    cfg = RunConfig.model_validate(run.config())
+    return analyze_run(cfg, run, what=what, seed=seed, **kw)
+
+
 def _activity_dimensionality(model, gen, dimensionality, n_steps: int = 1000) -> int:
     p = torch.rand(4, 1, 1, generator=gen)
     x = torch.bernoulli(p.expand(4, n_steps + 200, 1).contiguous(), generator=gen)

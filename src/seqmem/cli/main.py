@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        "print a comparison table. Extra arguments are dotted overrides.")
     r.add_argument("config", nargs="?", help="YAML config replacing the flagship defaults")
     r.add_argument("--quick", action="store_true", help="a budget of at most 60 s")
+    r.add_argument("--no-analysis", action="store_true",
+                   help="skip the analysis and the report after training")
     r.add_argument("--sequential", action="store_true",
                    help="train the two curricula one after the other in this process")
     _common(r)
@@ -80,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
     an.add_argument("--seed", type=int, default=0, help="seed of the probe inputs")
     an.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page (and PNGs) for runs",
+                        description="Write report.html (figures embedded) and one PNG per "
+                        "figure for the given runs, using their analysis where present "
+                        "(see seqmem analyze).")
+    rp.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    rp.add_argument("-o", "--out", default=None, help="output folder (default "
+                    "<root>/report-<first run id>)")
+    rp.add_argument("--root", default="runs", help="store root (default runs/)")
 
     ls = sub.add_parser("list", help="list registered mixers or tasks")
     ls.add_argument("what", choices=("mixers", "tasks"))
@@ -146,7 +157,53 @@ def cmd_run(args, overrides, console) -> int:
                     console=console)
     summaries = {j.label: ended[j.run_id].get("summary", {}) for j in jobs}
     _print_comparison(console, jobs, ended, summaries, comparison_rows)
-    return 0 if all(ended[j.run_id]["status"] == "done" for j in jobs) else 1
+    ok = all(ended[j.run_id]["status"] == "done" for j in jobs)
+    if ok and not args.no_analysis:
+        _analyse_and_report(store, jobs, console, quick=args.quick,
+                            parallel=not args.sequential)
+    return 0 if ok else 1
+
+
+def _analyse_and_report(store, jobs, console, *, quick: bool, parallel: bool) -> None:
+    """Analyse every run (one process each if parallel), record headlines, write the report."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from seqmem.analysis.analyze import QUICK, analyze_stored, headline
+    from seqmem.report import write_report
+
+    kw = QUICK if quick else {}
+    runs = [j.run_id for j in jobs]
+    with console.status("analysing the runs (timescales, tau_net, ablation, perturbation, "
+                        "forgetting)"):
+        if parallel and len(runs) > 1:
+            with ProcessPoolExecutor(len(runs), mp_context=mp.get_context("spawn")) as ex:
+                outs = list(ex.map(_analyse_one, [(str(store.root), r, kw) for r in runs]))
+        else:
+            outs = [analyze_stored(str(store.root), r, **kw) for r in runs]
+    for rid, out in zip(runs, outs, strict=True):
+        store.update_summary(rid, {**store.get(rid)["summary"], **headline(out)})
+    path = write_report(_entries(store, runs), store.root / f"report-{runs[0]}",
+                        title="seqmem run: single- vs multi-head curriculum on N-parity")
+    tab = Table(title="analysis (last N solved; relative accuracy on the streaming task)",
+                title_justify="left")
+    tab.add_column("")
+    for j in jobs:
+        tab.add_column(j.label)
+    keys = sorted({k for o in outs for k in headline(o)})
+    for k in keys:
+        vals = [headline(o).get(k) for o in outs]
+        tab.add_row(k, *("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+                         for v in vals))
+    console.print(tab)
+    console.print(f"report: {path}")
+
+
+def _analyse_one(args):
+    from seqmem.analysis.analyze import analyze_stored
+
+    root, run_id, kw = args
+    return analyze_stored(root, run_id, **kw)
 
 
 def _print_comparison(console, jobs, ended, summaries, comparison_rows) -> None:
@@ -270,6 +327,32 @@ def cmd_show(args, overrides, console) -> int:
     return 0
 
 
+def _entries(store, run_ids):
+    from seqmem.report import Entry
+
+    entries = []
+    for rid in run_ids:
+        run = store.open_run(rid)
+        row = store.get(run.id)
+        p = run.dir / "analysis.json"
+        analysis = json.loads(p.read_text()) if p.exists() else {}
+        label = row["summary"].get("curriculum") or row.get("name") or run.id
+        entries.append(Entry(label, run.id, row["summary"], analysis))
+    return entries
+
+
+def cmd_report(args, overrides, console) -> int:
+    from seqmem.report import write_report
+    from seqmem.store import RunStore
+
+    store = RunStore(args.root)
+    entries = _entries(store, args.run_ids)
+    out = args.out or str(store.root / f"report-{entries[0].run_id}")
+    path = write_report(entries, out)
+    console.print(f"report: {path}")
+    return 0
+
+
 def cmd_list(args, overrides, console) -> int:
     from seqmem import mixers, tasks
 
@@ -312,8 +395,8 @@ def cmd_analyze(args, overrides, console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "analyze": cmd_analyze, "train": cmd_train, "runs": cmd_runs,
-            "show": cmd_show, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "analyze": cmd_analyze, "report": cmd_report, "train": cmd_train,
+            "runs": cmd_runs, "show": cmd_show, "list": cmd_list}
 
 if __name__ == "__main__":
     sys.exit(main())
