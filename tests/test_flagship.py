@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from seqmem.flagship import comparison_rows, flagship_configs
 from seqmem.store import RunStore
@@ -35,6 +36,9 @@ def test_run_quick_end_to_end(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr
     assert "max N solved" in p.stdout and "per N: epochs spent" in p.stdout
+    report = next(tmp_path.glob("report-*/report.html"))
+    assert f"report: {report}" in p.stdout.replace("\n", "")
+    assert (report.parent / "tau_vs_N.png").exists()
     rows = RunStore(tmp_path).list_runs()
     assert sorted(r["summary"]["curriculum"] for r in rows) == ["multi", "single"]
     assert all(r["status"] == "done" and r["kind"] == "flagship" for r in rows)
@@ -42,6 +46,8 @@ def test_run_quick_end_to_end(tmp_path):
         s = r["summary"]
         assert s["n_solved"] >= 2 and s["stop_reason"] == "max_time_s"
         assert s["stages"][0]["N"] == 2 and "tau_mean" in s["stages"][0]
+        assert "perturb_tau_0.1_rel" in s and "tau_net_mean" in s
+        assert (Path(r["dir"]) / "analysis.json").exists()
 
 
 def test_experiment_file_matches_the_defaults():
