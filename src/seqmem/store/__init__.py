@@ -1,4 +1,5 @@
-"""The run store: a folder per run and one SQLite database indexing them."""
+"""The run store: a folder per run (config, metrics, checkpoints, summary) and one SQLite
+database indexing them (see seqmem.store.db and seqmem.store.run)."""
 
 from seqmem.store.db import STATUSES, RunStore, config_hash
 from seqmem.store.run import Run
