@@ -56,6 +56,12 @@ def test_report_has_every_figure_and_its_numbers(tmp_path):
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
+def test_report_to_a_named_html_file(tmp_path):
+    path = write_report(_entries(), tmp_path / "out" / "my.html")
+    assert path == tmp_path / "out" / "my.html" and path.exists()
+    assert (tmp_path / "out" / "ablation.png").exists()
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):

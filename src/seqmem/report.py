@@ -233,8 +233,15 @@ SCRIPT = """window.addEventListener('load', function () {
 
 def write_report(entries: list[Entry], out_dir: str | Path, *, title: str = "seqmem report"
                  ) -> Path:
-    """Write report.html (self-contained) and one PNG per figure into out_dir; return the path."""
+    """Write report.html (self-contained) and one PNG per figure; return the page's path.
+
+    `out_dir` is a folder (the page is <out_dir>/report.html) or a path ending in .html (the
+    PNGs go beside it).
+    """
     out = Path(out_dir)
+    page_path = out / "report.html"
+    if out.suffix.lower() in (".html", ".htm"):
+        out, page_path = out.parent, out
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>{html.escape(title)}</h1>", _table(*summary_table(entries))]
     for name, make in FIGURES:
@@ -256,6 +263,5 @@ def write_report(entries: list[Entry], out_dir: str | Path, *, title: str = "seq
             + "".join(parts)
             + f"<script type='application/json' id='runs'>{html.escape(data)}</script>"
             f"<script>{SCRIPT}</script></body></html>")
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    page_path.write_text(page)
+    return page_path

@@ -88,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                         "figure for the given runs, using their analysis where present "
                         "(see seqmem analyze).")
     rp.add_argument("run_ids", nargs="+", metavar="RUN_ID")
-    rp.add_argument("-o", "--out", default=None, help="output folder (default "
-                    "<root>/report-<first run id>)")
+    rp.add_argument("-o", "--out", default=None, help="output: a .html path (PNGs beside "
+                    "it) or a folder (default <root>/report-<first run id>/)")
     rp.add_argument("--root", default="runs", help="store root (default runs/)")
 
     ls = sub.add_parser("list", help="list registered mixers or tasks")
