@@ -9,7 +9,7 @@ runs use the same seed, network and budget and train side by side, one process p
 Paper scale: 500 units, 600 steps + 50 test batches per epoch, up to 1,000 epochs (the
 multi-head curriculum reaches the 100-head ceiling, single-head stops near N = 35).
 Default here: 128 units, 50 steps + 10 test batches per epoch, 360 s of training per
-curriculum, then the analysis and the report; --quick: 15 s (the whole command in
+curriculum, then the analysis and the report; --quick: 10 s (the whole command in
 under 60 s).
 """
 
@@ -36,7 +36,7 @@ FLAGSHIP = {
               "max_epochs": 1000, "max_time_s": 360, "threads": 1},
     "curriculum": {"kind": "multi", "n_start": 2, "n_max": 100, "threshold": 0.98},
 }
-QUICK_TIME_S = 15.0
+QUICK_TIME_S = 10.0
 CURRICULA = ("single", "multi")
 
 

@@ -147,7 +147,7 @@ def analyze_run(cfg, run, *, what: tuple[str, ...] = ANALYSES, seed: int = 0,
 
 #: Lighter settings for `seqmem run --quick` (seconds instead of a minute).
 QUICK = {"n_trials": 2, "stream_len": 400, "eps": (0.0, 0.1, 0.5), "n_draws": 1,
-         "tau_net_steps": 1000, "tau_net_stages": 1}
+         "what": ("timescales", "ablation", "perturbation", "forgetting")}
 
 
 def analyze_stored(root: str, run_id: str, what: tuple[str, ...] = ANALYSES, seed: int = 0,

@@ -176,7 +176,7 @@ def _analyse_and_report(store, jobs, console, *, quick: bool, parallel: bool) ->
     runs = [j.run_id for j in jobs]
     with console.status("analysing the runs (timescales, tau_net, ablation, perturbation, "
                         "forgetting)"):
-        if parallel and len(runs) > 1:
+        if parallel and len(runs) > 1 and not quick:
             with ProcessPoolExecutor(len(runs), mp_context=mp.get_context("spawn")) as ex:
                 outs = list(ex.map(_analyse_one, [(str(store.root), r, kw) for r in runs]))
         else:
