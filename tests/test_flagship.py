@@ -46,7 +46,7 @@ def test_run_quick_end_to_end(tmp_path):
         s = r["summary"]
         assert s["n_solved"] >= 2 and s["stop_reason"] == "max_time_s"
         assert s["stages"][0]["N"] == 2 and "tau_mean" in s["stages"][0]
-        assert "perturb_tau_0.1_rel" in s and "tau_net_mean" in s
+        assert "perturb_tau_0.1_rel" in s and "ablate_longest_rel" in s
         assert (Path(r["dir"]) / "analysis.json").exists()
 
 
