@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import typing
 from pathlib import Path
@@ -35,6 +36,7 @@ from pydantic import (
 
 from seqmem import mixers, tasks
 from seqmem.errors import ConfigError, SeqmemError
+from seqmem.registry import hyperparameters
 
 
 class Strict(BaseModel):
@@ -47,13 +49,9 @@ _NESTED = "\x00"  # marks a nested path inside a value error message
 
 def _kwargs_model(cls: type, kind: str, family: str) -> type[BaseModel]:
     """A pydantic model mirroring cls's keyword-only constructor hyperparameters + `kind`."""
-    import inspect
-
     hints = typing.get_type_hints(cls.__init__)
     fields: dict[str, Any] = {"kind": (Literal[kind], kind)}
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-            continue
+    for name, p in hyperparameters(cls).items():
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[name] = (hints.get(name, Any), default)
     return create_model(f"{cls.__name__}Config", __config__=ConfigDict(extra="forbid"), **fields)

@@ -8,18 +8,17 @@ for every registered mixer.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError
+from seqmem.registry import Registry, hyperparameters  # noqa: F401  (re-exported)
 
 State = Any  # a Tensor or a NamedTuple of Tensors
 
-_REGISTRY: dict[str, type[Mixer]] = {}
+_REGISTRY = Registry("mixer")
 
 
 class Mixer(nn.Module):
@@ -116,46 +115,11 @@ def step_loop(mixer: Mixer, x: Tensor, state: State) -> tuple[Tensor, State]:
 
 
 # ---- registry ---------------------------------------------------------------------------
-def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
-    """Class decorator: register a Mixer subclass under a short name."""
-
-    def deco(cls: type[Mixer]) -> type[Mixer]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise SeqmemError(f"mixer name {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def names() -> list[str]:
-    """Registered mixer names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Mixer]:
-    if name not in _REGISTRY:
-        raise SeqmemError(f"unknown mixer {name!r}; accepted: {', '.join(names())}")
-    return _REGISTRY[name]
-
-
-def hyperparameters(cls: type[Mixer]) -> dict[str, inspect.Parameter]:
-    """The keyword-only constructor hyperparameters of a mixer class (d_model excluded)."""
-    sig = inspect.signature(cls.__init__)
-    return {
-        n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
 
 
 def build(name: str, d_model: int, **kw) -> Mixer:
     """Build the mixer registered as `name` with `d_model` and keyword hyperparameters."""
-    cls = get(name)
-    accepted = hyperparameters(cls)
-    unknown = sorted(set(kw) - set(accepted))
-    if unknown:
-        raise SeqmemError(
-            f"unknown option(s) {', '.join(unknown)} for mixer {name!r}; accepted: "
-            f"{', '.join(accepted) or '(none)'}"
-        )
-    return cls(d_model, **kw)
+    return _REGISTRY.check_options(name, kw)(d_model, **kw)

@@ -28,8 +28,6 @@ A task is a seeded generator of batches. For task authors:
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -37,8 +35,9 @@ import torch
 from torch import Tensor
 
 from seqmem.errors import SeqmemError
+from seqmem.registry import Registry, hyperparameters
 
-_REGISTRY: dict[str, type[Task]] = {}
+_REGISTRY = Registry("task")
 
 
 @dataclass
@@ -102,46 +101,11 @@ def check_int(what: str, value, *, low: int) -> int:
 
 
 # ---- registry ---------------------------------------------------------------------------
-def register(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator: register a Task subclass under a short name."""
-
-    def deco(cls: type[Task]) -> type[Task]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise SeqmemError(f"task name {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def names() -> list[str]:
-    """Registered task names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Task]:
-    if name not in _REGISTRY:
-        raise SeqmemError(f"unknown task {name!r}; accepted: {', '.join(names())}")
-    return _REGISTRY[name]
-
-
-def hyperparameters(cls: type[Task]) -> dict[str, inspect.Parameter]:
-    """The keyword-only constructor hyperparameters of a task class."""
-    sig = inspect.signature(cls.__init__)
-    return {
-        n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
 
 
 def build(name: str, **kw) -> Task:
     """Build the task registered as `name` with keyword hyperparameters."""
-    cls = get(name)
-    accepted = hyperparameters(cls)
-    unknown = sorted(set(kw) - set(accepted))
-    if unknown:
-        raise SeqmemError(
-            f"unknown option(s) {', '.join(unknown)} for task {name!r}; accepted: "
-            f"{', '.join(accepted) or '(none)'}"
-        )
-    return cls(**kw)
+    return _REGISTRY.check_options(name, kw)(**kw)
