@@ -184,7 +184,6 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
             "eval_loss": eval_loss / t.eval_batches, "elapsed_s": round(elapsed, 3),
             "advanced": advanced, **tau_stats(model),
         }
-        run.log(last)
         if advanced:
             stage = {"N": n_trained, "epoch": epoch, "elapsed_s": round(elapsed, 2),
                      **tau_stats(model)}
@@ -192,6 +191,7 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
             run.save_checkpoint(f"N{n_trained:03d}", checkpoint(model, opt, gen, cur, epoch,
                                                                 elapsed, stages, last))
         run.save_checkpoint("last", checkpoint(model, opt, gen, cur, epoch, elapsed, stages, last))
+        run.log(last)  # after the checkpoint: a logged epoch always has its checkpoint to resume
         summary = summarize(cfg, cur, stages, epoch, elapsed, last, None)
         run.write_summary(summary)
         emit({"event": "epoch", "record": last, "summary": summary})
