@@ -1,0 +1,369 @@
+"""Memories trained or routed at test time: Titans (Behrouz et al. 2025) and Mixture of
+Memories (Du et al. 2025).
+
+Both are layers of the linear-attention family: q/k/v projections, a short causal depthwise
+convolution and SiLU on each, L2-normalised q and k, a matrix memory per head updated once per
+token by an op of `seqmem.ops`, then a per-head RMSNorm gated by SiLU(W_g x) and an output
+projection (the output gate and norm of Gated DeltaNet, which both papers use).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from seqmem.errors import SeqmemError, check_choice
+from seqmem.mixers.base import Mixer, register
+from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
+from seqmem.ops.linear_attention import (
+    gated_delta_rule,
+    gated_delta_rule_step,
+    linear_attention,
+    linear_attention_step,
+)
+from seqmem.ops.titans import TitansState, titans, titans_init_state, titans_step
+
+PROBE_BATCH, PROBE_SEED = 4096, 0
+
+
+def _check_heads(what: str, d_model: int, n_heads: int, conv_size: int) -> int:
+    """The head width d_model // n_heads, after checking the sizes."""
+    if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
+        raise SeqmemError(f"{what} n_heads must be a positive divisor of d_model={d_model}, "
+                          f"got {n_heads!r}")
+    if not isinstance(conv_size, int) or conv_size < 2:
+        raise SeqmemError(f"{what} conv_size must be an integer >= 2, got {conv_size!r}")
+    return d_model // n_heads
+
+
+def _conv_weight(channels: int, conv_size: int) -> nn.Parameter:
+    """Depthwise conv weight (channels, conv_size), torch.nn.Conv1d's default range."""
+    k = 1 / math.sqrt(conv_size)
+    return nn.Parameter(torch.empty(channels, conv_size).uniform_(-k, k))
+
+
+def _gated_rms_norm(o: Tensor, weight: Tensor, gate: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the head width times SiLU(gate): o, gate (..., h, d) -> (..., h, d)."""
+    return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * weight * F.silu(gate)
+
+
+def _probe(d_model: int, like: Tensor) -> Tensor:
+    """A fixed N(0, 1) probe input (PROBE_BATCH, d_model) for data-dependent timescales."""
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randn(PROBE_BATCH, d_model, generator=gen, dtype=torch.float64).to(like)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class TitansMixerState(NamedTuple):
+    """Memory M and momentum S (b, h, d_head, d_head); the short conv's inputs (b, k-1, 3 d)."""
+
+    M: Tensor
+    S: Tensor
+    conv: Tensor
+
+
+@register("titans")
+class Titans(Mixer):
+    """Titans neural long-term memory, linear-memory variant (Behrouz, Zhong & Mirrokni 2025,
+    "Titans: Learning to Memorize at Test Time", sections 3.1 and 4.4), used as a layer.
+
+        q, k, v = SiLU(conv(W_{q,k,v} x)),  q, k L2-normalised per head
+        alpha = sigmoid(w_alpha x + b_alpha), eta = sigmoid(w_eta x + b_eta),
+        theta = theta_max * sigmoid(w_theta x + b_theta)          (one each per token and head)
+        S_t = eta_t S_{t-1} - theta_t grad ||k_t M - v_t||^2 at M_{t-1}
+        M_t = (1 - alpha_t) M_{t-1} + S_t,  o_t = q_t M_t / sqrt(d_head)
+        y_t = W_o (RMSNorm(o_t) * SiLU(W_g x_t))
+
+    The gradient of every token is taken at the memory just before it (the exact per-token
+    rule of `seqmem.ops.titans`); the chunked training form computes that rule exactly.
+    With unit-norm keys and theta < 1/2 every gate value gives a stable memory (the eigenvalues
+    of the (M, S) transition along k_t lie inside the unit disc), hence theta_max = 0.5.
+
+    Args:
+        d_model: input and output width.
+        n_heads: memory heads; d_model must be a multiple (head width d_model // n_heads).
+        conv_size: width of the short causal convolutions (>= 2).
+        theta_max: largest test-time learning rate theta (> 0).
+        norm_eps: epsilon of the output RMSNorm.
+    """
+
+    modes = ("chunk", "recurrent")
+
+    def __init__(self, d_model: int, *, n_heads: int = 2, conv_size: int = 4,
+                 theta_max: float = 0.5, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        self.d_head = _check_heads("titans", d_model, n_heads, conv_size)
+        if not (isinstance(theta_max, int | float) and 0 < theta_max < math.inf):
+            raise SeqmemError(f"titans theta_max must be a finite number > 0, got {theta_max!r}")
+        if not (isinstance(norm_eps, int | float) and 0 < norm_eps < 1):
+            raise SeqmemError(f"titans norm_eps must be in (0, 1), got {norm_eps!r}")
+        self.n_heads, self.conv_size = n_heads, conv_size
+        self.theta_max, self.norm_eps = float(theta_max), float(norm_eps)
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv_weight = _conv_weight(3 * d_model, conv_size)  # (3 d, k)
+        self.gate_proj = nn.Linear(d_model, 3 * n_heads)  # alpha, eta, theta logits
+        # forgetting rates alpha log-spaced over [1e-3, 1e-1] across heads, momentum 0.9,
+        # learning rate theta_max / 2
+        alphas = [math.exp(math.log(1e-3) + (math.log(1e-1) - math.log(1e-3)) * i
+                           / max(n_heads - 1, 1)) for i in range(n_heads)]
+        bias = [_logit(a) for a in alphas] + [_logit(0.9)] * n_heads + [0.0] * n_heads
+        with torch.no_grad():
+            self.gate_proj.bias.copy_(torch.tensor(bias))
+        self.g_proj = nn.Linear(d_model, d_model, bias=False)
+        self.norm_weight = nn.Parameter(torch.ones(self.d_head))
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    # ---- pieces shared by forward and step ------------------------------------------------
+    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """alpha, eta, theta (..., h) from x (..., d)."""
+        alpha, eta, theta = self.gate_proj(x).chunk(3, dim=-1)  # (..., h) each
+        return alpha.sigmoid(), eta.sigmoid(), self.theta_max * theta.sigmoid()
+
+    def _qkv(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (..., h, d_head) from the convolved projections u (..., 3 d)."""
+        q, k, v = rearrange(F.silu(u), "... (three h d) -> three ... h d", three=3,
+                            h=self.n_heads)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+
+    def _out(self, o: Tensor, x: Tensor) -> Tensor:
+        """W_o (RMSNorm(o) * SiLU(W_g x)): o (..., h, d_head), x (..., d) -> (..., d)."""
+        gate = rearrange(self.g_proj(x), "... (h d) -> ... h d", h=self.n_heads)
+        o = _gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)
+        return self.o_proj(rearrange(o, "... h d -> ... (h d)"))
+
+    # ---- the contract ---------------------------------------------------------------------
+    def _forward(self, x, state, mode, chunk_size):
+        u, conv = short_conv(self.qkv_proj(x), self.conv_weight, None, state.conv)  # (b, t, 3d)
+        q, k, v = self._qkv(u)  # (b, t, h, d_head)
+        alpha, eta, theta = self._gates(x)  # (b, t, h)
+        o, (M, S) = titans(q, k, v, alpha, eta, theta, state=TitansState(state.M, state.S),
+                           mode=mode, chunk_size=chunk_size)  # (b, t, h, d_head)
+        return self._out(o, x), TitansMixerState(M, S, conv)
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        u, conv = short_conv_step(self.qkv_proj(x_t), self.conv_weight, None, state.conv)
+        q, k, v = self._qkv(u)  # (b, h, d_head)
+        alpha, eta, theta = self._gates(x_t)  # (b, h)
+        o, (M, S) = titans_step(q, k, v, alpha, eta, theta, TitansState(state.M, state.S))
+        return self._out(o, x_t), TitansMixerState(M, S, conv)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        w = self.o_proj.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        M, S = titans_init_state(batch_size, self.n_heads, self.d_head, self.d_head,
+                                 device=device, dtype=dtype)
+        conv = short_conv_init_state(batch_size, 3 * self.d_model, self.conv_size,
+                                     device=device, dtype=dtype)
+        return TitansMixerState(M, S, conv)
+
+    def state_size(self):
+        return 2 * self.n_heads * self.d_head ** 2 + (self.conv_size - 1) * 3 * self.d_model
+
+    @torch.no_grad()
+    def timescales(self) -> Tensor:
+        """Per channel (of the memory read-out, head-major), the memory time constant of its
+        head: -1 / mean log max(1 - alpha, eta) over a fixed N(0, 1) probe input, i.e. the
+        e-folding time of the slower of forgetting and momentum, in steps."""
+        alpha, eta, _ = self._gates(_probe(self.d_model, self.o_proj.weight))  # (n, h)
+        keep = torch.maximum(1 - alpha, eta).double().clamp(1e-300, 1.0)  # (n, h)
+        ts = (-1 / torch.log(keep).mean(0)).clamp(max=1e12)  # (h,)
+        return ts.to(alpha.dtype).repeat_interleave(self.d_head)  # (d,)
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, conv_size={self.conv_size}, "
+                f"theta_max={self.theta_max}")
+
+
+MEMORY_KINDS = ("gated_delta", "linear")
+
+
+class MoMState(NamedTuple):
+    """Memories (b, n_memories [+ 1 shared], h, d_head, d_head); short conv inputs (b, k-1, c)."""
+
+    memories: Tensor
+    conv: Tensor
+
+
+@register("mom")
+class MoM(Mixer):
+    """Mixture of Memories (Du, Sun, Lan, Hu & Cheng 2025, "MoM: Linear Sequence Modeling with
+    Mixture-of-Memories"): a router sends each token to its top-k of M memories; each memory
+    has its own key and value projections and is updated only by the tokens routed to it; the
+    output reads the selected memories with one shared query, weighted by the router.
+
+        p_t = softmax(W_r x_t) (M,),  I_t = top-k(p_t),  w_t^m = p_t^m / sum_{j in I_t} p_t^j
+        memory m, if m in I_t:  gated delta rule (default)
+            S^m_t = exp(g^m_t) (I - beta^m_t k^m_t^T k^m_t) S^m_{t-1} + beta^m_t k^m_t^T v^m_t
+        or linear:  S^m_t = S^m_{t-1} + k^m_t^T v^m_t;         otherwise S^m_t = S^m_{t-1}
+        o_t = sum_{m in I_t} w^m_t q_t S^m_t / sqrt(d_head)  (+ q_t S^shared_t / sqrt(d_head))
+        y_t = W_o (RMSNorm(o_t) * SiLU(W_g x_t))
+
+    with q = SiLU(conv(W_q x)), k^m = SiLU(conv(W_k^m x)), v^m = SiLU(conv(W_v^m x)), q and k
+    L2-normalised per head, beta^m = sigmoid(W_b^m x), g^m = -exp(A_log) softplus(W_a^m x +
+    dt_bias) (Gated DeltaNet's gates, A_log and dt_bias shared by the memories, as in the
+    authors' code). A token not routed to memory m leaves it unchanged exactly (its decay is 1
+    and its write 0), so the chunked form of the memory op runs over the whole sequence. The
+    optional shared memory sees every token and is added with weight 1. The short convolutions
+    run over the whole token sequence (not over each memory's routed tokens), so a memory's
+    keys and values are a function of the token stream alone.
+
+    Args:
+        d_model: input and output width.
+        n_heads: heads per memory; d_model must be a multiple.
+        n_memories: routed memories M (>= 1).
+        top_k: memories per token (1 <= top_k <= n_memories).
+        shared_memory: add a memory that every token updates and reads.
+        memory: "gated_delta" (default, the paper's main model) or "linear".
+        conv_size: width of the short causal convolutions (>= 2).
+        norm_eps: epsilon of the output RMSNorm.
+    """
+
+    modes = ("chunk", "recurrent")
+
+    def __init__(self, d_model: int, *, n_heads: int = 2, n_memories: int = 4, top_k: int = 2,
+                 shared_memory: bool = True, memory: str = "gated_delta", conv_size: int = 4,
+                 norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        self.d_head = _check_heads("mom", d_model, n_heads, conv_size)
+        if not isinstance(n_memories, int) or n_memories < 1:
+            raise SeqmemError(f"mom n_memories must be a positive integer, got {n_memories!r}")
+        if not isinstance(top_k, int) or not 1 <= top_k <= n_memories:
+            raise SeqmemError(f"mom top_k must be an integer in [1, n_memories={n_memories}], "
+                              f"got {top_k!r}")
+        if not (isinstance(norm_eps, int | float) and 0 < norm_eps < 1):
+            raise SeqmemError(f"mom norm_eps must be in (0, 1), got {norm_eps!r}")
+        self.memory = check_choice("mom memory", memory, MEMORY_KINDS)
+        self.n_heads, self.n_memories, self.top_k = n_heads, n_memories, top_k
+        self.shared_memory, self.conv_size = bool(shared_memory), conv_size
+        self.norm_eps = float(norm_eps)
+        self.n_slots = n_memories + int(self.shared_memory)  # memories in the state
+        d, h, s = d_model, n_heads, self.n_slots
+        self.router = nn.Linear(d, n_memories, bias=False)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.kv_proj = nn.Linear(d, 2 * s * d, bias=False)  # every memory's keys and values
+        self.conv_weight = _conv_weight(d + 2 * s * d, conv_size)  # (d + 2 s d, k)
+        if self.memory == "gated_delta":
+            self.ab_proj = nn.Linear(d, 2 * s * h, bias=False)  # every memory's a and b
+            # Gated DeltaNet's initialisation: A ~ U(1, 16) and dt log-spaced in [1e-3, 1e-1]
+            self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))
+            dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.g_proj = nn.Linear(d, d, bias=False)
+        self.norm_weight = nn.Parameter(torch.ones(self.d_head))
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    # ---- pieces shared by forward and step ------------------------------------------------
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Router weights w and the routing mask (..., n_memories) from x (..., d): w is the
+        softmax renormalised over each token's top-k memories and 0 elsewhere."""
+        p = torch.softmax(self.router(x), dim=-1)  # (..., M)
+        top, idx = p.topk(self.top_k, dim=-1)  # (..., k)
+        w = torch.zeros_like(p).scatter(-1, idx, top / top.sum(-1, keepdim=True))  # (..., M)
+        routed = torch.zeros_like(p, dtype=torch.bool).scatter(-1, idx, True)  # (..., M)
+        return w, routed
+
+    def _inputs(self, x: Tensor, u: Tensor):
+        """The memory op's inputs over all slots (memories, then the shared one), heads folded:
+        q, k, v (..., s h, d_head), g, beta (..., s h) (None for linear memories), and the
+        read-out weights (..., s)."""
+        d, s, h = self.d_model, self.n_slots, self.n_heads
+        u = F.silu(u)
+        q = F.normalize(rearrange(u[..., :d], "... (h e) -> ... h e", h=h), dim=-1)
+        k, v = rearrange(u[..., d:], "... (two s h e) -> two ... s h e", two=2, s=s, h=h)
+        k = F.normalize(k, dim=-1)  # (..., s, h, e)
+        w, routed = self.route(x)  # (..., M)
+        if self.shared_memory:
+            w = torch.cat([w, torch.ones_like(w[..., :1])], dim=-1)  # (..., s)
+            routed = torch.cat([routed, torch.ones_like(routed[..., :1])], dim=-1)
+        on = routed[..., None]  # (..., s, 1)
+        g = beta = None
+        if self.memory == "gated_delta":
+            a, b = rearrange(self.ab_proj(x), "... (two s h) -> two ... s h", two=2, s=s)
+            g = -self.A_log.exp() * F.softplus(a + self.dt_bias)  # (..., s, h)
+            g, beta = torch.where(on, g, 0.0), torch.where(on, b.sigmoid(), 0.0)  # (..., s, h)
+            g, beta = (rearrange(z, "... s h -> ... (s h)") for z in (g, beta))
+        else:
+            k = torch.where(on[..., None], k, 0.0)  # an unrouted token writes nothing
+        q = q.unsqueeze(-3).expand(*k.shape)  # (..., s, h, e): one query reads every memory
+        q, k, v = (rearrange(z, "... s h e -> ... (s h) e") for z in (q, k, v))
+        return q, k, v, g, beta, w
+
+    def _out(self, o: Tensor, w: Tensor, x: Tensor) -> Tensor:
+        """Mix the memories' reads o (..., s h, e) with weights w (..., s), normalise, gate and
+        project to (..., d)."""
+        o = torch.einsum("...she,...s->...he",
+                         rearrange(o, "... (s h) e -> ... s h e", s=self.n_slots), w)
+        gate = rearrange(self.g_proj(x), "... (h e) -> ... h e", h=self.n_heads)
+        o = _gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)  # (..., h, e)
+        return self.o_proj(rearrange(o, "... h e -> ... (h e)"))
+
+    def _projections(self, x: Tensor) -> Tensor:
+        return torch.cat([self.q_proj(x), self.kv_proj(x)], dim=-1)  # (..., d + 2 s d)
+
+    # ---- the contract ---------------------------------------------------------------------
+    def _forward(self, x, state, mode, chunk_size):
+        u, conv = short_conv(self._projections(x), self.conv_weight, None, state.conv)
+        q, k, v, g, beta, w = self._inputs(x, u)
+        S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")
+        if self.memory == "gated_delta":
+            o, S = gated_delta_rule(q, k, v, g, beta, state=S0, mode=mode, chunk_size=chunk_size)
+        else:
+            o, S = linear_attention(q, k, v, state=S0, mode=mode, chunk_size=chunk_size)
+        S = rearrange(S, "b (s h) k v -> b s h k v", s=self.n_slots)
+        return self._out(o, w, x), MoMState(S, conv)
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        u, conv = short_conv_step(self._projections(x_t), self.conv_weight, None, state.conv)
+        q, k, v, g, beta, w = self._inputs(x_t, u)
+        S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")
+        if self.memory == "gated_delta":
+            o, S = gated_delta_rule_step(q, k, v, g, beta, S0)
+        else:
+            o, S = linear_attention_step(q, k, v, S0)
+        S = rearrange(S, "b (s h) k v -> b s h k v", s=self.n_slots)
+        return self._out(o, w, x_t), MoMState(S, conv)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        wt = self.o_proj.weight
+        device, dtype = device or wt.device, dtype or wt.dtype
+        e = self.d_head
+        memories = torch.zeros(batch_size, self.n_slots, self.n_heads, e, e, device=device,
+                               dtype=dtype)
+        conv = short_conv_init_state(batch_size, self.conv_weight.shape[0], self.conv_size,
+                                     device=device, dtype=dtype)
+        return MoMState(memories, conv)
+
+    def state_size(self):
+        return (self.n_slots * self.n_heads * self.d_head ** 2
+                + (self.conv_size - 1) * self.conv_weight.shape[0])
+
+    @torch.no_grad()
+    def timescales(self) -> Tensor | None:
+        """Gated-delta memories: per channel (head-major), -1 / (mean log-decay per token) of
+        its head, the mean taken over a fixed N(0, 1) probe input and over the memories, a
+        memory's log-decay being 0 on the tokens not routed to it (so rarely chosen memories
+        remember longer). Linear memories do not decay: None."""
+        if self.memory != "gated_delta":
+            return None
+        x = _probe(self.d_model, self.o_proj.weight)  # (n, d)
+        _, routed = self.route(x)  # (n, M)
+        if self.shared_memory:
+            routed = torch.cat([routed, torch.ones_like(routed[:, :1])], dim=-1)  # (n, s)
+        a, _ = rearrange(self.ab_proj(x), "n (two s h) -> two n s h", two=2, s=self.n_slots)
+        g = -self.A_log.exp() * F.softplus(a + self.dt_bias) * routed[..., None]  # (n, s, h)
+        mean = g.double().mean(dim=(0, 1)).clamp(max=-1e-12)  # (h,)
+        return (-1 / mean).to(g.dtype).repeat_interleave(self.d_head)  # (d,)
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_memories={self.n_memories}, "
+                f"top_k={self.top_k}, shared_memory={self.shared_memory}, memory={self.memory}")

@@ -1,0 +1,425 @@
+"""Linear attention and its decayed, gated and delta-rule relatives: matrix-state RNNs read by
+a query. Per head, with row vectors q_t, k_t (d_k), v_t (d_v) and state S (d_k, d_v):
+
+    linear_attention   S_t = S_{t-1} + k_t^T v_t                      (Katharopoulos et al. 2020)
+    retention          S_t = gamma S_{t-1} + k_t^T v_t,  gamma = exp(log_decay) per head
+                                                                       (Sun et al. 2023, RetNet)
+    gla                S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,  g_t (d_k) a log forget gate
+                                                                       (Yang et al. 2023, GLA)
+    delta_rule         S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
+                                                                       (Schlag et al. 2021)
+    gated_delta_rule   S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
+                                                           (Yang, Kautz & Hatamizadeh 2025)
+    and in every op    o_t = (scale q_t) S_t,  scale = d_k^-0.5 unless given.
+
+Layout: q, k (b, t, h, d_k), v (b, t, h, d_v), o (b, t, h, d_v); state (b, h, d_k, d_v), zeros
+when None; every op returns (o, final state). `<op>_step` is the specification; `mode` picks
+the form: "recurrent" (the loop of the step), "parallel" (the whole sequence as one masked
+quadratic form) or "chunk" (the default: a quadratic form inside chunks of `chunk_size`
+tokens, the state carried from chunk to chunk, so the cost is linear in t and dominated by
+matrix products).
+
+Numerics. Cumulative log decays b_t = sum_{l<=t} g_l only ever enter as exp(b_t - b_s) with
+s <= t (masked to exactly 0 elsewhere before the exponential), so no exponent is positive when
+the gates are forget gates (g <= 0): nothing overflows, however strong the decay. For `gla`,
+whose decay differs per key channel, the scores inside a chunk are built from dyadic blocks
+(halves, quarters, ... of the chunk): a pair of tokens s < t meets at the midpoint r of the
+smallest block holding both, as q_t exp(B_t - B_r) . k_s exp(B_r - B_s), both factors <= 1,
+and each block is one matrix product (the secondary chunking of Yang et al. 2023, taken down to
+single tokens; it never materialises a (t, s, d_k) tensor).
+
+Delta rules in chunks (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta
+Rule over Sequence Length", the WY / UT transform). With gamma_t = exp(b_t) the decay since the
+chunk's start and the pseudo-values u_t = beta_t (v_t - exp(g_t) k_t S_{t-1}),
+S_t = exp(g_t) S_{t-1} + k_t^T u_t, so inside a chunk starting from S_0
+
+    S_t = gamma_t S_0 + sum_{i<=t} (gamma_t / gamma_i) k_i^T u_i,
+    (I + L) U = diag(beta) V - diag(beta gamma) K S_0,
+    L[t, i] = beta_t (gamma_t / gamma_i) k_t . k_i  for i < t (0 elsewhere),
+
+one unit lower-triangular solve per chunk, done for all chunks at once before the sequential
+pass: U = U~ - W S_0 with (I + L) [U~, W] = [diag(beta) V, diag(beta gamma) K]. The outputs are
+o_t = gamma_t q_t S_0 + sum_{i<=t} (gamma_t / gamma_i) (q_t . k_i) u_i. The "parallel" form of
+the delta rules is this algorithm with one chunk holding the whole sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqmem.errors import SeqmemError, check_choice
+
+LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
+
+
+# ---- shared plumbing -----------------------------------------------------------------------
+def _scale(q: Tensor, scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
+def _zero_state(k: Tensor, v: Tensor) -> Tensor:
+    """The zero state (b, h, d_k, d_v) for inputs k (b, [t,] h, d_k), v (b, [t,] h, d_v)."""
+    return torch.zeros(k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1], device=v.device,
+                       dtype=v.dtype)
+
+
+def _outer(k_t: Tensor, v_t: Tensor) -> Tensor:
+    """k_t^T v_t: (b, h, d_k), (b, h, d_v) -> (b, h, d_k, d_v)."""
+    return k_t[..., :, None] * v_t[..., None, :]
+
+
+def _read(q_t: Tensor, S: Tensor) -> Tensor:
+    """q_t S: (b, h, d_k), (b, h, d_k, d_v) -> (b, h, d_v)."""
+    return (q_t[..., None, :] @ S)[..., 0, :]
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return chunk_size
+
+
+def _chunks(x: Tensor, size: int) -> Tensor:
+    """(b, t, h, ...) -> (b, h, n, size, ...), zero-padded at the end to n * size tokens.
+
+    A padded token has q = k = v = beta = 0 and log decay 0: it writes nothing and forgets
+    nothing, so the state after the padding is the state after the last real token."""
+    b, t, h = x.shape[:3]
+    n = -(-t // size)
+    x = x.movedim(1, 2)  # (b, h, t, ...)
+    if n * size > t:
+        x = F.pad(x, [0, 0] * (x.ndim - 3) + [0, n * size - t])
+    return x.reshape(b, h, n, size, *x.shape[3:]).contiguous()
+
+
+def _unchunk(o: Tensor, t: int) -> Tensor:
+    """(b, h, n, C, d) -> (b, t, h, d), dropping the padding."""
+    b, h, n, C, d = o.shape
+    return o.reshape(b, h, n * C, d)[:, :, :t].movedim(2, 1)
+
+
+def _causal_decay(b_cum: Tensor, *, strict: bool = False) -> Tensor:
+    """D[..., t, s] = exp(b_t - b_s) for s <= t (s < t if strict), exactly 0 elsewhere, from
+    cumulative log decays b_cum (..., C); the exponent is masked before the exponential (a
+    multiplicative mask: torch.where with a broadcast mask is far slower on CPU)."""
+    C = b_cum.shape[-1]
+    mask = torch.ones(C, C, dtype=b_cum.dtype, device=b_cum.device).tril(-1 if strict else 0)
+    diff = b_cum[..., :, None] - b_cum[..., None, :]  # (..., C, C)
+    return (diff * mask).exp() * mask  # masked exponents are 0 (finite), then zeroed
+
+
+def _carry(decay: Tensor, KV: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """Pass the state across chunks, S_i = decay_i * S_{i-1} + KV_i: decay (b, h, n, ...)
+    broadcasting against KV (b, h, n, d_k, d_v). Returns the state at the start of every chunk
+    (b, h, n, d_k, d_v) and the final state."""
+    starts = []
+    for a_i, KV_i in zip(decay.unbind(2), KV.unbind(2), strict=True):
+        starts.append(S)
+        S = a_i * S + KV_i  # (b, h, d_k, d_v)
+    return torch.stack(starts, dim=2), S
+
+
+def _dispatch(op: str, mode: str, t: int, chunk_size: int) -> int | None:
+    """Check mode and chunk_size; the chunk length to use (t for "parallel"), None for
+    "recurrent"."""
+    mode = check_choice(f"{op} mode", mode, LINEAR_ATTENTION_MODES)
+    _check_chunk_size(chunk_size)
+    if mode == "recurrent":
+        return None
+    return max(t, 1) if mode == "parallel" else chunk_size
+
+
+def _empty(q: Tensor, v: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """The result for a sequence of no tokens: o (b, 0, h, d_v) and the state unchanged."""
+    return v.new_zeros(q.shape[0], 0, q.shape[2], v.shape[-1]), S
+
+
+# ---- steps: the specification --------------------------------------------------------------
+def linear_attention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None = None, *,
+                          scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """S_t = S_{t-1} + k_t^T v_t, o_t = scale q_t S_t: q_t, k_t (b, h, d_k), v_t (b, h, d_v),
+    state (b, h, d_k, d_v) -> o_t (b, h, d_v), S_t."""
+    S = _zero_state(k_t, v_t) if state is None else state
+    S = S + _outer(k_t, v_t)  # (b, h, d_k, d_v)
+    return _read(q_t * _scale(q_t, scale), S), S
+
+
+def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay: Tensor,
+                   state: Tensor | None = None, *, scale: float | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """S_t = exp(log_decay) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t; log_decay (h,)."""
+    S = _zero_state(k_t, v_t) if state is None else state
+    S = log_decay.exp()[:, None, None] * S + _outer(k_t, v_t)  # (b, h, d_k, d_v)
+    return _read(q_t * _scale(q_t, scale), S), S
+
+
+def gla_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, state: Tensor | None = None, *,
+             scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t; g_t (b, h, d_k)."""
+    S = _zero_state(k_t, v_t) if state is None else state
+    S = g_t.exp()[..., None] * S + _outer(k_t, v_t)  # (b, h, d_k, d_v)
+    return _read(q_t * _scale(q_t, scale), S), S
+
+
+def delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, beta_t: Tensor,
+                    state: Tensor | None = None, *, scale: float | None = None
+                    ) -> tuple[Tensor, Tensor]:
+    """S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
+    beta_t (b, h)."""
+    S = _zero_state(k_t, v_t) if state is None else state
+    u = beta_t[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
+    S = S + _outer(k_t, u)  # (b, h, d_k, d_v)
+    return _read(q_t * _scale(q_t, scale), S), S
+
+
+def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, beta_t: Tensor,
+                          state: Tensor | None = None, *, scale: float | None = None
+                          ) -> tuple[Tensor, Tensor]:
+    """S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
+    g_t, beta_t (b, h)."""
+    S = _zero_state(k_t, v_t) if state is None else state
+    S = g_t.exp()[..., None, None] * S  # (b, h, d_k, d_v)
+    u = beta_t[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
+    S = S + _outer(k_t, u)
+    return _read(q_t * _scale(q_t, scale), S), S
+
+
+# ---- recurrent: the loop of the step -------------------------------------------------------
+def _loop(step, q: Tensor, per_token: tuple, state: Tensor | None, scale: float | None,
+          *fixed) -> tuple[Tensor, Tensor]:
+    """Run step(q_t, k_t, v_t, [per-token gates], [fixed args], S) over time."""
+    S = _zero_state(per_token[0], per_token[1]) if state is None else state
+    outs = []
+    # unbind, not indexing: one backward node per input rather than one full-size gradient
+    # per token
+    for q_t, *inputs_t in zip(q.unbind(1), *(x.unbind(1) for x in per_token), strict=True):
+        o_t, S = step(q_t, *inputs_t, *fixed, S, scale=scale)
+        outs.append(o_t)
+    if not outs:
+        return _empty(q, per_token[1], S)
+    return torch.stack(outs, dim=1), S  # (b, t, h, d_v)
+
+
+def linear_attention_recurrent(q, k, v, *, scale=None, state=None):
+    """The loop of `linear_attention_step`."""
+    return _loop(linear_attention_step, q, (k, v), state, scale)
+
+
+def retention_recurrent(q, k, v, log_decay, *, scale=None, state=None):
+    """The loop of `retention_step`."""
+    return _loop(retention_step, q, (k, v), state, scale, log_decay)
+
+
+def gla_recurrent(q, k, v, g, *, scale=None, state=None):
+    """The loop of `gla_step`."""
+    return _loop(gla_step, q, (k, v, g), state, scale)
+
+
+def delta_rule_recurrent(q, k, v, beta, *, scale=None, state=None):
+    """The loop of `delta_rule_step`."""
+    return _loop(delta_rule_step, q, (k, v, beta), state, scale)
+
+
+def gated_delta_rule_recurrent(q, k, v, g, beta, *, scale=None, state=None):
+    """The loop of `gated_delta_rule_step`."""
+    return _loop(gated_delta_rule_step, q, (k, v, g, beta), state, scale)
+
+
+# ---- chunked forms -------------------------------------------------------------------------
+def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
+                       scale: float | None = None, state: Tensor | None = None,
+                       chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """S_t = exp(g_t) S_{t-1} + k_t^T v_t with a scalar log decay g (b, t, h) per token and
+    head (None: no decay), in chunks of chunk_size (one chunk = the masked quadratic form):
+
+        o_t = exp(b_t) q_t S_0 + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s,  b the cumulative
+        log decay since the chunk's start; the state is carried from chunk to chunk."""
+    b, t, h, _ = q.shape
+    S = _zero_state(k, v) if state is None else state
+    if t == 0:
+        return _empty(q, v, S)
+    C = min(_check_chunk_size(chunk_size), t)
+    Q, K, V = _chunks(q * _scale(q, scale), C), _chunks(k, C), _chunks(v, C)  # (b, h, n, C, d)
+    if g is None:
+        g = q.new_zeros(b, t, h)
+    b_cum = _chunks(g, C).cumsum(-1)  # (b, h, n, C)
+    intra = ((Q @ K.transpose(-1, -2)) * _causal_decay(b_cum)) @ V  # (b, h, n, C, d_v)
+    Q = Q * b_cum.exp()[..., None]  # (b, h, n, C, d_k): reads S_0 decayed to t
+    b_last = b_cum[..., -1]  # (b, h, n)
+    KV = (K * (b_last[..., None] - b_cum).exp()[..., None]).transpose(-1, -2) @ V  # (b,h,n,k,v)
+    starts, S = _carry(b_last.exp()[..., None, None], KV, S)  # (b, h, n, d_k, d_v)
+    return _unchunk(intra + Q @ starts, t), S
+
+
+def _gla_intra(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:
+    """o_t = sum_{s<=t} sum_c q_tc k_sc exp(B_tc - B_sc) v_s within blocks of L tokens, L a
+    power of two: Q, K, B (..., L, d_k), V (..., L, d_v) -> (..., L, d_v).
+
+    Every pair s < t is split by the midpoint of exactly one dyadic block (sizes L, L/2, ...,
+    2); there the pair meets at the block's midpoint r (s <= r < t): q_t exp(B_t - B_r) and
+    k_s exp(B_r - B_s), both exponents <= 0, and the block is one matrix product."""
+    L = Q.shape[-2]
+    o = (Q * K).sum(-1, keepdim=True) * V  # (..., L, d_v): s = t, where exp(0) = 1
+    size = L
+    while size > 1:
+        half = size // 2
+        # (..., L/size, 2, half, d): first and second halves of every block (unbind, whose
+        # backward is one stack, rather than slicing, whose backward zero-fills per slice)
+        (_, q2), (k1, _), (b1, b2), (v1, _) = (
+            z.unflatten(-2, (L // size, 2, half)).unbind(-3) for z in (Q, K, B, V))
+        ref = b1[..., -1:, :]  # (..., L/size, 1, d_k): B at the midpoint
+        scores = (q2 * (b2 - ref).exp()) @ (k1 * (ref - b1).exp()).transpose(-1, -2)
+        part = scores @ v1.contiguous()  # (..., L/size, half, d_v); a strided batch is slow
+        o.unflatten(-2, (L // size, 2, half))[..., 1, :, :] += part  # into the second halves
+        size = half
+    return o
+
+
+def gla_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
+              state: Tensor | None = None, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """`gla` in chunks. Inside a chunk (padded with identity tokens to a power of two) the
+    scores sum_c q_tc k_sc exp(B_tc - B_sc), B the cumulative log gate since the chunk's
+    start, are built by dyadic blocks so that no exponent is positive (`_gla_intra`); the
+    state is carried from chunk to chunk:
+
+        o_t = (q_t * exp(B_t)) S_0 + intra_t,
+        S_C = diag(exp(B_C)) S_0 + sum_s (k_s * exp(B_C - B_s))^T v_s."""
+    t = q.shape[1]
+    S = _zero_state(k, v) if state is None else state
+    if t == 0:
+        return _empty(q, v, S)
+    C = min(_check_chunk_size(chunk_size), t)
+    L = 1 << (C - 1).bit_length()  # C rounded up to a power of two
+    Q, K, V, G = (_chunks(z, C) for z in (q * _scale(q, scale), k, v, g))  # (b, h, n, C, d)
+    if L > C:  # identity tokens at the end of every chunk
+        Q, K, V, G = (F.pad(z, (0, 0, 0, L - C)) for z in (Q, K, V, G))  # (b, h, n, L, d)
+    B = G.cumsum(-2)  # (b, h, n, L, d_k)
+    intra = _gla_intra(Q, K, V, B)  # (b, h, n, L, d_v)
+    B_last = B[..., -1, :]  # (b, h, n, d_k)
+    Q = Q * B.exp()  # (b, h, n, L, d_k): reads S_0 decayed to t
+    KV = (K * (B_last[..., None, :] - B).exp()).transpose(-1, -2) @ V  # (b, h, n, d_k, d_v)
+    starts, S = _carry(B_last.exp()[..., None], KV, S)  # (b, h, n, d_k, d_v)
+    o = intra + Q @ starts  # (b, h, n, L, d_v)
+    return _unchunk(o[..., :C, :] if L > C else o, t), S
+
+
+def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
+                 state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`gla` as one masked quadratic form over the sequence, memory O(t^2 d_k):
+
+        o_t = (q_t * exp(B_t)) S_0 + sum_{s<=t} sum_c q_tc k_sc exp(B_tc - B_sc) v_s,
+        S_t = diag(exp(B_t)) S_0 + sum_{s<=t} (k_s * exp(B_t - B_s))^T v_s,  B = cumsum(g)."""
+    t = q.shape[1]
+    S = _zero_state(k, v) if state is None else state
+    if t == 0:
+        return _empty(q, v, S)
+    q = q * _scale(q, scale)
+    B = g.cumsum(1)  # (b, t, h, d_k)
+    tri = torch.ones(t, t, dtype=q.dtype, device=q.device).tril()[:, :, None, None]  # (t, s)
+    E = ((B[:, :, None] - B[:, None, :]) * tri).exp() * tri  # (b, t, s, h, d_k)
+    A = torch.einsum("bthk,bshk,btshk->bhts", q, k, E)  # (b, h, t, s)
+    o = torch.einsum("bhts,bshv->bthv", A, v) + torch.einsum("bthk,bhkv->bthv", q * B.exp(), S)
+    B_last = B[:, -1]  # (b, h, d_k)
+    S = B_last.exp()[..., None] * S + torch.einsum(
+        "bshk,bshv->bhkv", k * (B_last[:, None] - B).exp(), v)  # (b, h, d_k, d_v)
+    return o, S
+
+
+def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *,
+                     scale: float | None = None, state: Tensor | None = None,
+                     chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """The (gated) delta rule in chunks by the WY / UT transform (see the module docstring):
+    beta (b, t, h), g (b, t, h) a log decay or None (no decay)."""
+    b, t, h, _ = q.shape
+    S = _zero_state(k, v) if state is None else state
+    if t == 0:
+        return _empty(q, v, S)
+    C = min(_check_chunk_size(chunk_size), t)
+    d_v = v.shape[-1]
+    Q, K, V = _chunks(q * _scale(q, scale), C), _chunks(k, C), _chunks(v, C)  # (b, h, n, C, d)
+    beta = _chunks(beta, C)  # (b, h, n, C)
+    b_cum = _chunks(g if g is not None else q.new_zeros(b, t, h), C).cumsum(-1)  # (b, h, n, C)
+    D = _causal_decay(b_cum)  # (b, h, n, C, C): gamma_t / gamma_s for s <= t
+    gamma = b_cum.exp()  # (b, h, n, C)
+    KK = K @ K.transpose(-1, -2)  # (b, h, n, C, C)
+    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    system = eye + (beta[..., None] * D * KK).tril(-1)  # (b, h, n, C, C): I + L
+    rhs = torch.cat([beta[..., None] * V, (beta * gamma)[..., None] * K], dim=-1)
+    sol = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+    U_tilde, W = sol.split([d_v, K.shape[-1]], dim=-1)  # U = U_tilde - W S_0
+    QK = (Q @ K.transpose(-1, -2)) * D  # (b, h, n, C, C)
+    Q = Q * gamma[..., None]  # (b, h, n, C, d_k)
+    K_end = K * D[..., -1, :, None]  # (b, h, n, C, d_k): k_s gamma_C / gamma_s
+    g_last = gamma[..., -1]  # (b, h, n)
+    starts, Us = [], []
+    for U_i, W_i, K_i, a_i in zip(U_tilde.unbind(2), W.unbind(2), K_end.transpose(-1, -2).unbind(2),
+                                  g_last[..., None, None].unbind(2), strict=True):
+        starts.append(S)
+        U = U_i - W_i @ S  # (b, h, C, d_v): the chunk's pseudo-values
+        Us.append(U)
+        S = a_i * S + K_i @ U  # (b, h, d_k, d_v)
+    o = Q @ torch.stack(starts, dim=2) + QK @ torch.stack(Us, dim=2)  # (b, h, n, C, d_v)
+    return _unchunk(o, t), S
+
+
+# ---- the ops -------------------------------------------------------------------------------
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
+                     state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+                     ) -> tuple[Tensor, Tensor]:
+    """Linear attention (Katharopoulos et al. 2020): S_t = S_{t-1} + k_t^T v_t,
+    o_t = scale q_t S_t. q, k (b, t, h, d_k), v (b, t, h, d_v) -> o (b, t, h, d_v), S_T."""
+    C = _dispatch("linear_attention", mode, q.shape[1], chunk_size)
+    if C is None:
+        return linear_attention_recurrent(q, k, v, scale=scale, state=state)
+    return scalar_decay_chunk(q, k, v, None, scale=scale, state=state, chunk_size=C)
+
+
+def retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, scale: float | None = None,
+              state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+              ) -> tuple[Tensor, Tensor]:
+    """Retention (Sun et al. 2023, RetNet): S_t = gamma S_{t-1} + k_t^T v_t with a fixed decay
+    gamma = exp(log_decay) per head, log_decay (h,); o_t = scale q_t S_t."""
+    C = _dispatch("retention", mode, q.shape[1], chunk_size)
+    if C is None:
+        return retention_recurrent(q, k, v, log_decay, scale=scale, state=state)
+    g = log_decay.expand(q.shape[0], q.shape[1], q.shape[2])  # (b, t, h)
+    return scalar_decay_chunk(q, k, v, g, scale=scale, state=state, chunk_size=C)
+
+
+def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
+        state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+        ) -> tuple[Tensor, Tensor]:
+    """Gated linear attention (Yang et al. 2023): S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t with
+    g (b, t, h, d_k) a log forget gate (<= 0); o_t = scale q_t S_t."""
+    C = _dispatch("gla", mode, q.shape[1], chunk_size)
+    if C is None:
+        return gla_recurrent(q, k, v, g, scale=scale, state=state)
+    if mode == "parallel":
+        return gla_parallel(q, k, v, g, scale=scale, state=state)
+    return gla_chunk(q, k, v, g, scale=scale, state=state, chunk_size=C)
+
+
+def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
+               state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+               ) -> tuple[Tensor, Tensor]:
+    """The delta rule (Schlag et al. 2021; chunked as in Yang et al. 2024):
+    S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, beta (b, t, h), k normalised by
+    the caller; o_t = scale q_t S_t."""
+    C = _dispatch("delta_rule", mode, q.shape[1], chunk_size)
+    if C is None:
+        return delta_rule_recurrent(q, k, v, beta, scale=scale, state=state)
+    return delta_rule_chunk(q, k, v, beta, None, scale=scale, state=state, chunk_size=C)
+
+
+def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *,
+                     scale: float | None = None, state: Tensor | None = None, mode: str = "chunk",
+                     chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """The gated delta rule (Yang, Kautz & Hatamizadeh 2025, Gated DeltaNet):
+    S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, g, beta (b, t, h);
+    o_t = scale q_t S_t."""
+    C = _dispatch("gated_delta_rule", mode, q.shape[1], chunk_size)
+    if C is None:
+        return gated_delta_rule_recurrent(q, k, v, g, beta, scale=scale, state=state)
+    return delta_rule_chunk(q, k, v, beta, g, scale=scale, state=state, chunk_size=C)

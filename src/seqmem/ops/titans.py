@@ -1,0 +1,177 @@
+"""The linear long-term memory of Titans: a matrix memory trained at test time by gradient
+descent with momentum and weight decay (Behrouz, Zhong & Mirrokni 2025, "Titans: Learning to
+Memorize at Test Time", section 3.1, linear memory).
+
+Per head, with row vectors q_t, k_t (d_k) and v_t (d_v), memory M (d_k, d_v) and momentum
+S (d_k, d_v):
+
+    loss_t(M)  = || k_t M - v_t ||^2              (associative memory loss)
+    grad_t     = d loss_t / dM at M_{t-1} = 2 k_t^T (k_t M_{t-1} - v_t)
+    S_t        = eta_t S_{t-1} - theta_t grad_t   (momentum: "past surprise")
+    M_t        = (1 - alpha_t) M_{t-1} + S_t       (weight decay: forgetting)
+    o_t        = scale * q_t M_t                   (retrieval from the updated memory)
+
+alpha_t, eta_t (in [0, 1]) and theta_t (>= 0) are data-dependent, one per token and head.
+
+Exact semantics. The gradient of every token is taken at the memory just before it, M_{t-1}
+(the per-token recurrence above, which `titans_step` specifies). The paper trains with a
+chunk-wise form in which all gradients of a chunk are taken at the memory of the chunk's
+start; that form depends on the chunk size and is not a loop of any step, so it is not used
+here. Instead, because the loss is quadratic, the per-token recurrence is linear in (M, S):
+
+    [M_t; S_t] = [[(1 - alpha_t) I - 2 theta_t k_t^T k_t, eta_t I],
+                  [-2 theta_t k_t^T k_t,                   eta_t I]] [M_{t-1}; S_{t-1}]
+                 + 2 theta_t [k_t^T v_t; k_t^T v_t]
+
+and `titans(..., mode="chunk")` computes it exactly, chunk by chunk, with a triangular solve
+(the WY / UT idea of the chunked delta rule, Yang et al. 2024, extended to the momentum pair):
+within a chunk, with the surprise delta_t = 2 theta_t (v_t - k_t M_{t-1}) (so that
+-theta_t grad_t = k_t^T delta_t),
+
+    S_t = E(t, 0) S_0 + sum_{i<=t} E(t, i) k_i^T delta_i,        E(t, i) = prod_{i<l<=t} eta_l
+    M_t = A(t, 0) M_0 + G(t, 0) S_0 + sum_{i<=t} G(t, i) k_i^T delta_i,
+          A(t, j) = prod_{j<l<=t} (1 - alpha_l),  G(t, i) = sum_{i<=j<=t} A(t, j) E(j, i)
+
+and the deltas of a chunk solve one unit lower-triangular system. Every form equals the loop of
+`titans_step` to rounding. Layout: (b, t, h, d); state `TitansState(M, S)`, each (b, h, d_k,
+d_v); `scale` defaults to d_k^-0.5, as in every op of the linear-attention family.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqmem.errors import check_choice
+
+TITANS_MODES = ("chunk", "recurrent")
+
+
+class TitansState(NamedTuple):
+    """Memory M and momentum S, each (b, h, d_k, d_v)."""
+
+    M: Tensor
+    S: Tensor
+
+
+def titans_init_state(batch_size: int, n_heads: int, d_k: int, d_v: int, *, device=None,
+                      dtype=None) -> TitansState:
+    """The zero state: M = S = 0, each (b, h, d_k, d_v)."""
+    z = torch.zeros(batch_size, n_heads, d_k, d_v, device=device, dtype=dtype)
+    return TitansState(z, z.clone())
+
+
+def titans_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, alpha_t: Tensor, eta_t: Tensor,
+                theta_t: Tensor, state: TitansState, *, scale: float | None = None
+                ) -> tuple[Tensor, TitansState]:
+    """One token (the specification): q_t, k_t (b, h, d_k), v_t (b, h, d_v), alpha_t, eta_t,
+    theta_t (b, h), state (M, S) -> o_t (b, h, d_v), the next state."""
+    M, S = state
+    scale = q_t.shape[-1] ** -0.5 if scale is None else scale
+    pred = torch.einsum("bhk,bhkv->bhv", k_t, M)  # (b, h, d_v): k_t M_{t-1}
+    grad = 2 * torch.einsum("bhk,bhv->bhkv", k_t, pred - v_t)  # (b, h, d_k, d_v)
+    S = eta_t[..., None, None] * S - theta_t[..., None, None] * grad
+    M = (1 - alpha_t)[..., None, None] * M + S
+    o = scale * torch.einsum("bhk,bhkv->bhv", q_t, M)  # (b, h, d_v)
+    return o, TitansState(M, S)
+
+
+def titans_recurrent(q, k, v, alpha, eta, theta, *, scale=None, state=None
+                     ) -> tuple[Tensor, TitansState]:
+    """The loop of `titans_step` over time: (b, t, h, d) inputs -> o (b, t, h, d_v), state."""
+    b, t, h, d_k = k.shape
+    if state is None:
+        state = titans_init_state(b, h, d_k, v.shape[-1], device=v.device, dtype=v.dtype)
+    outs = []
+    for i in range(t):
+        o_t, state = titans_step(q[:, i], k[:, i], v[:, i], alpha[:, i], eta[:, i], theta[:, i],
+                                 state, scale=scale)
+        outs.append(o_t)
+    return torch.stack(outs, dim=1), TitansState(*state)
+
+
+def _decay_matrix(a: Tensor) -> Tensor:
+    """P[..., t, j] = prod_{j < l <= t} a[..., l] for t >= j (1 on the diagonal), 0 above.
+
+    A masked cumulative product: exact for any a (zeros included), no logs, no division."""
+    C = a.shape[-1]
+    lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril(-1)  # (C, C): t > j
+    Z = torch.where(lower, a[..., :, None], torch.ones_like(a)[..., :, None])  # (..., C, C)
+    return torch.cumprod(Z, dim=-2).tril()  # (..., C, C)
+
+
+def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_size=64
+                 ) -> tuple[Tensor, TitansState]:
+    """The exact chunked form (see the module docstring): o (b, t, h, d_v), final state."""
+    b, t, h, d_k = k.shape
+    d_v = v.shape[-1]
+    scale = d_k ** -0.5 if scale is None else scale
+    if state is None:
+        state = titans_init_state(b, h, d_k, d_v, device=v.device, dtype=v.dtype)
+    C = min(chunk_size, t)
+    n = -(-t // C)
+    pad = n * C - t
+    r = t - (n - 1) * C  # length of the last chunk
+
+    def chunks(x: Tensor, fill: float) -> Tensor:  # (b, t, h, ...) -> (b, h, n, C, ...)
+        x = x.movedim(1, 2)  # (b, h, t, ...)
+        if pad:
+            widths = [0, 0] * (x.ndim - 3) + [0, pad]
+            x = F.pad(x, widths, value=fill)  # padded tokens come after the last real one
+        return x.reshape(b, h, n, C, *x.shape[3:])
+
+    Q, K, V = chunks(q * scale, 0.0), chunks(k, 0.0), chunks(v, 0.0)  # (b, h, n, C, d)
+    a, e = chunks(1 - alpha, 1.0), chunks(eta, 1.0)  # (b, h, n, C)
+    c = chunks(2 * theta, 0.0)  # (b, h, n, C)
+
+    A = _decay_matrix(a)  # (b, h, n, C, C): A[t, j] = prod_{j<l<=t} a_l
+    E = _decay_matrix(e)  # (b, h, n, C, C)
+    G = A @ E  # (b, h, n, C, C)
+    a0 = torch.cumprod(a, dim=-1)  # (b, h, n, C): A(t, 0)
+    e0 = torch.cumprod(e, dim=-1)  # (b, h, n, C): E(t, 0)
+    g0 = (A @ e0[..., None])[..., 0]  # (b, h, n, C): G(t, 0)
+    ones, zeros = torch.ones_like(a0[..., :1]), torch.zeros_like(g0[..., :1])
+    a0_prev = torch.cat([ones, a0[..., :-1]], dim=-1)  # (b, h, n, C): A(t-1, 0)
+    g0_prev = torch.cat([zeros, g0[..., :-1]], dim=-1)  # (b, h, n, C): G(t-1, 0)
+    G_prev = F.pad(G[..., :-1, :], (0, 0, 1, 0))  # (b, h, n, C, C): G(t-1, i), strictly lower
+
+    # (I + diag(c) L) delta = diag(c) (V - A(t-1, 0) K M_0 - G(t-1, 0) K S_0)
+    eye = torch.eye(C, dtype=v.dtype, device=v.device)
+    system = eye + c[..., None] * G_prev * (K @ K.transpose(-1, -2))  # (b, h, n, C, C)
+    rhs = torch.cat([c[..., None] * V, (c * a0_prev)[..., None] * K,
+                     (c * g0_prev)[..., None] * K], dim=-1)  # (b, h, n, C, d_v + 2 d_k)
+    sol = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+    U, W_M, W_S = sol.split([d_v, d_k, d_k], dim=-1)  # delta = U - W_M M_0 - W_S S_0
+    QK = G * (Q @ K.transpose(-1, -2))  # (b, h, n, C, C)
+
+    M, S = state
+    outs = []
+    for i in range(n):
+        last = C - 1 if i < n - 1 else r - 1  # the final state is read at the last real token
+        delta = U[:, :, i] - W_M[:, :, i] @ M - W_S[:, :, i] @ S  # (b, h, C, d_v)
+        o = (a0[:, :, i, :, None] * (Q[:, :, i] @ M) + g0[:, :, i, :, None] * (Q[:, :, i] @ S)
+             + QK[:, :, i] @ delta)  # (b, h, C, d_v)
+        outs.append(o)
+        K_i = K[:, :, i]  # (b, h, C, d_k)
+        M_new = (a0[:, :, i, last, None, None] * M + g0[:, :, i, last, None, None] * S
+                 + (G[:, :, i, last, :, None] * K_i).transpose(-1, -2) @ delta)
+        S = (e0[:, :, i, last, None, None] * S
+             + (E[:, :, i, last, :, None] * K_i).transpose(-1, -2) @ delta)  # (b, h, d_k, d_v)
+        M = M_new
+    o = torch.cat(outs, dim=2)[:, :, :t]  # (b, h, t, d_v)
+    return o.movedim(2, 1), TitansState(M, S)
+
+
+def titans(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, eta: Tensor, theta: Tensor, *,
+           scale: float | None = None, state: TitansState | None = None, mode: str = "chunk",
+           chunk_size: int = 64) -> tuple[Tensor, TitansState]:
+    """Titans linear memory over a sequence: q, k (b, t, h, d_k), v (b, t, h, d_v), alpha, eta,
+    theta (b, t, h) -> o (b, t, h, d_v), final `TitansState`. Modes: "chunk", "recurrent"."""
+    mode = check_choice("titans mode", mode, TITANS_MODES)
+    if mode == "recurrent":
+        return titans_recurrent(q, k, v, alpha, eta, theta, scale=scale, state=state)
+    return titans_chunk(q, k, v, alpha, eta, theta, scale=scale, state=state,
+                        chunk_size=chunk_size)
