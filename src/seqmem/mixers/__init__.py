@@ -3,7 +3,17 @@
 Public API: `build(name, d_model, **kw)`, `names()`, `get(name)`, `register(name)`, `Mixer`.
 """
 
-from seqmem.mixers import classic, leaky  # noqa: F401  (registers the mixers)
+from seqmem.mixers import (  # noqa: F401  (registers the mixers)
+    attention,
+    classic,
+    conv,
+    delta,
+    leaky,
+    lightnet,
+    linear_attention,
+    memory,
+    rat,
+)
 from seqmem.mixers.base import Mixer, State, build, get, hyperparameters, names, register, step_loop
 
 __all__ = ["Mixer", "State", "build", "get", "hyperparameters", "names", "register", "step_loop"]

@@ -30,6 +30,7 @@ class Mixer(nn.Module):
 
     modes: ClassVar[tuple[str, ...]] = ("recurrent",)
     name: ClassVar[str] = ""
+    state_grows: ClassVar[bool] = False  # True: the state is a cache that fills with t
 
     def __init__(self, d_model: int):
         super().__init__()

@@ -1,5 +1,28 @@
 """Pure tensor math: the recurrences, one function per family and form. No nn.Module here."""
 
+from seqmem.ops.attention import (
+    EMPTY,
+    AarenState,
+    aaren_scan,
+    aaren_step,
+    attention_own_key,
+    attention_parallel,
+    attention_step,
+    rotary,
+)
+from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
+from seqmem.ops.linear_attention import (
+    delta_rule,
+    delta_rule_step,
+    gated_delta_rule,
+    gated_delta_rule_step,
+    gla,
+    gla_step,
+    linear_attention,
+    linear_attention_step,
+    retention,
+    retention_step,
+)
 from seqmem.ops.rnn import (
     LSTMState,
     activation,
@@ -12,16 +35,58 @@ from seqmem.ops.rnn import (
     lstm_recurrent,
     lstm_step,
 )
+from seqmem.ops.scan import associative_scan, linear_recurrence, linear_recurrence_step
+from seqmem.ops.tcn import dilated_conv, dilated_conv_step
+from seqmem.ops.titans import (
+    TitansState,
+    titans,
+    titans_chunk,
+    titans_init_state,
+    titans_recurrent,
+    titans_step,
+)
 
 __all__ = [
+    "EMPTY",
+    "AarenState",
     "LSTMState",
+    "LightNetState",
+    "TitansState",
+    "aaren_scan",
+    "aaren_step",
     "activation",
+    "associative_scan",
+    "attention_own_key",
+    "attention_parallel",
+    "attention_step",
+    "delta_rule",
+    "delta_rule_step",
+    "dilated_conv",
+    "dilated_conv_step",
     "elman_recurrent",
     "elman_step",
+    "gated_delta_rule",
+    "gated_delta_rule_step",
+    "gla",
+    "gla_step",
     "gru_recurrent",
     "gru_step",
     "leaky_rnn_recurrent",
     "leaky_rnn_step",
+    "lightnet_chunk",
+    "lightnet_step",
+    "linear_attention",
+    "linear_attention_step",
+    "linear_recurrence",
+    "linear_recurrence_step",
     "lstm_recurrent",
     "lstm_step",
+    "retention",
+    "retention_step",
+    "rotary",
+    "titans",
+    "titans_chunk",
+    "titans_init_state",
+    "titans_recurrent",
+    "titans_step",
 ]

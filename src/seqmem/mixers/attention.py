@@ -1,0 +1,229 @@
+"""Softmax attention mixers: causal multi-head attention with a KV cache, and Attention as an
+RNN (Aaren).
+
+- `attention` (Vaswani et al. 2017): y_t = W_o concat_h softmax_j(q_t . k_j / sqrt(d)) v_j over
+  the tokens j in its span, with rotary positions (Su et al. 2021) and an optional sliding window.
+- `aaren` (Feng et al. 2024, "Attention as an RNN"): one learned query per head, so the output
+  y_t = W_o concat_h sum_{j<=t} softmax_j(q . k_j / sqrt(d)) v_j of every prefix is a parallel
+  prefix scan, and a step costs O(1).
+
+The KV cache is a state of fixed shape: `n_cache` slots of (key, value, log-weight), oldest
+first, slots without a token carrying the log-weight EMPTY (zero attention weight). A new token
+shifts the cache by one. Keys are cached before rotation and rotated by their slot index at use,
+so attention sees only relative positions and the state needs no position counter.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from seqmem.errors import SeqmemError
+from seqmem.mixers.base import Mixer, register
+from seqmem.ops.attention import (
+    EMPTY,
+    AarenState,
+    aaren_scan,
+    aaren_step,
+    attention_parallel,
+    attention_step,
+    rotary,
+)
+
+
+def check_heads(name: str, d_model: int, n_heads: int) -> int:
+    """The head width d_model // n_heads, or a one-line error."""
+    if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
+        raise SeqmemError(f"{name}: n_heads must be a positive divisor of d_model={d_model}, "
+                          f"got {n_heads!r}")
+    return d_model // n_heads
+
+
+def check_positive(name: str, what: str, value, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SeqmemError(f"{name}: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class AttentionState(NamedTuple):
+    """The KV cache: k (b, n_cache, h, d) keys before rotation, v (b, n_cache, h, d) values,
+    log_m (b, n_cache) log-weights (0 for a cached token, EMPTY for an empty slot)."""
+
+    k: Tensor
+    v: Tensor
+    log_m: Tensor
+
+
+@register("attention")
+class Attention(Mixer):
+    """Causal multi-head softmax attention whose state is its KV cache.
+
+    Args:
+        d_model: model width.
+        n_heads: heads (a divisor of d_model).
+        window: each token sees itself and the window - 1 tokens before it (sliding-window
+            attention); 0 = full attention over up to `max_len` tokens.
+        max_len: the span of full attention (window = 0): the cache holds max_len - 1 tokens;
+            older tokens leave it, so attention is exact full attention on sequences (and
+            streams carried by the state) of up to max_len tokens.
+        rotary: rotary position embedding on queries and keys (otherwise no positions).
+        rotary_base: the rotary frequency base.
+    """
+
+    modes = ("parallel", "recurrent")
+    state_grows = True  # the cache fills one slot per token, up to its capacity
+
+    def __init__(self, d_model: int, *, n_heads: int = 2, window: int = 0, max_len: int = 1024,
+                 rotary: bool = True, rotary_base: float = 10000.0):
+        super().__init__(d_model)
+        self.n_heads = n_heads
+        self.d_head = check_heads("attention", d_model, n_heads)
+        self.window = check_positive("attention", "window", window, minimum=0)
+        self.max_len = check_positive("attention", "max_len", max_len)
+        if not rotary_base > 1:
+            raise SeqmemError(f"attention: rotary_base must be > 1, got {rotary_base!r}")
+        self.rotary, self.rotary_base = bool(rotary), float(rotary_base)
+        self.span = self.window or self.max_len  # tokens each query sees, itself included
+        self.n_cache = self.span - 1
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (..., h, d) of x (..., d_model)."""
+        qkv = rearrange(self.qkv(x), "... (n h d) -> n ... h d", n=3, h=self.n_heads)
+        return qkv[0], qkv[1], qkv[2]
+
+    def _rotate(self, z: Tensor, offset: int) -> Tensor:
+        return rotary(z, offset, base=self.rotary_base) if self.rotary else z
+
+    def forward(self, x, state=None, *, mode=None, chunk_size=64):
+        """As Mixer.forward; from the empty cache (state None) the empty slots are skipped."""
+        if state is not None or self.check_mode(mode) != "parallel":
+            return super().forward(x, state, mode=mode, chunk_size=chunk_size)
+        self.check_input(x, ndim=3)
+        b, t, _ = x.shape
+        q, k, v = self._project(x)  # (b, t, h, d)
+        y = attention_parallel(self._rotate(q, 0), self._rotate(k, 0), v, window=self.span)
+        fresh = self.init_state(b, device=x.device, dtype=x.dtype)
+        log_m = torch.zeros(b, t, device=x.device, dtype=x.dtype)
+        return self.out(rearrange(y, "b t h d -> b t (h d)")), self._keep(fresh, k, v, log_m)
+
+    def _keep(self, state: AttentionState, k: Tensor, v: Tensor, log_m: Tensor
+              ) -> AttentionState:
+        """The cache after appending k, v (b, t, h, d), log_m (b, t): its last n_cache slots."""
+        k = torch.cat([state.k, k], dim=1)  # (b, n_cache + t, h, d)
+        v = torch.cat([state.v, v], dim=1)
+        log_m = torch.cat([state.log_m, log_m], dim=1)  # (b, n_cache + t)
+        start = k.shape[1] - self.n_cache
+        return AttentionState(k[:, start:], v[:, start:], log_m[:, start:])
+
+    def _forward(self, x, state, mode, chunk_size):
+        if mode == "recurrent":
+            ys = []
+            for t in range(x.shape[1]):
+                y_t, state = self.step(x[:, t], state)
+                ys.append(y_t)
+            return torch.stack(ys, dim=1), state
+        b, t, _ = x.shape
+        q, k, v = self._project(x)  # (b, t, h, d)
+        keys = torch.cat([state.k, k], dim=1)  # (b, n_cache + t, h, d)
+        values = torch.cat([state.v, v], dim=1)
+        log_m = torch.cat([state.log_m, x.new_zeros(b, t)], dim=1)  # (b, n_cache + t)
+        y = attention_parallel(self._rotate(q, self.n_cache), self._rotate(keys, 0), values,
+                               log_m, window=self.span)  # (b, t, h, d)
+        new = self._keep(state, k, v, x.new_zeros(b, t))
+        return self.out(rearrange(y, "b t h d -> b t (h d)")), new
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        q, k, v = self._project(x_t)  # (b, h, d)
+        keys = torch.cat([state.k, k[:, None]], dim=1)  # (b, n_cache + 1, h, d)
+        values = torch.cat([state.v, v[:, None]], dim=1)
+        log_m = torch.cat([state.log_m, x_t.new_zeros(x_t.shape[0], 1)], dim=1)
+        q = self._rotate(q[:, None], self.n_cache)[:, 0]  # the query sits after the cache
+        y = attention_step(q, self._rotate(keys, 0), values, log_m)  # (b, h, d)
+        new = AttentionState(keys[:, 1:], values[:, 1:], log_m[:, 1:])
+        return self.out(rearrange(y, "b h d -> b (h d)")), new
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        dtype = dtype or self.out.weight.dtype
+        device = device or self.out.weight.device
+        shape = (batch_size, self.n_cache, self.n_heads, self.d_head)
+        return AttentionState(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.full((batch_size, self.n_cache), EMPTY, device=device, dtype=dtype),
+        )
+
+    def state_size(self, t: int | None = None) -> int:
+        """Floats of state per sequence: the cache's n_cache slots of 2 d_model + 1 floats.
+        With t: the floats that hold tokens after t tokens, min(t, n_cache) (2 d_model + 1),
+        which grows with t up to the capacity."""
+        slots = self.n_cache if t is None else min(t, self.n_cache)
+        return slots * (2 * self.d_model + 1)
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, window={self.window}, "
+                f"max_len={self.max_len}, rotary={self.rotary}")
+
+
+@register("aaren")
+class Aaren(Mixer):
+    """Attention as an RNN: softmax attention of a learned query over every prefix.
+
+    s_t = q . k_t / sqrt(d) per head, y_t = W_o (sum_{j<=t} e^{s_j} v_j / sum_{j<=t} e^{s_j});
+    the state is (m, u, w) per head (see `seqmem.ops.attention`).
+
+    Args:
+        d_model: model width.
+        n_heads: heads (a divisor of d_model), each with its own learned query.
+    """
+
+    modes = ("parallel", "recurrent")
+
+    def __init__(self, d_model: int, *, n_heads: int = 2):
+        super().__init__(d_model)
+        self.n_heads = n_heads
+        self.d_head = check_heads("aaren", d_model, n_heads)
+        self.query = nn.Parameter(torch.randn(n_heads, self.d_head))  # (h, d)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _scores_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        kv = rearrange(self.kv(x), "... (n h d) -> n ... h d", n=2, h=self.n_heads)
+        s = torch.einsum("...hd,hd->...h", kv[0], self.query) * self.d_head ** -0.5
+        return s, kv[1]  # (..., h), (..., h, d)
+
+    def _forward(self, x, state, mode, chunk_size):
+        if mode == "recurrent":
+            ys = []
+            for t in range(x.shape[1]):
+                y_t, state = self.step(x[:, t], state)
+                ys.append(y_t)
+            return torch.stack(ys, dim=1), state
+        s, v = self._scores_values(x)  # (b, t, h), (b, t, h, d)
+        y, state = aaren_scan(s, v, state)
+        return self.out(rearrange(y, "b t h d -> b t (h d)")), state
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        s, v = self._scores_values(x_t)  # (b, h), (b, h, d)
+        y, state = aaren_step(s, v, state)
+        return self.out(rearrange(y, "b h d -> b (h d)")), state
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        dtype = dtype or self.query.dtype
+        device = device or self.query.device
+        h = (batch_size, self.n_heads)
+        return AarenState(torch.full(h, EMPTY, device=device, dtype=dtype),
+                          torch.zeros(h, device=device, dtype=dtype),
+                          torch.zeros(*h, self.d_head, device=device, dtype=dtype))
+
+    def state_size(self):
+        return self.n_heads * (2 + self.d_head)
+
+    def extra_repr(self):
+        return f"d_model={self.d_model}, n_heads={self.n_heads}"

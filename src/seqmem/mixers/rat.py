@@ -1,0 +1,168 @@
+"""RAT (Wei et al. 2025, "RAT: Bridging RNN Efficiency and Attention Accuracy in Language
+Modeling"): a gated linear recurrence inside chunks of `rat_chunk` tokens, softmax attention
+across the chunks' summaries.
+
+Token t is (c, l): chunk c, position l. With gates g = sigmoid(W_g x + b_g), z = sigmoid(W_z x):
+
+    k~_{c,l} = g_{c,l} * k~_{c,l-1} + (1 - g_{c,l}) * k_{c,l}     (k~_{c,-1} = 0; same for v~)
+    y_{c,l}  = W_o (z * softmax([q K~_{<c}^T ; q k~_{c,l}] / sqrt(d)) [V~_{<c} ; v~_{c,l}])
+
+K~_{<c} are the summaries k~_{c',L-1} of the completed chunks c' < c. rat_chunk = 1 is
+attention, rat_chunk = t a gated RNN. The state: a cache of the last `n_cache` summaries (as the
+attention cache: slots with log-weight 0 or EMPTY), the running k~, v~, and a clock of
+rat_chunk - 1 slots whose filled count is the position l in the current chunk. No positional
+encoding (the paper's inter-chunk rotary variant is not included).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from seqmem.errors import SeqmemError
+from seqmem.mixers.attention import check_heads, check_positive
+from seqmem.mixers.base import Mixer, register
+from seqmem.ops.attention import EMPTY, attention_own_key, attention_step, is_filled
+from seqmem.ops.scan import linear_recurrence
+
+
+class RATState(NamedTuple):
+    """k, v (b, n_cache, h, d) and log_m (b, n_cache): chunk summaries, oldest first;
+    k_run, v_run (b, h, d): the current chunk's running k~, v~; clock (b, rat_chunk - 1)."""
+
+    k: Tensor
+    v: Tensor
+    log_m: Tensor
+    k_run: Tensor
+    v_run: Tensor
+    clock: Tensor
+
+
+@register("rat")
+class RAT(Mixer):
+    """Recurrence within chunks, attention across chunks.
+
+    Args:
+        d_model: model width.
+        n_heads: heads (a divisor of d_model).
+        rat_chunk: tokens per chunk L.
+        max_len: tokens the summary cache covers: it holds max_len // rat_chunk summaries
+            (at least 1); older chunks leave it.
+    """
+
+    modes = ("parallel", "recurrent")
+    state_grows = True  # one summary per completed chunk, up to the cache's capacity
+
+    def __init__(self, d_model: int, *, n_heads: int = 2, rat_chunk: int = 16,
+                 max_len: int = 1024):
+        super().__init__(d_model)
+        self.n_heads = n_heads
+        self.d_head = check_heads("rat", d_model, n_heads)
+        self.rat_chunk = check_positive("rat", "rat_chunk", rat_chunk)
+        self.max_len = check_positive("rat", "max_len", max_len)
+        self.n_cache = max(1, max_len // rat_chunk)
+        self.proj = nn.Linear(d_model, 5 * d_model, bias=False)  # q, k, v, g, z
+        # forget-gate bias: sigmoid(b) = u / (1 + u), u ~ U(1, L-1): memory 2..L tokens at init
+        u = torch.empty(d_model).uniform_(1.0, max(1.0, rat_chunk - 1.0))
+        self.gate_logit_bias = nn.Parameter(u.log())
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _inputs(self, x: Tensor):
+        """q, k, v, g (..., h, d) and the output gate z (..., d_model)."""
+        q, k, v, g, z = self.proj(x).chunk(5, dim=-1)
+        g = torch.sigmoid(g + self.gate_logit_bias)
+        q, k, v, g = (rearrange(a, "... (h d) -> ... h d", h=self.n_heads) for a in (q, k, v, g))
+        return q, k, v, g, torch.sigmoid(z)
+
+    def _phase(self, clock: Tensor) -> int:
+        filled = is_filled(clock).sum(dim=-1).tolist()  # (b,)
+        if len(set(filled)) > 1:
+            raise SeqmemError(f"rat: the sequences of a batch must be at the same position in "
+                              f"their chunk; got positions {sorted(set(filled))}")
+        return filled[0] if filled else 0
+
+    def _forward(self, x, state, mode, chunk_size):
+        if mode == "recurrent":
+            ys = []
+            for t in range(x.shape[1]):
+                y_t, state = self.step(x[:, t], state)
+                ys.append(y_t)
+            return torch.stack(ys, dim=1), state
+        b, t, _ = x.shape
+        L, C, p0 = self.rat_chunk, self.n_cache, self._phase(state.clock)
+        q, k, v, g, z = self._inputs(x)  # (b, t, h, d)
+        pos = torch.arange(t, device=x.device) + p0  # position since the current chunk began
+        a = g * (pos % L != 0).to(x.dtype)[None, :, None, None]  # a chunk's first token resets
+        k_run = linear_recurrence(a, (1 - g) * k, state.k_run)  # (b, t, h, d)
+        v_run = linear_recurrence(a, (1 - g) * v, state.v_run)
+        # the tokens that complete a chunk
+        ends = torch.arange(L - 1 - p0, max(t, L - 1 - p0), L, device=x.device)
+        keys = torch.cat([state.k, k_run[:, ends]], dim=1)  # (b, C + n_new, h, d)
+        values = torch.cat([state.v, v_run[:, ends]], dim=1)
+        log_m = torch.cat([state.log_m, x.new_zeros(b, len(ends))], dim=1)  # (b, C + n_new)
+        # query in chunk c (c = 0: the current one) sees the summaries c .. C + c - 1
+        c = (pos // L)[:, None]  # (t, 1)
+        j = torch.arange(keys.shape[1], device=x.device)[None, :]
+        bias = torch.zeros(t, keys.shape[1], device=x.device, dtype=x.dtype)
+        bias = bias.masked_fill((j < c) | (j >= C + c), -torch.inf)[None] + log_m[:, None]
+        y = attention_own_key(q, keys, values, bias, k_run, v_run)  # (b, t, h, d)
+        y = self.out(z * rearrange(y, "b t h d -> b t (h d)"))
+        done = (p0 + t) // L * L - p0  # tokens up to the last chunk boundary
+        clock = torch.cat([state.clock if done <= 0 else torch.full_like(state.clock, EMPTY),
+                           x.new_zeros(b, t - max(done, 0))], dim=1)
+        new = RATState(keys[:, len(ends):], values[:, len(ends):], log_m[:, len(ends):],
+                       k_run[:, -1], v_run[:, -1], clock[:, clock.shape[1] - (L - 1):])
+        return y, new
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        q, k, v, g, z = self._inputs(x_t)  # (b, h, d)
+        phase = is_filled(state.clock).sum(dim=-1)  # (b,)
+        a = g * (phase != 0).to(x_t.dtype)[:, None, None]
+        k_run = a * state.k_run + (1 - g) * k  # (b, h, d)
+        v_run = a * state.v_run + (1 - g) * v
+        keys = torch.cat([state.k, k_run[:, None]], dim=1)  # (b, C + 1, h, d)
+        values = torch.cat([state.v, v_run[:, None]], dim=1)
+        log_m = torch.cat([state.log_m, x_t.new_zeros(x_t.shape[0], 1)], dim=1)
+        y = attention_step(q, keys, values, log_m)  # (b, h, d)
+        complete = (phase == self.rat_chunk - 1)[:, None]  # (b, 1): push the summary
+        clock = torch.cat([state.clock, x_t.new_zeros(x_t.shape[0], 1)], dim=1)[:, 1:]
+        new = RATState(
+            torch.where(complete[..., None, None], keys[:, 1:], state.k),
+            torch.where(complete[..., None, None], values[:, 1:], state.v),
+            torch.where(complete, log_m[:, 1:], state.log_m),
+            k_run, v_run,
+            torch.where(complete, EMPTY, clock),
+        )
+        return self.out(z * rearrange(y, "b h d -> b (h d)")), new
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        device = device or self.out.weight.device
+        dtype = dtype or self.out.weight.dtype
+        cache = (batch_size, self.n_cache, self.n_heads, self.d_head)
+        run = (batch_size, self.n_heads, self.d_head)
+        return RATState(
+            torch.zeros(cache, device=device, dtype=dtype),
+            torch.zeros(cache, device=device, dtype=dtype),
+            torch.full((batch_size, self.n_cache), EMPTY, device=device, dtype=dtype),
+            torch.zeros(run, device=device, dtype=dtype),
+            torch.zeros(run, device=device, dtype=dtype),
+            torch.full((batch_size, self.rat_chunk - 1), EMPTY, device=device, dtype=dtype),
+        )
+
+    def state_size(self, t: int | None = None) -> int:
+        """Floats of state per sequence: n_cache summaries of 2 d_model + 1 floats, the running
+        k~, v~ (2 d_model) and the clock (rat_chunk - 1). With t: the floats that hold
+        information after t tokens, (min(t // rat_chunk, n_cache) + 1) (2 d_model) plus the
+        summaries' log-weights, which grows with t up to the capacity."""
+        if t is None:
+            return self.n_cache * (2 * self.d_model + 1) + 2 * self.d_model + self.rat_chunk - 1
+        n = min(t // self.rat_chunk, self.n_cache)
+        return n * (2 * self.d_model + 1) + 2 * self.d_model
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, rat_chunk={self.rat_chunk}, "
+                f"max_len={self.max_len}")

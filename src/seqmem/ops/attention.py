@@ -1,0 +1,156 @@
+"""Causal softmax attention, rotary positions and the prefix-scan softmax of Attention as an RNN.
+
+    y_i = sum_j softmax_j(q_i . k_j * scale + log_m_j) v_j,   j over the keys query i may see
+
+`log_m` is an additive log-weight per key. A cache slot that holds no token carries
+`EMPTY` (a large negative number standing in for -inf, so a state stays finite): its weight
+exp(EMPTY - max) is exactly zero, and an empty cache needs no separate length or position
+counter. `attention_step` is the specification; `attention_parallel` computes every query of a
+sequence at once (Vaswani et al. 2017), optionally within a sliding window.
+
+Attention as an RNN (Feng et al. 2024, "Attention as an RNN"): with one query q, the softmax
+over a prefix is carried by (m, u, w): m the running max score, u = sum_j exp(s_j - m) and
+w = sum_j exp(s_j - m) v_j, so that y_t = w_t / u_t. Two summaries combine associatively,
+
+    (m1, u1, w1) + (m2, u2, w2) = (m, u1 e^{m1-m} + u2 e^{m2-m}, w1 e^{m1-m} + w2 e^{m2-m}),
+    m = max(m1, m2),
+
+so every prefix is computed by a parallel scan (`aaren_scan`) and one token costs O(1)
+(`aaren_step`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqmem.ops.scan import associative_scan
+
+EMPTY = -1.0e9  # log-weight of a slot that holds no token (exp underflows to exactly 0)
+
+
+def is_filled(log_m: Tensor) -> Tensor:
+    """Which slots hold a token: log-weight above EMPTY / 2 (robust to any perturbation of
+    the log-weights far smaller than 1e8)."""
+    return log_m > EMPTY / 2
+
+
+# ---- rotary position embedding --------------------------------------------------------------
+def rotary(x: Tensor, offset: int = 0, *, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding (Su et al. 2021, RoFormer) at positions offset, offset+1, ...
+
+    x (b, t, h, d). Channel pairs (c, c + d//2) for c < d//2 are rotated by the angle
+    pos * base^(-c / (d//2)); an odd last channel is left as is. The rotation makes
+    rotary(q, m) . rotary(k, n) a function of q, k and m - n only.
+    """
+    t, d = x.shape[1], x.shape[-1]
+    n_pairs = d // 2
+    if n_pairs == 0:
+        return x
+    freq = base ** (-torch.arange(n_pairs, device=x.device, dtype=x.dtype) / n_pairs)  # (p,)
+    pos = torch.arange(t, device=x.device, dtype=x.dtype) + offset  # (t,)
+    angle = pos[:, None] * freq  # (t, p)
+    cos, sin = angle.cos()[None, :, None], angle.sin()[None, :, None]  # (1, t, 1, p)
+    x1, x2, rest = x[..., :n_pairs], x[..., n_pairs:2 * n_pairs], x[..., 2 * n_pairs:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)  # (b, t, h, d)
+
+
+# ---- softmax attention ------------------------------------------------------------------------
+def attention_step(q_t: Tensor, k: Tensor, v: Tensor, log_m: Tensor | None = None,
+                   scale: float | None = None) -> Tensor:
+    """One query against all the keys it sees (the specification).
+
+    q_t (b, h, d_k); k (b, s, h, d_k); v (b, s, h, d_v); log_m (b, s) or None -> (b, h, d_v).
+    """
+    scale = q_t.shape[-1] ** -0.5 if scale is None else scale
+    # products and sums rather than einsum: a batched matmul of one query is slow on CPU
+    scores = (k * q_t[:, None]).sum(dim=-1) * scale  # (b, s, h)
+    if log_m is not None:
+        scores = scores + log_m[:, :, None]
+    return (scores.softmax(dim=1)[..., None] * v).sum(dim=1)  # (b, h, d_v)
+
+
+def causal_mask(t: int, s: int, window: int = 0, *, device=None) -> Tensor:
+    """Which of s keys each of t queries sees, (t, s) bool: the queries are the last t keys;
+    query i sees key j iff j <= s - t + i and (window == 0 or j > s - t + i - window)."""
+    i = torch.arange(t, device=device)[:, None] + (s - t)  # (t, 1) the query's own key
+    j = torch.arange(s, device=device)[None, :]  # (1, s)
+    allowed = j <= i
+    if window > 0:
+        allowed = allowed & (j > i - window)
+    return allowed  # (t, s)
+
+
+def attention_parallel(q: Tensor, k: Tensor, v: Tensor, log_m: Tensor | None = None, *,
+                       window: int = 0, scale: float | None = None) -> Tensor:
+    """Every query of a sequence at once, causal, optionally within a sliding window.
+
+    q (b, t, h, d_k); k (b, s, h, d_k), v (b, s, h, d_v) with s >= t: the first s - t keys
+    come before the sequence (a cache), the last t are the queries' own tokens; log_m (b, s)
+    or None; window: each query sees its own key and the window - 1 before it (0 = all).
+    Returns (b, t, h, d_v).
+    """
+    t, s = q.shape[1], k.shape[1]
+    qh, kh, vh = (z.transpose(1, 2) for z in (q, k, v))  # (b, h, ., d)
+    if log_m is None and s == t and (window == 0 or window >= t):
+        y = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+        return y.transpose(1, 2)
+    allowed = causal_mask(t, s, window, device=q.device)  # (t, s)
+    bias = torch.zeros(t, s, device=q.device, dtype=q.dtype).masked_fill(~allowed, -torch.inf)
+    bias = bias[None, None]  # (1, 1, t, s)
+    if log_m is not None:
+        bias = bias + log_m[:, None, None, :]  # (b, 1, t, s)
+    y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=scale)  # (b, h, t, d)
+    return y.transpose(1, 2)  # (b, t, h, d_v)
+
+
+def attention_own_key(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, k_own: Tensor,
+                      v_own: Tensor, scale: float | None = None) -> Tensor:
+    """Softmax over shared keys plus one key of each query's own:
+
+        y_i = (sum_j e^{s_ij + bias_ij} v_j + e^{q_i . k_own_i} v_own_i) / (same weights summed)
+
+    q, k_own, v_own (b, t, h, d); k, v (b, s, h, d); bias (b, t, s) additive (-inf hides a
+    key). The shape of RAT's inter-chunk attention, where the own key is the query's running
+    chunk summary. Returns (b, t, h, d_v).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("bthd,bshd->bhts", q, k) * scale + bias[:, None]  # (b, h, t, s)
+    own = torch.einsum("bthd,bthd->bht", q, k_own)[..., None] * scale  # (b, h, t, 1)
+    p = torch.cat([scores, own], dim=-1).softmax(dim=-1)  # (b, h, t, s + 1)
+    y = torch.einsum("bhts,bshd->bthd", p[..., :-1], v)  # (b, t, h, d_v)
+    return y + p[..., -1].transpose(1, 2)[..., None] * v_own
+
+
+# ---- attention as an RNN ------------------------------------------------------------------------
+class AarenState(NamedTuple):
+    """Softmax of one query over a prefix: m (b, h) running max score, u (b, h) sum of
+    exp(s - m), w (b, h, d) sum of exp(s - m) v. Empty: m = EMPTY, u = 0, w = 0."""
+
+    m: Tensor
+    u: Tensor
+    w: Tensor
+
+
+def aaren_combine(x: tuple[Tensor, ...], y: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The associative combination of two prefix summaries (x earlier, y later)."""
+    m = torch.maximum(x[0], y[0])
+    ex, ey = torch.exp(x[0] - m), torch.exp(y[0] - m)
+    return m, x[1] * ex + y[1] * ey, x[2] * ex[..., None] + y[2] * ey[..., None]
+
+
+def aaren_step(s_t: Tensor, v_t: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+    """One token (the specification): score s_t (b, h), value v_t (b, h, d) -> y_t (b, h, d)."""
+    m, u, w = aaren_combine(tuple(state), (s_t, torch.ones_like(s_t), v_t))
+    return w / u[..., None], AarenState(m, u, w)
+
+
+def aaren_scan(s: Tensor, v: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+    """Every prefix at once by a parallel scan: s (b, t, h), v (b, t, h, d) -> y (b, t, h, d)
+    and the final state."""
+    prefixes = associative_scan(aaren_combine, (s, torch.ones_like(s), v), dim=1)
+    m, u, w = aaren_combine(tuple(z[:, None] for z in state), prefixes)  # (b, t, h, ...)
+    return w / u[..., None], AarenState(m[:, -1], u[:, -1], w[:, -1])
