@@ -66,6 +66,16 @@ def test_attention_parallel_and_step_equal_softmax_oracle(window):
     torch.testing.assert_close(y_c, y_c_ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("t,window", [(1, 3), (9, 3), (10, 3), (7, 1), (11, 4), (12, 12)])
+def test_sliding_window_blocks_equal_softmax_oracle(t, window):
+    """No cache and a window shorter than the sequence: the blocked O(t window) path."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, t, 2, 3, generator=gen, dtype=F64) for _ in range(3))
+    y = attention_parallel(q, k, v, window=window)
+    y_ref = softmax_oracle(q, k, v, torch.zeros(2, t, dtype=F64), window)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+
+
 def test_rotary_closed_form_and_relative_positions():
     gen = torch.Generator().manual_seed(1)
     d, base = 6, 10000.0

@@ -98,6 +98,8 @@ def attention_parallel(q: Tensor, k: Tensor, v: Tensor, log_m: Tensor | None = N
     if log_m is None and s == t and (window == 0 or window >= t):
         y = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
         return y.transpose(1, 2)
+    if log_m is None and s == t:
+        return _sliding_window(qh, kh, vh, window, scale).transpose(1, 2)
     allowed = causal_mask(t, s, window, device=q.device)  # (t, s)
     bias = torch.zeros(t, s, device=q.device, dtype=q.dtype).masked_fill(~allowed, -torch.inf)
     bias = bias[None, None]  # (1, 1, t, s)
@@ -105,6 +107,26 @@ def attention_parallel(q: Tensor, k: Tensor, v: Tensor, log_m: Tensor | None = N
         bias = bias + log_m[:, None, None, :]  # (b, 1, t, s)
     y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=scale)  # (b, h, t, d)
     return y.transpose(1, 2)  # (b, t, h, d_v)
+
+
+def _sliding_window(qh: Tensor, kh: Tensor, vh: Tensor, window: int, scale: float | None
+                    ) -> Tensor:
+    """Causal sliding-window attention in blocks of `window` queries, each against the keys of
+    its own block and the block before (2 window keys, masked): O(t window) rather than the
+    O(t^2) of a full masked score matrix. qh, kh, vh (b, h, t, d) -> (b, h, t, d_v)."""
+    t, W = qh.shape[2], window
+    n = -(-t // W)  # query blocks
+    pad = n * W - t
+    q = F.pad(qh, (0, 0, 0, pad)).unflatten(2, (n, W))  # (b, h, n, W, d)
+    k, v = (F.pad(z, (0, 0, W, pad)).unflatten(2, (n + 1, W)) for z in (kh, vh))  # (b,h,n+1,W,d)
+    k, v = (torch.cat([z[:, :, :-1], z[:, :, 1:]], dim=3) for z in (k, v))  # (b, h, n, 2W, d)
+    a = torch.arange(W, device=qh.device)[:, None]  # (W, 1) query within its block
+    c = torch.arange(2 * W, device=qh.device)[None, :]  # (1, 2W) key, from the block before
+    allowed = (c > a) & (c <= a + W)  # key - query in (-W, 0]
+    first = allowed & (c >= W)  # the first block has no block before it
+    allowed = torch.stack([first] + [allowed] * (n - 1))  # (n, W, 2W)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)  # (b,h,n,W,d)
+    return y.flatten(2, 3)[:, :, :t]
 
 
 def attention_own_key(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, k_own: Tensor,
