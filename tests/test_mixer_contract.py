@@ -35,6 +35,9 @@ VARIANTS: dict[str, list[dict]] = {
     "mom": [{"memory": "linear", "shared_memory": False, "top_k": 1},
             {"n_memories": 1, "top_k": 1, "n_heads": 1}],
     "titans": [{"n_heads": 1, "conv_size": 2}],
+    "lssl": [{"train_A": True, "d_state": 8, "activation": "glu"}],
+    "s4d": [{"init": "inv", "d_state": 6, "activation": "none"}],
+    "s5": [{"n_blocks": 2, "d_state": 12, "discretization": "bilinear", "activation": "none"}],
 }
 
 CASES = [(name, {}) for name in mixers.names()] + [

@@ -13,6 +13,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     linear_attention,
     memory,
     rat,
+    ssm,
 )
 from seqmem.mixers.base import Mixer, State, build, get, hyperparameters, names, register, step_loop
 
