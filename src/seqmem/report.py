@@ -63,6 +63,8 @@ def _tau_rows(e: Entry) -> list[tuple[int, float, float, float | None]]:
 
 
 def fig_tau(entries: list[Entry]):
+    if not any(_tau_rows(e) for e in entries):
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     rows = []
     for i, e in enumerate(entries):
@@ -89,6 +91,8 @@ def fig_tau(entries: list[Entry]):
 
 
 def fig_epochs(entries: list[Entry]):
+    if not any(e.summary.get("epochs_per_N") for e in entries):
+        return None
     fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
     rows = []
     width = 0.8 / max(1, len(entries))
@@ -173,8 +177,34 @@ def fig_perturbation(entries: list[Entry]):
     return fig, ["run", "perturbed", "eps", "rel. acc (mean)", "sd"], rows
 
 
+def fig_continual(entries: list[Entry]):
+    """Continual-learning runs: the accuracy matrix R[i, j] as a heat map per run."""
+    have = [e for e in entries if e.summary.get("R")]
+    if not have:
+        return None
+    fig, axes = plt.subplots(1, len(have), figsize=(3.8 * len(have), 3.4), squeeze=False,
+                             layout="constrained")
+    rows = []
+    for ax, e in zip(axes[0], have, strict=True):
+        R = np.array(e.summary["R"], dtype=float)
+        names = e.summary.get("experiences") or [str(j) for j in range(R.shape[1])]
+        im = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
+        ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(R.shape[0]):
+            for j in range(R.shape[1]):
+                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="w" if R[i, j] < 0.6 else "k")
+        ax.set(xlabel="tested on", ylabel="after training on", title=f"{e.label}: R[i, j]")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        rows += [[e.label, names[i], *(f"{v:.3f}" for v in R[i])] for i in range(R.shape[0])]
+    width = max(len(e.summary["R"]) for e in have)
+    return fig, ["run", "after", *(f"on {j}" for j in range(width))], rows
+
+
 FIGURES = [("tau_vs_N", fig_tau), ("epochs_per_N", fig_epochs), ("forgetting", fig_forgetting),
-           ("ablation", fig_ablation), ("perturbation", fig_perturbation)]
+           ("ablation", fig_ablation), ("perturbation", fig_perturbation),
+           ("continual_accuracy_matrix", fig_continual)]
 
 
 def summary_table(entries: list[Entry]) -> tuple[list[str], list[list]]:
@@ -206,6 +236,12 @@ def summary_table(entries: list[Entry]) -> tuple[list[str], list[list]]:
         ["perturb W, eps 0.1 (rel. acc)", *(fmt(e.summary.get("perturb_W_0.1_rel"))
                                             for e in entries)],
     ]
+    if any("avg_acc" in e.summary for e in entries):  # continual-learning runs
+        rows += [[label, *(fmt(e.summary.get(key)) for e in entries)] for label, key in (
+            ("method", "method"), ("protocol", "protocol"), ("average accuracy", "avg_acc"),
+            ("backward transfer", "bwt"), ("forward transfer", "fwt"),
+            ("forgetting", "forgetting"), ("learning curve area", "lca"))]
+        rows = [r for r in rows if any(c != "" for c in r[1:])]
     return header, rows
 
 

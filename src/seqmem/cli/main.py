@@ -32,6 +32,7 @@ EPILOG = """examples:
   seqmem list mixers                      registered mixers (also: tasks)
   seqmem show-task mqar n_pairs=4         a few examples of a task, decoded, targets marked
   seqmem train --mixer "gated_deltanet*3,attention" --task mqar --eval.lengths 128,256
+  seqmem continual --method finetune,ewc,replay,hnet --seeds 0,1,2   forgetting on N-parity
 
 Overrides are dotted keys, e.g. train.lr=3e-4 model.d_model=64 task.N=5 (a leading -- is
 optional). Runs live under --root (default runs/, database runs/seqmem.db)."""
@@ -66,6 +67,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--curriculum", help="single, multi, sliding or none")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     _common(t)
+
+    cl = sub.add_parser("continual", help="continual learning: a protocol of experiences x "
+                        "methods against forgetting", description="Train on a protocol's "
+                        "experiences one after another with each method (and seed), evaluate "
+                        "every experience after each, and print average accuracy, backward and "
+                        "forward transfer (mean ± sd over seeds). Results go to the store; "
+                        "`seqmem report RUN_IDS` draws the accuracy matrices. Extra arguments "
+                        "are dotted overrides, e.g. steps=500 protocol_options.n_max=8 "
+                        "method_options.ewc_lambda=1000.")
+    cl.add_argument("config", nargs="?", help="YAML continual config (default: the defaults)")
+    cl.add_argument("--protocol", help="n_curriculum (default), split, permuted or tasks")
+    cl.add_argument("--setting", help="task (a head per experience) or domain (one head)")
+    cl.add_argument("--method", help="comma-separated: finetune, joint, multihead, replay, ewc, "
+                    "si, hnet, rnn_hnet (default finetune)")
+    cl.add_argument("--mixer", help="mixer name (default leaky_rnn)")
+    cl.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    cl.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    _common(cl)
 
     sw = sub.add_parser("sweep", help="run a grid of configs, resumable, on Ray or processes",
                         description="Expand a sweep file (YAML, or Python defining SWEEP; see "
@@ -196,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if config and "=" in config and not Path(config).exists():
             extra.insert(0, config)  # an override, not a config file
             args.config = None
-        if args.command not in ("run", "train", "show-task") and extra:
+        if args.command not in ("run", "train", "show-task", "continual") and extra:
             raise SeqmemError(f"unrecognised argument(s): {' '.join(extra)}")
         return COMMANDS[args.command](args, _split_overrides(extra), console)
     except SeqmemError as e:
@@ -468,8 +487,11 @@ def _entries(store, run_ids):
         row = store.get(run.id)
         p = run.dir / "analysis.json"
         analysis = json.loads(p.read_text()) if p.exists() else {}
-        label = row["summary"].get("curriculum") or row.get("name") or run.id
-        entries.append(Entry(label, run.id, row["summary"], analysis))
+        summary = row["summary"]
+        if row.get("kind") == "continual":  # the full summary: R, curves, baseline
+            summary = {**summary, **run.read_summary()}
+        label = summary.get("curriculum") or row.get("name") or run.id
+        entries.append(Entry(label, run.id, summary, analysis))
     return entries
 
 
@@ -625,9 +647,58 @@ def cmd_show_task(args, overrides, console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "analyze": cmd_analyze, "report": cmd_report, "train": cmd_train,
-            "runs": cmd_runs, "show": cmd_show, "list": cmd_list, "show-task": cmd_show_task,
-            "bench": cmd_bench, "sweep": cmd_sweep}
+def cmd_continual(args, overrides, console) -> int:
+    import statistics
+
+    from seqmem.continual import load_continual_config, run_continual
+    from seqmem.store import RunStore
+
+    store = RunStore(args.root)
+    if args.resume:
+        if args.config or args.protocol or args.method or args.seeds or overrides:
+            raise SeqmemError("--resume takes no config or options: a resumed run keeps its own")
+        cfg = load_continual_config(store.open_run(args.resume).config())
+        rid, status, summary = run_continual(cfg, store, progress=not args.no_progress,
+                                             console=console, resume_id=args.resume)
+        console.print(f"{rid}: {status}, average accuracy {summary.get('avg_acc')}")
+        return 0 if status == "done" else 1
+    flags = [f"{k}={v}" for k, v in (("protocol", args.protocol), ("setting", args.setting),
+                                     ("mixer", args.mixer)) if v]
+    methods = (args.method or "").split(",") if args.method else [None]
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    results: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in seeds:
+            extra = [*flags, *([f"method={method}"] if method else []),
+                     *([f"seed={seed}"] if seed is not None else [])]
+            cfg = load_continual_config(args.config, [*extra, *overrides])
+            rid, status, summary = run_continual(cfg, store, progress=not args.no_progress,
+                                                 console=console)
+            results.setdefault(cfg.method, []).append({"run": rid, "status": status, **summary})
+    tab = Table(title=f"continual learning: {cfg.protocol} ({cfg.setting or 'default'} "
+                f"setting), {cfg.mixer}, {cfg.steps} steps per experience; mean ± sd over "
+                f"{len(seeds)} seed(s)", title_justify="left")
+    for col in ("method", "avg accuracy", "backward transfer", "forward transfer", "LCA",
+                "runs"):
+        tab.add_column(col)
+
+    def stat(rows, key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if not vals:
+            return ""
+        sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+        return f"{statistics.mean(vals):.3f}{sd}"
+
+    for method, rows in results.items():
+        tab.add_row(method, stat(rows, "avg_acc"), stat(rows, "bwt"), stat(rows, "fwt"),
+                    stat(rows, "lca"), ", ".join(r["run"] for r in rows))
+    console.print(tab)
+    return 0 if all(r["status"] == "done" for rows in results.values() for r in rows) else 1
+
+
+COMMANDS = {"run": cmd_run, "continual": cmd_continual, "analyze": cmd_analyze,
+            "report": cmd_report, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
+            "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,213 @@
+"""Continual-learning protocols: a sequence of experiences, each a task to train on and a task
+to evaluate on, with the read-out head it uses.
+
+Settings (van de Ven & Tolias 2019, "Three scenarios for continual learning"):
+
+- "task" (task-incremental): a head per experience; the experience's identity picks the head.
+- "domain" (domain-incremental): one head shared by all experiences (as many classes as the
+  largest experience), the identity is not given.
+
+Protocols:
+
+- `n_curriculum`: the N-curriculum of the flagship paper, N-parity or N-DMS with N = n_min, ...,
+  n_max, one experience per N. Task-incremental is the multi-head read-out; domain-incremental
+  the single-head one (Khajehabdollahi et al. 2024).
+- `split`: a classification task's classes in pairs (0/1, 2/3, ...), each pair an experience
+  with labels 0 and 1 ("split MNIST", Zenke et al. 2017), on mnist1d or seq_digits.
+- `permuted`: the same classification task with the time steps of every input sequence
+  permuted by a fixed random permutation per experience, the first the identity ("permuted
+  MNIST", Goodfellow et al. 2013, read as sequences); one shared label space.
+- `tasks`: any list of task configs [{"task": name, **options}, ...] (their inputs must be of
+  one kind: all token ids or all real-valued).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seqmem import tasks
+from seqmem.errors import SeqmemError, check_choice
+from seqmem.tasks.base import Batch, Task, check_sample_args
+
+PROTOCOLS = ("n_curriculum", "split", "permuted", "tasks")
+SETTINGS = ("task", "domain")
+SPLIT_TASKS = ("mnist1d", "seq_digits")
+
+
+@dataclass
+class Experience:
+    """One experience: train on `train`, evaluate on `test`, read out by head `head`."""
+
+    name: str
+    train: Task
+    test: Task
+    n_classes: int
+    head: int
+
+
+@dataclass
+class Protocol:
+    """A sequence of experiences in one setting, and what the model needs to read them."""
+
+    name: str
+    setting: str
+    experiences: list[Experience]
+    d_input: int
+    vocab_size: int | None
+
+    @property
+    def heads(self) -> list[int]:
+        """Classes of each read-out head of the model."""
+        if self.setting == "task":
+            return [e.n_classes for e in self.experiences]
+        return [max(e.n_classes for e in self.experiences)]
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+
+# ---- wrappers: a class subset, a time permutation ---------------------------------------------
+class SplitTask(Task):
+    """The examples of a fixed-data classification task whose class is in `classes`, labelled
+    by the class's position in `classes` (0, 1, ...)."""
+
+    def __init__(self, base: Task, classes: list[int]):
+        if not hasattr(base, "_data"):
+            raise SeqmemError(f"split needs a fixed-data classification task; accepted: "
+                              f"{', '.join(SPLIT_TASKS)}")
+        self.base, self.classes = base, list(classes)
+        self.name = f"{base.name}[{','.join(map(str, self.classes))}]"
+        self.d_input, self.heads, self.vocab = base.d_input, [len(self.classes)], None
+        x, y = base._data()  # (n, t, d), (n,)
+        keep = torch.isin(y, torch.tensor(self.classes))  # (n,)
+        self._x = x[keep]
+        relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+        relabel[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+        self._y = relabel[y[keep]]  # (n_keep,)
+
+    def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
+        check_sample_args(self, batch_size, generator)
+        index = torch.randint(0, len(self._y), (batch_size,), generator=generator)  # (b,)
+        inputs = self._x[index]  # (b, t, d)
+        t = inputs.shape[1]
+        targets = torch.zeros(batch_size, t, 1, dtype=torch.long)  # (b, t, 1)
+        targets[:, -1, 0] = self._y[index]
+        mask = torch.zeros(batch_size, t, dtype=torch.bool)  # (b, t)
+        mask[:, -1] = True
+        return Batch(inputs, targets, mask, {"seq_len": t, "classes": self.classes})
+
+
+class PermutedTask(Task):
+    """A task whose input sequences are read in a fixed permuted order of time steps. Only for
+    tasks labelled at the last step alone (the label is a property of the whole sequence)."""
+
+    def __init__(self, base: Task, perm: torch.Tensor):
+        self.base, self.perm = base, perm
+        self.name = f"{base.name}[perm]"
+        self.d_input, self.heads, self.vocab = base.d_input, list(base.heads), base.vocab
+
+    def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
+        batch = self.base.sample(batch_size, generator=generator)
+        t = batch.mask.shape[1]
+        if t != len(self.perm) or bool(batch.mask[:, :-1].any()):
+            raise SeqmemError(f"permuted needs a task of fixed length {len(self.perm)} labelled "
+                              f"at the last step only; accepted: {', '.join(SPLIT_TASKS)}")
+        batch.inputs = batch.inputs[:, self.perm]  # (b, t, d)
+        return batch
+
+
+# ---- builders ---------------------------------------------------------------------------------
+def _n_classes(task: Task) -> int:
+    if len(task.heads) != 1:
+        raise SeqmemError(f"a continual experience reads one head; task {task.name!r} has "
+                          f"{len(task.heads)} (for the N-curriculum use protocol n_curriculum)")
+    return task.heads[0]
+
+
+def n_curriculum(setting: str = "task", *, task: str = "n_parity", n_min: int = 2,
+                 n_max: int = 6) -> Protocol:
+    """One experience per N in n_min..n_max of N-parity or N-DMS (labels at the last step of
+    training-style sequences, as the flagship trains)."""
+    check_choice("n_curriculum task", task, ("n_parity", "n_dms"))
+    if not (isinstance(n_min, int) and isinstance(n_max, int) and 2 <= n_min <= n_max):
+        raise SeqmemError(f"n_curriculum needs integers 2 <= n_min <= n_max, got n_min={n_min!r}"
+                          f", n_max={n_max!r}")
+    exps = []
+    for i, N in enumerate(range(n_min, n_max + 1)):
+        t = tasks.build(task, N=N)
+        exps.append(Experience(f"N={N}", t, t, 2, i if setting == "task" else 0))
+    return Protocol(f"{task}_curriculum", setting, exps, 1, None)
+
+
+def split(setting: str = "task", *, task: str = "mnist1d", n_experiences: int = 5) -> Protocol:
+    """Classes (2i, 2i+1) of mnist1d or seq_digits as experience i, labels 0 and 1."""
+    check_choice("split task", task, SPLIT_TASKS)
+    if not isinstance(n_experiences, int) or not 1 <= n_experiences <= 5:
+        raise SeqmemError(f"split n_experiences must be an integer in [1, 5], got "
+                          f"{n_experiences!r}")
+    train, test = tasks.build(task, split="train"), tasks.build(task, split="test")
+    exps = []
+    for i in range(n_experiences):
+        pair = [2 * i, 2 * i + 1]
+        exps.append(Experience(f"{pair[0]}/{pair[1]}", SplitTask(train, pair),
+                               SplitTask(test, pair), 2, i if setting == "task" else 0))
+    return Protocol(f"split_{task}", setting, exps, train.d_input, None)
+
+
+def permuted(setting: str = "domain", *, task: str = "mnist1d", n_experiences: int = 3,
+             seed: int = 0) -> Protocol:
+    """The task with the time steps permuted per experience (the first unpermuted)."""
+    check_choice("permuted task", task, SPLIT_TASKS)
+    if not isinstance(n_experiences, int) or n_experiences < 1:
+        raise SeqmemError(f"permuted n_experiences must be an integer >= 1, got "
+                          f"{n_experiences!r}")
+    train, test = tasks.build(task, split="train"), tasks.build(task, split="test")
+    t = train._data()[0].shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    exps = []
+    for i in range(n_experiences):
+        perm = torch.arange(t) if i == 0 else torch.randperm(t, generator=gen)
+        exps.append(Experience(f"perm{i}", PermutedTask(train, perm), PermutedTask(test, perm),
+                               _n_classes(train), i if setting == "task" else 0))
+    return Protocol(f"permuted_{task}", setting, exps, train.d_input, None)
+
+
+def from_tasks(setting: str = "task", *, configs: list[dict]) -> Protocol:
+    """Experiences from task configs {"task": name, **options}; a task with a `split` option
+    is evaluated on split="test"."""
+    if not configs or not all(isinstance(c, dict) and "task" in c for c in configs):
+        raise SeqmemError("protocol tasks needs a non-empty list of {task: name, ...options}")
+    exps, kinds = [], set()
+    d_input, vocab = 1, 0
+    for i, c in enumerate(configs):
+        opts = {k: v for k, v in c.items() if k != "task"}
+        train = tasks.build(c["task"], **opts)
+        test = train
+        if "split" in tasks.hyperparameters(tasks.get(c["task"])) and "split" not in opts:
+            test = tasks.build(c["task"], **opts, split="test")
+        kinds.add(train.vocab is not None)
+        if train.vocab is not None:
+            vocab = max(vocab, len(train.vocab))
+        else:
+            d_input = max(d_input, train.d_input)
+        exps.append(Experience(f"{i}:{c['task']}", train, test, _n_classes(train),
+                               i if setting == "task" else 0))
+    if len(kinds) > 1:
+        raise SeqmemError("protocol tasks: the tasks' inputs must be all token ids or all "
+                          "real-valued")
+    return Protocol("tasks", setting, exps, d_input, vocab or None)
+
+
+def build_protocol(name: str, setting: str | None = None, **options) -> Protocol:
+    """Build protocol `name` (see the module docstring) in `setting` (its default if None)."""
+    check_choice("protocol", name, PROTOCOLS)
+    default = "domain" if name == "permuted" else "task"
+    setting = check_choice("setting", setting or default, SETTINGS)
+    make = {"n_curriculum": n_curriculum, "split": split, "permuted": permuted,
+            "tasks": from_tasks}[name]
+    try:
+        return make(setting, **options)
+    except TypeError as e:  # an option the protocol does not have
+        raise SeqmemError(f"protocol {name}: {e}") from None
