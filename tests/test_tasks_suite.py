@@ -74,12 +74,19 @@ def test_batch_shapes_mask_targets_meta(name):
         else:
             assert batch.inputs.shape == (b, t, task.d_input)
             assert batch.inputs.dtype == torch.float32 and torch.isfinite(batch.inputs).all()
-        assert batch.targets.shape == (b, t, len(task.heads))
-        assert batch.targets.dtype == torch.long and batch.mask.dtype == torch.bool
+        if task.loss == "mse":  # regression: real-valued targets, no classification heads
+            assert task.heads == [] and task.d_output >= 1
+            assert batch.targets.shape == (b, t, task.d_output)
+            assert batch.targets.dtype == torch.float32 and torch.isfinite(batch.targets).all()
+        else:
+            assert task.loss == "ce" and task.d_output is None
+            assert batch.targets.shape == (b, t, len(task.heads))
+            assert batch.targets.dtype == torch.long
+            for j, c in enumerate(task.heads):
+                assert batch.targets[..., j].min() >= 0 and batch.targets[..., j].max() < c
+        assert batch.mask.dtype == torch.bool
         assert batch.mask.any(dim=1).all()  # every example is asked something
         assert batch.targets[~batch.mask].abs().sum() == 0
-        for j, c in enumerate(task.heads):
-            assert batch.targets[..., j].min() >= 0 and batch.targets[..., j].max() < c
         for key, v in batch.meta.items():
             if isinstance(v, torch.Tensor):
                 assert v.shape[0] == b, key

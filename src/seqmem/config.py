@@ -166,7 +166,16 @@ class TrainConfig(Strict):
     (lr 1e-3) for the rest, at a constant learning rate; on every other task AdamW (lr 1e-3,
     weight decay 0.01) with a cosine schedule over the step budget
     (max_epochs * steps_per_epoch), the usual setting of the synthetic-task literature.
-    `target_acc` stops a run without a curriculum once its evaluation accuracy reaches it."""
+    `target_acc` stops a run without a curriculum once its evaluation accuracy reaches it
+    (classification tasks only).
+
+    `gtf_alpha` (regression tasks that forecast their own next input, e.g. `dynamics`; default
+    None: off, ordinary teacher forcing): generalised teacher forcing (Hess et al. 2023). The
+    model runs step by step and its input at t + 1 is
+    gtf_alpha * x_{t+1} (the data) + (1 - gtf_alpha) * its own prediction of x_{t+1};
+    1 is teacher forcing, 0 free running (see `seqmem.train.loop.gtf_predictions`). Used in
+    training only; evaluation batches are teacher forced and the free-running metrics run
+    free."""
 
     optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
     lr: float | None = Field(None, gt=0)
@@ -183,15 +192,21 @@ class TrainConfig(Strict):
     max_time_s: float | None = Field(None, gt=0)
     target_acc: float | None = Field(None, gt=0, le=1)
     threads: int | None = Field(1, ge=1)
+    gtf_alpha: float | None = Field(None, ge=0, le=1)
 
 
 class EvalConfig(Strict):
     """Extra evaluation after training. `lengths`: evaluate the trained model on the task
     rebuilt at each of these sequence lengths (its `seq_len`-like option, see
-    `Task.length_option`), e.g. longer than trained, for length generalisation."""
+    `Task.length_option`), e.g. longer than trained, for length generalisation.
+    `free_run_steps`, `free_run_trajectories`: after training on a task with free-running
+    metrics (`dynamics`), D_stsp and D_H of that many generated steps, averaged over that many
+    test trajectories (`seqmem.analysis.dynamics.free_run_metrics`); 0 steps: skip."""
 
     lengths: list[int] = Field(default_factory=list)
     batches: int = Field(4, ge=1)
+    free_run_steps: int = Field(2000, ge=0)
+    free_run_trajectories: int = Field(4, ge=1)
 
     @field_validator("lengths", mode="before")
     @classmethod
@@ -277,6 +292,15 @@ class RunConfig(Strict):
             if c.n_max < c.n_start:
                 raise ValueError(f"curriculum.n_max ({c.n_max}) must be >= curriculum.n_start "
                                  f"({c.n_start})")
+        task_cls = tasks.get(self.task["kind"])
+        regression = getattr(task_cls, "loss", "ce") == "mse"
+        if self.train.target_acc is not None and regression:
+            raise ValueError(f"train.target_acc: task {self.task['kind']!r} is a regression "
+                             f"task (MSE, no accuracy); leave train.target_acc null")
+        if self.train.gtf_alpha is not None and not regression:
+            raise ValueError(f"train.gtf_alpha: generalised teacher forcing needs a regression "
+                             f"task that forecasts its next input (dynamics); task "
+                             f"{self.task['kind']!r} is a classification task")
         if self.eval.lengths and length_option(tasks.get(self.task["kind"])) is None:
             raise ValueError(f"eval.lengths: task {self.task['kind']!r} has no sequence-length "
                              f"option to vary; leave eval.lengths empty")

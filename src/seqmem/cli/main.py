@@ -380,9 +380,13 @@ def cmd_train(args, overrides, console) -> int:
     ev = ended[jobs[0].run_id]
     s = ev.get("summary") or {}
     solved = f", max N solved {s.get('n_solved')}" if cfg.curriculum.kind != "none" else ""
-    console.print(f"{ev['status']}: epochs {s.get('epochs')}{solved}, "
-                  f"accuracy {s.get('acc_mean', float('nan')):.3f} "
-                  f"(scaled {s.get('acc_scaled', float('nan')):.3f})"
+    if "eval_mse" in s or "mse" in s:  # a regression task (e.g. dynamics)
+        result = ", ".join(f"{k} {s[k]:.4g}" for k in ("mse", "eval_mse", "d_stsp", "d_h")
+                           if isinstance(s.get(k), int | float))
+    else:
+        result = (f"accuracy {s.get('acc_mean', float('nan')):.3f} "
+                  f"(scaled {s.get('acc_scaled', float('nan')):.3f})")
+    console.print(f"{ev['status']}: epochs {s.get('epochs')}{solved}, {result}"
                   + (f", stopped: {s['stop_reason']}" if s.get("stop_reason") else "")
                   + (f" ({ev['reason']})" if ev.get("reason") else ""), markup=False)
     if s.get("acc_by_length"):

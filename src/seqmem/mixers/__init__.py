@@ -12,6 +12,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     lightnet,
     linear_attention,
     memory,
+    plrnn,
     rat,
     ssm,
 )

@@ -6,7 +6,10 @@ from seqmem.models.sequence import (
     SequenceModel,
     is_hybrid,
     masked_heads_loss,
+    masked_mse,
+    masked_mse_loss,
     parse_pattern,
 )
 
-__all__ = ["BLOCKS", "Block", "SequenceModel", "is_hybrid", "masked_heads_loss", "parse_pattern"]
+__all__ = ["BLOCKS", "Block", "SequenceModel", "is_hybrid", "masked_heads_loss", "masked_mse",
+           "masked_mse_loss", "parse_pattern"]

@@ -72,7 +72,7 @@ class Block(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """encoder -> blocks -> classification heads.
+    """encoder -> blocks -> classification heads (and / or a linear regression head).
 
     Args:
         d_input: input channels (real-valued inputs); ignored if `vocab_size` is given.
@@ -84,8 +84,10 @@ class SequenceModel(nn.Module):
         n_layers: how many times the pattern is stacked (for a single mixer: the number of
             blocks; for "gated_deltanet*3,attention" with n_layers=2: eight blocks).
         block: "plain" or "residual" (see `Block`).
-        heads: number of classes of each read-out head.
+        heads: number of classes of each read-out head (may be empty if `d_output` is set).
         vocab_size: if given, inputs are token ids (b, t) read by an embedding.
+        d_output: if given, a linear regression head `regressor` (d_model -> d_output) for
+            real-valued targets (`predict`, `masked_mse_loss`).
     """
 
     def __init__(
@@ -99,12 +101,17 @@ class SequenceModel(nn.Module):
         block: str = "plain",
         heads: list[int] | tuple[int, ...] = (2,),
         vocab_size: int | None = None,
+        d_output: int | None = None,
     ):
         super().__init__()
         if n_layers < 1:
             raise SeqmemError(f"n_layers must be >= 1, got {n_layers}")
-        if not heads or any(c < 2 for c in heads):
-            raise SeqmemError(f"heads must be a non-empty list of class counts >= 2, got {heads}")
+        if d_output is not None and (isinstance(d_output, bool) or not isinstance(d_output, int)
+                                     or d_output < 1):
+            raise SeqmemError(f"d_output must be a positive integer or None, got {d_output!r}")
+        if (not heads and d_output is None) or any(c < 2 for c in heads):
+            raise SeqmemError(f"heads must be a non-empty list of class counts >= 2 (or empty "
+                              f"with a regression head, d_output), got {heads}")
         self.d_input, self.d_model, self.vocab_size = d_input, d_model, vocab_size
         self.encoder = (
             nn.Embedding(vocab_size, d_model) if vocab_size else nn.Linear(d_input, d_model)
@@ -125,6 +132,8 @@ class SequenceModel(nn.Module):
             Block(mixers.build(n, d_model, **per_name[n]), kind=block) for n in names
         )
         self.heads = nn.ModuleList(nn.Linear(d_model, c) for c in heads)
+        self.d_output = d_output
+        self.regressor = nn.Linear(d_model, d_output) if d_output is not None else None
 
     # ---- sequence form ------------------------------------------------------------------
     def features(self, x: Tensor, state: list | None = None, *, mode: str | None = None):
@@ -151,6 +160,12 @@ class SequenceModel(nn.Module):
         """Logits of each head in `heads` (default all) for features h (..., d_model)."""
         idx = range(len(self.heads)) if heads is None else heads
         return [self.heads[i](h) for i in idx]
+
+    def predict(self, h: Tensor) -> Tensor:
+        """The regression head's output (..., d_output) for features h (..., d_model)."""
+        if self.regressor is None:
+            raise SeqmemError("this model has no regression head; build it with d_output=...")
+        return self.regressor(h)
 
     def forward(self, x: Tensor, state: list | None = None, *, heads: list[int] | None = None,
                 mode: str | None = None):
@@ -222,3 +237,23 @@ def masked_heads_loss(model: SequenceModel, h: Tensor, targets: Tensor, mask: Te
         loss = loss + ce.view(tgt.shape).mean(0).sum()
         accs[cols] = (logits.detach().argmax(-1) == tgt).to(h.dtype).mean(0)
     return loss, accs
+
+
+def masked_mse(pred: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean squared error of predictions (b, t, d) against targets (b, t, d) over the
+    supervised positions `mask` (b, t). Returns (loss, mse per channel (d,)); loss is the mean
+    of the per-channel MSEs (the MSE over positions and channels)."""
+    if pred.shape != targets.shape:
+        raise SeqmemError(f"predictions {tuple(pred.shape)} and targets "
+                          f"{tuple(targets.shape)} differ in shape")
+    per_channel = ((pred[mask] - targets[mask].to(pred.dtype)) ** 2).mean(0)  # (d,)
+    return per_channel.mean(), per_channel.detach()
+
+
+def masked_mse_loss(model: SequenceModel, h: Tensor, targets: Tensor, mask: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+    """`masked_mse` of the regression head's predictions for features h (b, t, d_model)
+    against targets (b, t, d_output). Returns (loss, mse per channel (d_output,))."""
+    if model.regressor is None:
+        raise SeqmemError("a regression task needs a model with a regression head (d_output)")
+    return masked_mse(model.predict(h), targets, mask)

@@ -6,8 +6,10 @@ Public API: `build(name, **kw)`, `names()`, `get(name)`, `register(name)`,
 
 from seqmem.tasks import (  # noqa: F401  (registers the tasks)
     digits,
+    dynamics,
     flagship,
     listops,
+    neurogym_task,
     recall,
     state_tracking,
 )

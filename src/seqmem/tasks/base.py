@@ -14,9 +14,15 @@ A task is a seeded generator of batches. For task authors:
   one sequence of batches. Generate with vectorised torch ops (training draws thousands of
   batches): no Python loop over examples or time steps. All examples of a batch share one
   length `t`.
+- Regression tasks (real-valued targets, e.g. next-step forecasting of a dynamical system)
+  set the class attribute `loss = "mse"`, the instance attribute `d_output` (target
+  channels) and `heads = []`; the model reads them out with one linear regression head and
+  the loss is the MSE over supervised positions (`seqmem.models.masked_mse_loss`).
+  Classification tasks keep the default `loss = "ce"` and `d_output = None`.
 - `Batch` shapes, batch-first and time-second:
     inputs  (b, t, d_input) float32 for real-valued inputs; (b, t) long ids for token tasks
     targets (b, t, n_heads) long class ids in [0, heads[j]); 0 wherever mask is False
+            (regression tasks: (b, t, d_output) float32; 0 wherever mask is False)
     mask    (b, t) bool, True at supervised positions (shared by all heads)
     meta    plain facts about the batch: {"N": [...], "seq_len": t, ...}; per-example facts
             as tensors whose first dimension is b.
@@ -45,7 +51,7 @@ class Batch:
     """One batch of a task: inputs, per-head targets, the supervised positions and facts."""
 
     inputs: Tensor  # (b, t, d_input) float32, or (b, t) long token ids
-    targets: Tensor  # (b, t, n_heads) long; 0 where mask is False
+    targets: Tensor  # (b, t, n_heads) long, or (b, t, d_output) float32; 0 where mask is False
     mask: Tensor  # (b, t) bool
     meta: dict = field(default_factory=dict)
 
@@ -58,13 +64,15 @@ class Batch:
 class Task:
     """Base class of every task: a seeded generator of `Batch`es.
 
-    Subclasses set `d_input`, `heads` (and `vocab` for token tasks) in their constructor and
-    implement `sample`.
+    Subclasses set `d_input`, `heads` (and `vocab` for token tasks; `d_output` for regression
+    tasks, which also set `loss = "mse"`) in their constructor and implement `sample`.
     """
 
     name: ClassVar[str] = ""
+    loss: ClassVar[str] = "ce"  # "ce": per-head cross-entropy; "mse": regression
     d_input: int
     heads: list[int]
+    d_output: int | None = None  # target channels of a regression task
     vocab: list[str] | None = None
 
     def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:

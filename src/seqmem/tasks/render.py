@@ -32,7 +32,10 @@ def step_words(task, batch, i: int) -> list[str]:
 
 
 def target_label(task, batch, i: int, s: int) -> str:
-    """The targets of example i at step s, named by `task.classes` if set."""
+    """The targets of example i at step s, named by `task.classes` if set (real-valued
+    targets of a regression task: 2 decimals)."""
+    if batch.targets.is_floating_point():
+        return ",".join(f"{v:.2f}" for v in batch.targets[i, s].tolist())
     names = getattr(task, "classes", None)
     return ",".join(names[c] if names is not None else str(c)
                     for c in batch.targets[i, s].tolist())

@@ -6,6 +6,11 @@
         the curriculum sees the accuracies and may advance N (a checkpoint at every advance)
         a checkpoint "last" (the last good state: model, optimiser, data generator, curriculum)
 
+Regression tasks (`task.loss == "mse"`, e.g. `dynamics`) train on the masked MSE of a linear
+regression head and report MSE instead of accuracy; with `train.gtf_alpha` they train by
+generalised teacher forcing (`gtf_predictions`); after training, tasks with free-running
+metrics get D_stsp and D_H of generated trajectories in the summary.
+
 The loop touches only the run's folder (metrics, checkpoints, summary); it reports progress
 through `emit(event)` so that the driver process is the only writer of the store's database.
 A non-finite loss raises `RunFailed` before anything is saved, so "last" stays good.
@@ -18,17 +23,24 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from seqmem import tasks
 from seqmem.config import RunConfig, length_option, mixer_options
 from seqmem.errors import RunFailed
-from seqmem.models import SequenceModel, masked_heads_loss
+from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
 from seqmem.train.curricula import Curriculum
 
 SGD_MIXERS = ("leaky_rnn", "elman")
 PAPER_TASKS = ("n_parity", "n_dms")  # the flagship paper's tasks keep its training recipe
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+FREE_RUN_SEED = 2023  # test trajectories of the free-running metrics: the same for every run
+
+
+def is_regression(task) -> bool:
+    """True for tasks with real-valued targets (`loss = "mse"`)."""
+    return getattr(task, "loss", "ce") == "mse"
 
 
 def make_curriculum(cfg: RunConfig) -> Curriculum:
@@ -57,6 +69,7 @@ def build_model(cfg: RunConfig, cur: Curriculum) -> SequenceModel:
     """The SequenceModel of a run; its weights are drawn from a generator seeded by cfg.seed."""
     task = make_task(cfg, cur)
     heads = [task.heads[0]] * cur.n_heads if cur.n_heads else list(task.heads)
+    d_output = task.d_output if is_regression(task) else None
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -64,7 +77,7 @@ def build_model(cfg: RunConfig, cur: Curriculum) -> SequenceModel:
             task.d_input, m.d_model,
             mixer=m.mixer["kind"], mixer_options=mixer_options(m.mixer),
             n_layers=m.n_layers, block=m.block, heads=heads,
-            vocab_size=len(task.vocab) if task.vocab else None,
+            vocab_size=len(task.vocab) if task.vocab else None, d_output=d_output,
         )
 
 
@@ -121,12 +134,58 @@ def tau_stats(model: SequenceModel) -> dict:
             "tau_max": ts.max().item()}
 
 
-def run_batch(model, task, batch_size, heads, generator, counter: list | None = None):
-    """Loss and per-head accuracy of the model on one fresh batch (counter[0] += its tokens)."""
+def gtf_predictions(model: SequenceModel, inputs: Tensor, alpha: float, state: list
+                    ) -> Tensor:
+    """The model's predictions (b, t, d) of x_1..x_t under generalised teacher forcing.
+
+    Hess, Monfared, Brenner & Durstewitz 2023 (ICML), "Generalized Teacher Forcing for
+    Learning Chaotic Dynamics", at the input level: the model runs step by step from
+    x~_0 = x_0, predicts x^_{t+1} from its features, and reads next
+
+        x~_{t+1} = alpha * x_{t+1} + (1 - alpha) * x^_{t+1}
+
+    (inputs (b, t, d) are x_0..x_{t-1}; the last prediction is of x_t, the last target).
+    Gradients flow through the fed-back prediction, as in the paper. alpha = 1 is ordinary
+    teacher forcing (the same predictions as one forward pass), alpha = 0 free running.
+
+    Relation to the paper (its latent-space form): the forced quantity is the same convex
+    mixture, but the paper writes it into the latent state. With the identity observation
+    model x_t = z_t[:N] (the shPLRNN's first N units are read out), the model steps from
+    z~_t, where z~_t[:N] = alpha x_t + (1 - alpha) z_t[:N] (z_t[:N] being the model's own
+    prediction of x_t) and z~_t[N:] = z_t[N:]: the mixture overwrites the readout units.
+    Here the mixture is the model's next *input* (through the encoder and the mixer's input
+    map, e.g. the PLRNN's C), which drives the state; the state itself is never overwritten,
+    so any mixer can be trained this way. The limits are the same (alpha = 1 teacher forcing,
+    alpha = 0 free running), but the paper's bound on gradients does not carry over: there
+    d z_{t+1} / d z_t contains the factor (1 - alpha) on the forced units, here the direct
+    state-to-state path is not scaled, only the path through the fed-back prediction.
+    """
+    preds = []
+    x = inputs[:, 0]  # (b, d)
+    t = inputs.shape[1]
+    for k in range(t):
+        h, state = model.step(x, state)
+        y = model.predict(h)  # (b, d) the prediction of x_{k+1}
+        preds.append(y)
+        if k + 1 < t:
+            x = alpha * inputs[:, k + 1] + (1 - alpha) * y
+    return torch.stack(preds, dim=1)  # (b, t, d)
+
+
+def run_batch(model, task, batch_size, heads, generator, counter: list | None = None, *,
+              gtf_alpha: float | None = None):
+    """Loss and per-head accuracy (regression tasks: per-channel MSE) of the model on one
+    fresh batch (counter[0] += its tokens). `gtf_alpha`: generalised teacher forcing."""
     batch = task.sample(batch_size, generator=generator)
     if counter is not None:
         counter[0] += batch.mask.numel()
     state = model.init_state(batch_size, generator=generator)
+    if is_regression(task):
+        if gtf_alpha is not None:
+            pred = gtf_predictions(model, batch.inputs, gtf_alpha, state)
+            return masked_mse(pred, batch.targets, batch.mask)
+        h, _ = model.features(batch.inputs, state)
+        return masked_mse_loss(model, h, batch.targets, batch.mask)
     h, _ = model.features(batch.inputs, state)
     return masked_heads_loss(model, h, batch.targets, batch.mask, heads)
 
@@ -145,10 +204,9 @@ def summarize(cfg: RunConfig, cur: Curriculum, stages: list, epoch: int, elapsed
         for k in ("state_size", "n_params", "train_tokens_per_s"):
             if k in last:
                 s[k] = last[k]
-        s["acc"] = last["acc"]
-        s["acc_mean"] = last["acc_mean"]
-        if "acc_scaled" in last:
-            s["acc_scaled"] = last["acc_scaled"]
+        for k in ("acc", "acc_mean", "acc_scaled", "mse", "eval_mse", "eval_mse_per_channel"):
+            if k in last:
+                s[k] = last[k]
         for k in ("tau_mean", "tau_sd", "tau_max"):
             if k in last:
                 s[k] = last[k]
@@ -189,7 +247,7 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         if cur.finished:
             return "curriculum finished"
         if (t.target_acc is not None and cur.kind == "none" and last is not None
-                and last["acc_mean"] >= t.target_acc):
+                and "acc_mean" in last and last["acc_mean"] >= t.target_acc):
             return "target_acc"
         if epoch >= t.max_epochs:
             return "max_epochs"
@@ -204,7 +262,8 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         model.train()
         losses, tokens = [], [0]
         for step in range(t.steps_per_epoch):
-            loss, _ = run_batch(model, task, t.batch_size, heads, gen, counter=tokens)
+            loss, _ = run_batch(model, task, t.batch_size, heads, gen, counter=tokens,
+                                gtf_alpha=t.gtf_alpha)
             if not torch.isfinite(loss):
                 raise RunFailed(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
                                 f"{step + 1}; the last good checkpoint is kept")
@@ -220,8 +279,10 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         train_s = time.perf_counter() - t0
         model.eval()
         eval_task = make_task(cfg, cur, split="test")
+        regression = is_regression(task)
         with torch.no_grad():
-            accs = torch.zeros(len(heads), dtype=torch.float64)
+            n_out = task.d_output if regression else len(heads)
+            accs = torch.zeros(n_out, dtype=torch.float64)  # regression: MSE per channel
             eval_loss = 0.0
             for _ in range(t.eval_batches):
                 loss, acc = run_batch(model, eval_task, t.batch_size, heads, gen)
@@ -231,12 +292,17 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         epoch += 1
         elapsed += time.perf_counter() - t0
         n_trained = cur.N
-        advanced = cur.update(accs)
+        advanced = cur.update([] if regression else accs)
+        if regression:  # MSE, no accuracy: nothing for target_acc or a curriculum to read
+            scores = {"mse": sum(losses) / len(losses), "eval_mse": eval_loss / t.eval_batches,
+                      "eval_mse_per_channel": accs}
+        else:
+            scores = {
+                "acc": accs, "acc_mean": sum(accs) / len(accs),
+                "acc_scaled": sum(scaled_accuracy(a, model.heads[i].out_features)
+                                  for a, i in zip(accs, heads, strict=True)) / len(accs)}
         last = {
-            "epoch": epoch, "N": n_trained, "active_N": task_N(task), "acc": accs,
-            "acc_mean": sum(accs) / len(accs),
-            "acc_scaled": sum(scaled_accuracy(a, model.heads[i].out_features)
-                              for a, i in zip(accs, heads, strict=True)) / len(accs),
+            "epoch": epoch, "N": n_trained, "active_N": task_N(task), **scores,
             "loss": sum(losses) / len(losses),
             "train_tokens_per_s": round(tokens[0] / max(train_s, 1e-9), 1),
             "eval_loss": eval_loss / t.eval_batches, "elapsed_s": round(elapsed, 3),
@@ -258,17 +324,29 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         if advanced:
             emit({"event": "advance", "stage": stages[-1], "summary": summary})
     summary = summarize(cfg, cur, stages, epoch, elapsed, last, stop)
+    final_task = make_task(cfg, cur, split="test")
+    if cfg.eval.free_run_steps and hasattr(final_task, "trajectory"):
+        from seqmem.analysis.dynamics import free_run_metrics
+
+        model.eval()
+        fr = free_run_metrics(model, final_task, n_steps=cfg.eval.free_run_steps,
+                              n_traj=cfg.eval.free_run_trajectories,
+                              generator=torch.Generator().manual_seed(FREE_RUN_SEED))
+        summary.update(fr)
+        run.log({"event": "free_run", **fr})
     if cfg.eval.lengths:
-        summary["acc_by_length"] = eval_lengths(cfg, model, cur, gen)
-        run.log({"event": "eval_lengths", "acc_by_length": summary["acc_by_length"]})
+        key = "mse_by_length" if is_regression(final_task) else "acc_by_length"
+        summary[key] = eval_lengths(cfg, model, cur, gen)
+        run.log({"event": "eval_lengths", key: summary[key]})
     run.write_summary(summary)
     return summary
 
 
 def eval_lengths(cfg: RunConfig, model: SequenceModel, cur: Curriculum,
                  gen: torch.Generator) -> dict[str, float]:
-    """Accuracy (mean over active heads) of the trained model on the task rebuilt at each of
-    `cfg.eval.lengths` (length generalisation). Keys are the lengths as strings."""
+    """Accuracy (mean over active heads; regression tasks: the MSE) of the trained model on the
+    task rebuilt at each of `cfg.eval.lengths` (length generalisation). Keys are the lengths
+    as strings."""
     base = make_task(cfg, cur, split="test")
     opt_name = length_option(type(base))
     opts = {k: v for k, v in cfg.task.items() if k != "kind"}

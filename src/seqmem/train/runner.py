@@ -91,15 +91,16 @@ class Display:
 
     def table(self) -> Table:
         tab = Table(title="seqmem training", title_justify="left")
-        for col in ("run", "curriculum", "N", "acc (mean / newest)", "epoch", "elapsed",
-                    "tau mean", "status"):
+        for col in ("run", "curriculum", "N", "acc (mean / newest) | eval mse", "epoch",
+                    "elapsed", "tau mean", "status"):
             tab.add_column(col)
         for rid, j in self.jobs.items():
             r = self.rows[rid]
             acc = r.get("acc") or []
+            score = (f"{sum(acc) / len(acc):.3f} / {acc[-1]:.3f}" if acc
+                     else f"{r['eval_mse']:.4g}" if "eval_mse" in r else "")
             tab.add_row(
-                j.label, j.cfg.curriculum.kind, str(r.get("N", "")),
-                f"{sum(acc) / len(acc):.3f} / {acc[-1]:.3f}" if acc else "",
+                j.label, j.cfg.curriculum.kind, str(r.get("N", "")), score,
                 str(r.get("epoch", "")), f"{r.get('elapsed_s', 0):.0f} s",
                 f"{r['tau_mean']:.3f}" if "tau_mean" in r else "", r["status"],
             )

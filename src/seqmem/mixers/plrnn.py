@@ -1,0 +1,115 @@
+"""The shallow piecewise-linear RNN (shPLRNN; Hess, Monfared, Brenner & Durstewitz 2023,
+"Generalized Teacher Forcing for Learning Chaotic Dynamics", ICML), with an input:
+
+    z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + C s_t
+
+A diagonal (the linear, "leaky" part of each latent unit), W2 (L x M) and W1 (M x L) a
+one-hidden-layer ReLU network of width L, h1, h2 biases, C the input matrix, s_t the input.
+The paper's model is autonomous (no input) and read out by an identity observation model on
+its first N units; in seqmem the state z (M = d_model units) is the mixer's output and the
+readout is the SequenceModel's head (see `seqmem.train.loop` for generalised teacher forcing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmem.errors import SeqmemError
+from seqmem.mixers.base import Mixer, register
+from seqmem.ops.newton import newton_recurrent
+
+TAU_MAX = 1e6  # timescale reported for |a| >= 1 (a unit that does not decay)
+
+
+def plrnn_step(u_t: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Tensor,
+               h2: Tensor) -> Tensor:
+    """One shPLRNN step z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + u_t, with the input
+    drive u_t = C s_t already applied: u_t, z (b, M), A (M,), W1 (M, L), W2 (L, M)."""
+    return A * z + F.linear(torch.relu(F.linear(z, W2, h2)), W1, h1) + u_t
+
+
+@register("plrnn")
+class PLRNN(Mixer):
+    """Shallow PLRNN: z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + C s_t (Hess et al. 2023).
+
+    Args:
+        d_model: latent units M (input and output width); the output is z_t.
+        d_hidden: width L of the ReLU layer (default 2 * d_model).
+        input_proj: learn C (M x d_model); if False, C is the identity (the model's encoder
+            plays C).
+        a_init: (low, high): the diagonal of A is initialised U(low, high).
+
+    seqmem's initialisation (the paper's code differs in detail): A ~ U(0.5, 0.95), W2, h2
+    ~ U(-1/sqrt M, 1/sqrt M), W1 ~ U(-1/sqrt L, 1/sqrt L) / 2, h1 = 0, C as torch's Linear.
+    A is stored as is (unconstrained: entries may leave (-1, 1) in training).
+    Modes: "recurrent" (the loop) and "newton" (all steps at once by Newton iterations; the
+    recurrence is piecewise linear, so they end once the ReLU pattern is right).
+    """
+
+    modes = ("recurrent", "newton")
+    newton_iterations: int = 0
+
+    def __init__(self, d_model: int, *, d_hidden: int | None = None, input_proj: bool = True,
+                 a_init: tuple[float, float] = (0.5, 0.95)):
+        super().__init__(d_model)
+        L = 2 * d_model if d_hidden is None else d_hidden
+        if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+            raise SeqmemError(f"d_hidden must be a positive integer or null, got {d_hidden!r}")
+        try:
+            lo, hi = (float(v) for v in a_init)
+        except (TypeError, ValueError):
+            lo, hi = math.nan, math.nan  # rejected below
+        if not (-1.0 < lo <= hi < 1.0):
+            raise SeqmemError(f"a_init must be (low, high) with -1 < low <= high < 1, got "
+                              f"{a_init}")
+        self.d_hidden = L
+        k_m, k_l = 1 / math.sqrt(d_model), 1 / math.sqrt(L)
+        self.A = nn.Parameter(torch.empty(d_model).uniform_(lo, hi))  # (M,) the diagonal
+        self.W2 = nn.Parameter(torch.empty(L, d_model).uniform_(-k_m, k_m))  # (L, M)
+        self.h2 = nn.Parameter(torch.empty(L).uniform_(-k_m, k_m))  # (L,)
+        self.W1 = nn.Parameter(torch.empty(d_model, L).uniform_(-k_l, k_l) / 2)  # (M, L)
+        self.h1 = nn.Parameter(torch.zeros(d_model))  # (M,)
+        self.C = nn.Linear(d_model, d_model, bias=False) if input_proj else None
+
+    def drive(self, x: Tensor) -> Tensor:
+        """Input drive C s for s (..., d_model)."""
+        return self.C(x) if self.C is not None else x
+
+    def _cell(self, u_t: Tensor, z: Tensor) -> Tensor:
+        return plrnn_step(u_t, z, self.A, self.W1, self.W2, self.h1, self.h2)
+
+    def _forward(self, x, state, mode, chunk_size):
+        u = self.drive(x)  # (b, t, M)
+        if mode == "newton":
+            y, z, self.newton_iterations = newton_recurrent(self._cell, u, state)
+            return y, z
+        z, ys = state, []
+        for t in range(u.shape[1]):
+            z = self._cell(u[:, t], z)
+            ys.append(z)
+        return torch.stack(ys, dim=1), z  # (b, t, M)
+
+    def step(self, x_t, state):
+        self.check_input(x_t, ndim=2)
+        z = self._cell(self.drive(x_t), state)
+        return z, z
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return torch.zeros(batch_size, self.d_model, device=device or self.A.device,
+                           dtype=dtype or self.A.dtype)
+
+    def state_size(self):
+        return self.d_model
+
+    def timescales(self):
+        """-1 / log|a| per latent unit, the decay time of its linear part alone, in steps;
+        TAU_MAX where |a| >= 1 - 1e-6 (no decay)."""
+        a = self.A.detach().abs().clamp(1e-12, 1 - 1e-6)
+        return (-1 / torch.log(a)).clamp(max=TAU_MAX)
+
+    def extra_repr(self):
+        return f"d_model={self.d_model}, d_hidden={self.d_hidden}"
