@@ -434,7 +434,7 @@ def cmd_runs(args, overrides, console) -> int:
         tab.add_column(col)
     for r in rows:
         s = r.get("summary") or {}
-        acc = s.get("acc_mean")
+        acc = s.get("acc_mean", s.get("avg_acc"))  # continual runs: the average accuracy
         tab.add_row(r["id"], r.get("name") or "", r.get("kind") or "", r["status"],
                     str(s.get("epochs", "")), str(s.get("n_solved") or ""),
                     "" if acc is None else f"{acc:.3f}", str(r.get("updated_at", ""))[:19])

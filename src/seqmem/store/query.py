@@ -97,9 +97,15 @@ DEFAULT_COLUMNS = ("id", "name", "kind", "status", "mixer", "task", "epochs", "n
                    "acc_mean", "acc_scaled", "elapsed_s")
 
 
+CONTINUAL_COLUMNS = ("method", "protocol", "seed", "avg_acc", "bwt", "fwt", "forgetting", "lca")
+
+
 def flat_record(row: dict, columns: list[str] | tuple[str, ...] = DEFAULT_COLUMNS) -> dict:
-    """The chosen fields of a run (and its sweep point's keys) as one flat mapping."""
+    """The chosen fields of a run (and its sweep point's keys) as one flat mapping; a
+    continual-learning run adds its method, protocol and metrics."""
     rec = {c: run_field(row, c) for c in columns}
+    if row.get("kind") == "continual" and columns is DEFAULT_COLUMNS:
+        rec.update({c: run_field(row, c) for c in CONTINUAL_COLUMNS})
     for k, v in ((row.get("summary") or {}).get("point") or {}).items():
         rec.setdefault(k, v)
     return rec
