@@ -11,6 +11,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     leaky,
     lightnet,
     linear_attention,
+    mamba,
     memory,
     plrnn,
     rat,

@@ -36,6 +36,16 @@ from seqmem.ops.rnn import (
     lstm_step,
 )
 from seqmem.ops.scan import associative_scan, linear_recurrence, linear_recurrence_step
+from seqmem.ops.selective import (
+    selective_scan,
+    selective_scan_signed,
+    selective_scan_signed_step,
+    selective_scan_step,
+    ssd,
+    ssd_signed,
+    ssd_signed_step,
+    ssd_step,
+)
 from seqmem.ops.ssm import (
     diag_recurrence,
     diag_recurrence_step,
@@ -117,6 +127,14 @@ __all__ = [
     "retention_step",
     "rotary",
     "s4d_kernel",
+    "selective_scan",
+    "selective_scan_signed",
+    "selective_scan_signed_step",
+    "selective_scan_step",
+    "ssd",
+    "ssd_signed",
+    "ssd_signed_step",
+    "ssd_step",
     "ssm",
     "ssm_step",
     "titans",

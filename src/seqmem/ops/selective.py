@@ -1,0 +1,334 @@
+"""Selective state spaces: Mamba's selective scan (Gu & Dao 2023) and Mamba-2's state-space
+duality, SSD (Dao & Gu 2024).
+
+    selective_scan   per channel d and state index n, with dt = softplus?(delta + delta_bias):
+                     h_t[d, n] = exp(dt_t[d] A[d, n]) h_{t-1}[d, n] + dt_t[d] B_t[n] u_t[d]
+                     y_t[d] = sum_n C_t[n] h_t[d, n] + D[d] u_t[d],  then y * silu(z) if z given
+    ssd              per head, a scalar log decay a_t (<= 0) and a (p, n) state:
+                     h_t = exp(a_t) h_{t-1} + x_t^T B_t,   y_t = h_t C_t
+
+Layout: selective_scan takes u, delta, z (b, t, d), A (d, n), B, C (b, t, n), D, delta_bias
+(d,), state (b, d, n); ssd takes x (b, t, h, p), a (b, t, h), B, C (b, t, h, n), state
+(b, h, p, n). States are zeros when None; every op returns (y, final state). `<op>_step` is the
+specification; `mode` picks the form.
+
+Negative eigenvalues (Grazzi et al. 2025, "Unlocking State-Tracking in Linear RNNs Through
+Negative Eigenvalues"): the `_signed` variants take the same inputs but use the transition
+2 exp(.) - 1, in (-1, 1], instead of exp(.), in (0, 1]. A transition that can be negative has
+no logarithm, so every form below handles it exactly: the chunked scan multiplies transitions
+directly, and the SSD forms split a product of transitions into a log-magnitude (summed) and a
+sign (a parity of the count of negative factors).
+
+Forms of `selective_scan`. Its decay differs per (d, n), so any exact form touches t * d * n
+transitions; a masked (L, L) quadratic form per d would multiply that work by the chunk length
+(and by log L for the dyadic trick of `ops.linear_attention._gla_intra`). On a CPU the step
+loop is already close to that floor, except for autograd's per-step bookkeeping, so "chunk"
+is Mamba's own hardware-aware algorithm written for the CPU: the scan runs chunk by chunk
+without recording a graph, keeping only the state at every chunk's start, and a hand-written
+backward recomputes each chunk's states from its start and runs the reverse scan
+(dL/dh_{t-1} = a_t dL/dh_t + C_{t-1} dL/dy_{t-1}). No logarithm or positive exponent is
+ever formed: transitions |a| <= 1 are multiplied, so nothing overflows however strong the
+decay. "recurrent" is the loop of the step, differentiated by autograd. Measured at d = 512,
+n = 16, t = 2048, batch 4, float32 on a 2-core CPU (experiments/speed/mamba_speed.py), the
+chunked scan runs forward + backward 2 to 3 times faster than the loop; the exponentials and
+the passes over (t, d, n) that any exact form needs bound it from going much further.
+
+Forms of `ssd` (scalar decay per head, so the chunked form is matrix products): "recurrent"
+(the loop), "quadratic" (one masked attention-like form over the whole sequence, plus the
+initial state's contribution) and "chunk" (the SSD algorithm: the quadratic form inside chunks,
+the (p, n) state carried from chunk to chunk). Cumulative log decays only enter as
+exp(c_t - c_s) with s <= t, masked before the exponential: no exponent is positive.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqmem.errors import SeqmemError, check_choice
+from seqmem.ops.linear_attention import _carry, _causal_decay, _chunks, _unchunk
+
+SELECTIVE_SCAN_MODES = ("chunk", "recurrent")
+SSD_MODES = ("chunk", "quadratic", "recurrent")
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return chunk_size
+
+
+def _transition(log_decay: Tensor, signed: bool) -> Tensor:
+    """exp(log_decay), or 2 exp(log_decay) - 1 with negative eigenvalues."""
+    return 2 * log_decay.exp() - 1 if signed else log_decay.exp()
+
+
+def _delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    """dt = softplus?(delta + delta_bias)."""
+    if delta_bias is not None:
+        delta = delta + delta_bias
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """y + D u, then gated by silu(z)."""
+    if D is not None:
+        y = y + D * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+# ---- selective scan: steps -----------------------------------------------------------------
+def _selective_step(u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, delta_softplus, state,
+                    signed):
+    dt = _delta(delta_t, delta_bias, delta_softplus)  # (b, d)
+    if state is None:
+        state = u_t.new_zeros(*u_t.shape, A.shape[-1])
+    a = _transition(dt[..., None] * A, signed)  # (b, d, n)
+    h = a * state + (dt * u_t)[..., None] * B_t[:, None, :]  # (b, d, n)
+    y = torch.einsum("bdn,bn->bd", h, C_t)  # (b, d)
+    return _finish(y, u_t, D, z_t), h
+
+
+def selective_scan_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor,
+                        D: Tensor | None = None, z_t: Tensor | None = None, *,
+                        delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                        state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One step of Mamba's selective scan (the specification): u_t, delta_t, z_t (b, d), A (d, n),
+    B_t, C_t (b, n), state (b, d, n) -> y_t (b, d), h_t (b, d, n), with
+
+        dt = softplus?(delta_t + delta_bias),  h_t = exp(dt A) h_{t-1} + dt B_t u_t,
+        y_t = <C_t, h_t> + D u_t,  y_t * silu(z_t) if z_t is given."""
+    return _selective_step(u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, delta_softplus,
+                           state, False)
+
+
+def selective_scan_signed_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor,
+                               C_t: Tensor, D: Tensor | None = None, z_t: Tensor | None = None,
+                               *, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                               state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`selective_scan_step` with negative eigenvalues: h_t = (2 exp(dt A) - 1) h_{t-1} + ..."""
+    return _selective_step(u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, delta_softplus,
+                           state, True)
+
+
+# ---- selective scan: the chunked scan with a hand-written backward --------------------------
+def _chunk_states(dt: Tensor, A: Tensor, B: Tensor, v: Tensor, h: Tensor, signed: bool,
+                  a: Tensor, hs: Tensor) -> None:
+    """A chunk's transitions a_l and states h_l = a_l h_{l-1} + v_l B_l from h, written into
+    the buffers a, hs (l, b, d, n): dt, v (l, b, d), B (l, b, n), A (d, n), h (b, d, n).
+
+    Buffers are reused from chunk to chunk: a fresh tensor of this size costs more in page
+    faults than the arithmetic done on it."""
+    torch.mul(dt[..., None], A, out=a).exp_()
+    if signed:
+        a.mul_(2).sub_(1)
+    torch.mul(v[..., None], B[:, :, None, :], out=hs)  # v B, then h in place
+    hs[0].addcmul_(a[0], h)
+    for i in range(1, a.shape[0]):
+        hs[i].addcmul_(a[i], hs[i - 1])
+
+
+def _buffers(k: int, like: Tensor, shape) -> list[Tensor]:
+    return [like.new_empty(shape) for _ in range(k)]
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """h_t = a_t h_{t-1} + v_t B_t, y_t = <C_t, h_t>, a_t = exp(dt_t A) (2 exp(dt_t A) - 1 when
+    signed); time-first inputs dt, v (t, b, d), B, C (t, b, n), A (d, n), h0 (b, d, n)."""
+
+    @staticmethod
+    def forward(ctx, dt, A, B, C, v, h0, chunk_size, signed):
+        y = v.new_empty(v.shape)  # (t, b, d)
+        a_buf, hs_buf, w_buf = _buffers(3, v, (chunk_size, *h0.shape))  # (L, b, d, n)
+        starts, h = [], h0
+        for s in range(0, dt.shape[0], chunk_size):
+            e = min(s + chunk_size, dt.shape[0])
+            a, hs, W = a_buf[:e - s], hs_buf[:e - s], w_buf[:e - s]
+            starts.append(h)
+            _chunk_states(dt[s:e], A, B[s:e], v[s:e], h, signed, a, hs)
+            # <C, h> as a product and a sum: a batched matrix-vector product with n = 16 columns
+            # is three times slower
+            torch.sum(torch.mul(hs, C[s:e, :, None, :], out=W), -1, out=y[s:e])
+            h = hs[-1].clone()
+        ctx.save_for_backward(dt, A, B, C, v, torch.stack(starts))
+        ctx.chunk_size, ctx.signed = chunk_size, signed
+        return y, h
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        dt, A, B, C, v, starts = ctx.saved_tensors
+        L, signed, t = ctx.chunk_size, ctx.signed, dt.shape[0]
+        gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+        g = torch.zeros_like(starts[0]) if gh is None else gh  # dL/dh at the chunk's end
+        gdt, gv = torch.empty_like(dt), torch.empty_like(v)
+        gB, gC, gA = torch.empty_like(B), torch.empty_like(C), torch.zeros_like(A)
+        bufs = _buffers(4, v, (L, *starts.shape[1:]))  # (L, b, d, n)
+        for i in reversed(range(starts.shape[0])):
+            s, e = i * L, min((i + 1) * L, t)
+            a, hs, G, W = (buf[:e - s] for buf in bufs)
+            _chunk_states(dt[s:e], A, B[s:e], v[s:e], starts[i], signed, a, hs)  # recomputed
+            torch.matmul(gy[s:e, :, None, :], hs, out=gC[s:e, :, None, :])
+            # G_l = dL/dh_l by every path: C_l gy_l + a_{l+1} G_{l+1} (the reverse scan)
+            torch.mul(gy[s:e, :, :, None], C[s:e, :, None, :], out=G)  # (l, b, d, n)
+            G[-1] += g
+            for j in reversed(range(e - s - 1)):
+                G[j].addcmul_(a[j + 1], G[j + 1])
+            g = a[0] * G[0]  # dL/dh at the chunk's start
+            torch.sum(torch.mul(G, B[s:e, :, None, :], out=W), -1, out=gv[s:e])
+            torch.matmul(v[s:e, :, None, :], G, out=gB[s:e, :, None, :])
+            # dL/d(dt A) = G_l h_{l-1} da/d(dt A), da/d(dt A) = a (a + 1 when signed), into G
+            G[1:].mul_(hs[:-1])
+            G[0].mul_(starts[i])
+            if signed:
+                G.addcmul_(G, a)
+            else:
+                G.mul_(a)
+            torch.sum(torch.mul(G, A, out=W), -1, out=gdt[s:e])
+            gA += torch.mul(G, dt[s:e, :, :, None], out=W).sum((0, 1))
+        return gdt, gA, gB, gC, gv, g, None, None
+
+
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
+                    chunk_size, signed, op):
+    check_choice(f"{op} mode", mode, SELECTIVE_SCAN_MODES)
+    _check_chunk_size(chunk_size)
+    b, t, d = u.shape
+    if state is None:
+        state = u.new_zeros(b, d, A.shape[-1])
+    if t == 0:
+        return u.new_zeros(b, 0, d), state
+    if mode == "recurrent":
+        ys, h = [], state
+        for u_t, delta_t, B_t, C_t in zip(u.unbind(1), delta.unbind(1), B.unbind(1),
+                                          C.unbind(1), strict=True):
+            y_t, h = _selective_step(u_t, delta_t, A, B_t, C_t, None, None, delta_bias,
+                                     delta_softplus, h, signed)
+            ys.append(y_t)
+        return _finish(torch.stack(ys, dim=1), u, D, z), h
+    dt = _delta(delta, delta_bias, delta_softplus)  # (b, t, d)
+    y, h = _ChunkedScan.apply(
+        dt.transpose(0, 1).contiguous(), A.contiguous(), B.transpose(0, 1).contiguous(),
+        C.transpose(0, 1).contiguous(), (dt * u).transpose(0, 1).contiguous(), state,
+        min(chunk_size, t), signed)
+    return _finish(y.transpose(0, 1), u, D, z), h
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Tensor | None = None, z: Tensor | None = None, *,
+                   delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+                   ) -> tuple[Tensor, Tensor]:
+    """Mamba's selective scan (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with
+    Selective State Spaces"), the loop of `selective_scan_step`: u, delta, z (b, t, d),
+    A (d, n), B, C (b, t, n), D, delta_bias (d,), state (b, d, n) -> y (b, t, d), h_T.
+
+    mode "chunk" (default): the chunked scan with a hand-written backward (module docstring),
+    in chunks of chunk_size tokens, which only sets the working set (chunk_size * b * d * n
+    floats per buffer; 32 to 64 measured fastest on a laptop-class CPU at d = 512, n = 16);
+    "recurrent": the step loop, differentiated by autograd."""
+    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
+                           chunk_size, False, "selective_scan")
+
+
+def selective_scan_signed(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Tensor | None = None, z: Tensor | None = None, *,
+                          delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                          state: Tensor | None = None, mode: str = "chunk",
+                          chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """`selective_scan` with negative eigenvalues (Grazzi et al. 2025): the transition is
+    2 exp(dt A) - 1 in (-1, 1]; the loop of `selective_scan_signed_step`."""
+    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
+                           chunk_size, True, "selective_scan_signed")
+
+
+# ---- SSD -------------------------------------------------------------------------------------
+def _ssd_step(x_t, a_t, B_t, C_t, state, signed):
+    if state is None:
+        state = x_t.new_zeros(*x_t.shape, B_t.shape[-1])
+    h = _transition(a_t, signed)[..., None, None] * state + x_t[..., :, None] * B_t[..., None, :]
+    return torch.einsum("bhpn,bhn->bhp", h, C_t), h  # (b, h, p), (b, h, p, n)
+
+
+def ssd_step(x_t: Tensor, a_t: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """One SSD step (the specification): x_t (b, h, p), a_t (b, h), B_t, C_t (b, h, n),
+    state (b, h, p, n) -> y_t (b, h, p), h_t, with h_t = exp(a_t) h_{t-1} + x_t^T B_t,
+    y_t = h_t C_t."""
+    return _ssd_step(x_t, a_t, B_t, C_t, state, False)
+
+
+def ssd_signed_step(x_t: Tensor, a_t: Tensor, B_t: Tensor, C_t: Tensor,
+                    state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`ssd_step` with negative eigenvalues: h_t = (2 exp(a_t) - 1) h_{t-1} + x_t^T B_t."""
+    return _ssd_step(x_t, a_t, B_t, C_t, state, True)
+
+
+def _log_and_sign(a: Tensor, signed: bool) -> tuple[Tensor, Tensor | None]:
+    """The transition as log|alpha| and a 0/1 flag of negative alpha (None when unsigned)."""
+    if not signed:
+        return a, None
+    alpha = 2 * a.exp() - 1
+    tiny = torch.finfo(a.dtype).tiny  # |alpha| = 0 taken as tiny: its log stays finite
+    return alpha.abs().clamp(min=tiny).log(), (alpha < 0).to(a.dtype)
+
+
+def _ssd_chunk(x: Tensor, a: Tensor, B: Tensor, C: Tensor, S: Tensor, L: int, signed: bool):
+    """SSD in chunks of L tokens (the quadratic form when L >= t). Inside a chunk, with c the
+    cumulative log|transition| and sg the cumulative sign since the chunk's start:
+
+        y_t = sg_t exp(c_t) C_t S_0^T + sum_{s<=t} sg_t sg_s exp(c_t - c_s) (C_t . B_s) x_s,
+        S_L = sg_L exp(c_L) S_0 + sum_s sg_L sg_s exp(c_L - c_s) x_s^T B_s."""
+    t = x.shape[1]
+    log_a, neg = _log_and_sign(a, signed)
+    X, Bc, Cc = _chunks(x, L), _chunks(B, L), _chunks(C, L)  # (b, h, nc, L, .)
+    c = _chunks(log_a, L).cumsum(-1)  # (b, h, nc, L); padding: log decay 0
+    decay = _causal_decay(c)  # (b, h, nc, L, L), exp(c_t - c_s) for s <= t
+    c_last = c[..., -1:]  # (b, h, nc, 1)
+    to_end, from_start, total = (c_last - c).exp(), c.exp(), c_last.exp()
+    if neg is not None:
+        sg = 1 - 2 * torch.remainder(_chunks(neg, L).cumsum(-1), 2)  # (b, h, nc, L), +-1
+        sg_last = sg[..., -1:]
+        decay = decay * (sg[..., :, None] * sg[..., None, :])
+        to_end, from_start, total = to_end * sg_last * sg, from_start * sg, total * sg_last
+    intra = ((Cc @ Bc.transpose(-1, -2)) * decay) @ X  # (b, h, nc, L, p)
+    KV = (X * to_end[..., None]).transpose(-1, -2) @ Bc  # (b, h, nc, p, n)
+    starts, S = _carry(total[..., None], KV, S)  # (b, h, nc, p, n)
+    y = intra + (Cc * from_start[..., None]) @ starts.transpose(-1, -2)  # (b, h, nc, L, p)
+    return _unchunk(y, t), S
+
+
+def _ssd(x, a, B, C, state, chunk_size, mode, signed, op):
+    check_choice(f"{op} mode", mode, SSD_MODES)
+    _check_chunk_size(chunk_size)
+    b, t, h, p = x.shape
+    S = x.new_zeros(b, h, p, B.shape[-1]) if state is None else state
+    if t == 0:
+        return x.new_zeros(b, 0, h, p), S
+    if mode == "recurrent":
+        ys = []
+        for x_t, a_t, B_t, C_t in zip(x.unbind(1), a.unbind(1), B.unbind(1), C.unbind(1),
+                                      strict=True):
+            y_t, S = _ssd_step(x_t, a_t, B_t, C_t, S, signed)
+            ys.append(y_t)
+        return torch.stack(ys, dim=1), S
+    L = t if mode == "quadratic" else min(chunk_size, t)
+    return _ssd_chunk(x, a, B, C, S, L, signed)
+
+
+def ssd(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = None,
+        chunk_size: int = 64, mode: str = "chunk") -> tuple[Tensor, Tensor]:
+    """Mamba-2's state-space duality (Dao & Gu 2024, "Transformers are SSMs"), the loop of
+    `ssd_step`: x (b, t, h, p), a (b, t, h) log decays, B, C (b, t, h, n), state (b, h, p, n)
+    -> y (b, t, h, p), h_T. Modes "chunk" (default), "quadratic", "recurrent"."""
+    return _ssd(x, a, B, C, state, chunk_size, mode, False, "ssd")
+
+
+def ssd_signed(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = None,
+               chunk_size: int = 64, mode: str = "chunk") -> tuple[Tensor, Tensor]:
+    """`ssd` with negative eigenvalues (Grazzi et al. 2025): the transition is 2 exp(a_t) - 1
+    in (-1, 1]; the loop of `ssd_signed_step`."""
+    return _ssd(x, a, B, C, state, chunk_size, mode, True, "ssd_signed")
+
