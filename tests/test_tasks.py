@@ -172,7 +172,11 @@ def test_every_registered_task_gives_a_consistent_batch(name):
     rng = torch.get_rng_state()
     task = tasks.build(name)  # defaults only; no side effects
     assert torch.equal(torch.get_rng_state(), rng)
-    assert isinstance(task.heads, list) and task.heads and all(c >= 2 for c in task.heads)
+    regression = getattr(task, "loss", "ce") == "mse"
+    if regression:  # real-valued targets (b, t, d_output), no classification heads
+        assert task.heads == [] and task.d_output >= 1
+    else:
+        assert isinstance(task.heads, list) and task.heads and all(c >= 2 for c in task.heads)
     batch = task.sample(3, generator=gen())
     assert isinstance(batch, tasks.Batch) and isinstance(batch.meta, dict)
     b, t = batch.mask.shape
@@ -184,6 +188,11 @@ def test_every_registered_task_gives_a_consistent_batch(name):
         assert batch.inputs.shape == (b, t) and batch.inputs.dtype == torch.long
         assert batch.inputs.min() >= 0 and batch.inputs.max() < len(task.vocab)
     assert batch.mask.dtype == torch.bool and batch.mask.any()
+    if regression:
+        assert batch.targets.shape == (b, t, task.d_output)
+        assert batch.targets.dtype == torch.float32 and batch.targets.isfinite().all()
+        assert batch.targets[~batch.mask].abs().sum() == 0
+        return
     assert batch.targets.shape == (b, t, len(task.heads))
     assert batch.targets.dtype == torch.long
     for j, c in enumerate(task.heads):
