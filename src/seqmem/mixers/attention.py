@@ -30,6 +30,7 @@ from seqmem.ops.attention import (
     aaren_step,
     attention_parallel,
     attention_step,
+    is_filled,
     rotary,
 )
 
@@ -68,7 +69,10 @@ class Attention(Mixer):
             attention); 0 = full attention over up to `max_len` tokens.
         max_len: the span of full attention (window = 0): the cache holds max_len - 1 tokens;
             older tokens leave it, so attention is exact full attention on sequences (and
-            streams carried by the state) of up to max_len tokens.
+            streams carried by the state) of up to max_len tokens. The state is a cache of
+            max_len - 1 slots whatever the sequence length, so for training on short
+            sequences set max_len to the longest one (e.g. max_len=64 for 64-token tasks):
+            every forward builds and returns that cache.
         rotary: rotary position embedding on queries and keys (otherwise no positions).
         rotary_base: the rotary frequency base.
     """
@@ -114,11 +118,12 @@ class Attention(Mixer):
     def _keep(self, state: AttentionState, k: Tensor, v: Tensor, log_m: Tensor
               ) -> AttentionState:
         """The cache after appending k, v (b, t, h, d), log_m (b, t): its last n_cache slots."""
-        k = torch.cat([state.k, k], dim=1)  # (b, n_cache + t, h, d)
-        v = torch.cat([state.v, v], dim=1)
-        log_m = torch.cat([state.log_m, log_m], dim=1)  # (b, n_cache + t)
-        start = k.shape[1] - self.n_cache
-        return AttentionState(k[:, start:], v[:, start:], log_m[:, start:])
+        n, t = self.n_cache, k.shape[1]
+        if t >= n:  # the new tokens alone fill the cache
+            return AttentionState(k[:, t - n:], v[:, t - n:], log_m[:, t - n:])
+        return AttentionState(torch.cat([state.k[:, t:], k], dim=1),  # (b, n_cache, h, d)
+                              torch.cat([state.v[:, t:], v], dim=1),
+                              torch.cat([state.log_m[:, t:], log_m], dim=1))
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
@@ -129,11 +134,19 @@ class Attention(Mixer):
             return torch.stack(ys, dim=1), state
         b, t, _ = x.shape
         q, k, v = self._project(x)  # (b, t, h, d)
-        keys = torch.cat([state.k, k], dim=1)  # (b, n_cache + t, h, d)
-        values = torch.cat([state.v, v], dim=1)
-        log_m = torch.cat([state.log_m, x.new_zeros(b, t)], dim=1)  # (b, n_cache + t)
-        y = attention_parallel(self._rotate(q, self.n_cache), self._rotate(keys, 0), values,
-                               log_m, window=self.span)  # (b, t, h, d)
+        # cache slots empty in every sequence (the leading ones) carry no weight: skip them,
+        # keeping every key's rotary position
+        filled = is_filled(state.log_m).any(0).nonzero()  # (n_filled, 1)
+        first = int(filled[0, 0]) if len(filled) else self.n_cache
+        q = self._rotate(q, self.n_cache)
+        if first == self.n_cache:  # an empty cache: the sequence alone
+            y = attention_parallel(q, self._rotate(k, self.n_cache), v, window=self.span)
+        else:
+            keys = torch.cat([state.k[:, first:], k], dim=1)  # (b, n_cache - first + t, h, d)
+            values = torch.cat([state.v[:, first:], v], dim=1)
+            log_m = torch.cat([state.log_m[:, first:], x.new_zeros(b, t)], dim=1)
+            y = attention_parallel(q, self._rotate(keys, first), values, log_m,
+                                   window=self.span)  # (b, t, h, d)
         new = self._keep(state, k, v, x.new_zeros(b, t))
         return self.out(rearrange(y, "b t h d -> b t (h d)")), new
 
