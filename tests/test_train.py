@@ -1,13 +1,14 @@
 """The training loop: determinism, exact resume, and failure on a non-finite loss."""
 
 import json
+import re
 
 import pytest
 import torch
 
 import seqmem.train.loop as loop
 from seqmem.config import load_config
-from seqmem.errors import RunFailed
+from seqmem.errors import ConfigError, RunFailed
 from seqmem.store import RunStore
 
 SMALL = ["model.d_model=16", "train.batch_size=32", "train.steps_per_epoch=3",
@@ -132,3 +133,43 @@ def test_target_acc_stops_early(tmp_path):
     s = loop.train(cfg, run)
     assert s["stop_reason"] == "target_acc" and s["epochs"] == 1
     assert s["acc_scaled"] == pytest.approx(2 * s["acc_mean"] - 1)  # two classes: chance 0.5
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_knob_curriculum_grows_another_task_option(tmp_path, kind, monkeypatch):
+    """curriculum.knob=n_pairs on mqar: the value grows by `step` when solved; under multi each
+    training batch is drawn at one of the values reached and every value is evaluated, under
+    single only the newest value is trained and evaluated."""
+    cfg = load_config(None, [*SMALL, "task.kind=mqar", "task.vocab_size=64", "model.mixer=gru",
+                             f"curriculum.kind={kind}", "curriculum.knob=n_pairs",
+                             "curriculum.n_start=2", "curriculum.n_max=6", "curriculum.step=2",
+                             "curriculum.threshold=0.001"])
+    drawn = []
+    real = loop.run_batch
+
+    def spy(model, task, *a, **kw):
+        drawn.append(task.n_pairs)
+        return real(model, task, *a, **kw)
+
+    monkeypatch.setattr(loop, "run_batch", spy)
+    run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+    s = loop.train(cfg, run)
+    assert s["n_solved"] == 6 and s["finished"] and s["epochs"] == 3 and s["knob"] == "n_pairs"
+    assert [st["N"] for st in s["stages"]] == [2, 4, 6]
+    evaluated = [1, 1, 1] if kind == "single" else [1, 2, 3]
+    assert [len(r["acc"]) for r in run.metrics()] == evaluated
+    # epoch k: 3 training batches, then one evaluation batch per value (eval_batches 2 shared)
+    start = sum(3 + 2 * n if kind == "single" else 3 + n * max(1, -(-2 // n))
+                for n in evaluated[:2])
+    last_train = drawn[start:start + 3]
+    allowed = {6} if kind == "single" else {2, 4, 6}
+    assert set(last_train) <= allowed
+
+
+def test_knob_curriculum_errors_name_the_options():
+    with pytest.raises(ConfigError, match=re.escape(
+            "curriculum.knob: task 'mqar' has no integer option 'nope'; accepted: seq_len, "
+            "n_pairs, vocab_size")):
+        load_config(None, ["task.kind=mqar", "curriculum.kind=single", "curriculum.knob=nope"])
+    with pytest.raises(ConfigError, match=re.escape("curriculum.kind: 'multi' needs a task")):
+        load_config(None, ["task.kind=mqar", "curriculum.kind=multi"])

@@ -241,10 +241,12 @@ class CurriculumConfig(Strict):
     """
 
     kind: Literal["auto", "single", "multi", "sliding", "none"] = "auto"
-    n_start: int = Field(2, ge=2)
-    n_max: int = Field(100, ge=2)
+    n_start: int = Field(2, ge=1)
+    n_max: int = Field(100, ge=1)
     threshold: float = Field(0.98, gt=0, le=1)
     window: int = Field(5, ge=1)
+    knob: str = "N"  # the task option that grows: N, or any integer option (seq_len, n_pairs)
+    step: int = Field(1, ge=1)
 
 
 class RunConfig(Strict):
@@ -267,7 +269,7 @@ class RunConfig(Strict):
     def _values_fit(self):
         # Values only the constructors can judge (N >= 2, tau_init, ...) are judged now, by
         # building the task and the mixer (on the meta device: no memory, no side effects).
-        opts = {k: v for k, v in self.task.items() if k != "kind"}
+        opts = opts_task = {k: v for k, v in self.task.items() if k != "kind"}
         try:
             tasks.build(self.task["kind"], **opts)
         except SeqmemError as e:
@@ -280,18 +282,36 @@ class RunConfig(Strict):
         except SeqmemError as e:
             raise ValueError(f"{_NESTED}model.mixer{_NESTED}{e}") from None
         c = self.curriculum
-        has_N = "N" in tasks.hyperparameters(tasks.get(self.task["kind"]))
+        params = tasks.hyperparameters(tasks.get(self.task["kind"]))
+        has_N = "N" in params
+        knobs = [k for k, p in params.items() if isinstance(p.default, int)
+                 and not isinstance(p.default, bool) and k not in ("N", "data_seed", "split_seed")]
         if c.kind == "auto":
-            c.kind = "multi" if has_N else "none"
-        if c.kind != "none":
+            c.kind = "multi" if has_N and c.knob == "N" else "none"
+        if c.kind != "none" and c.knob != "N":
+            if c.knob not in knobs:
+                accepted = ["N"] * has_N + knobs
+                raise ValueError(f"curriculum.knob: task {self.task['kind']!r} has no integer "
+                                 f"option {c.knob!r}; accepted: {', '.join(accepted)}")
+            try:
+                for value in (c.n_start, c.n_max):
+                    tasks.build(self.task["kind"], **{**opts_task, c.knob: value})
+            except SeqmemError as e:
+                raise ValueError(f"curriculum: {c.knob} from n_start={c.n_start} to "
+                                 f"n_max={c.n_max}: {e}") from None
+        elif c.kind != "none":
             if not has_N:
                 raise ValueError(
                     f"curriculum.kind: {c.kind!r} needs a task with an N option (n_parity, "
-                    f"n_dms); task {self.task['kind']!r} has none: use curriculum.kind=none"
+                    f"n_dms) or curriculum.knob set to one of the task's integer options"
+                    f"{' (' + ', '.join(knobs) + ')' if knobs else ''}; task "
+                    f"{self.task['kind']!r} has no N: use curriculum.kind=none"
                 )
-            if c.n_max < c.n_start:
-                raise ValueError(f"curriculum.n_max ({c.n_max}) must be >= curriculum.n_start "
-                                 f"({c.n_start})")
+            if c.n_start < 2:
+                raise ValueError(f"curriculum.n_start: N starts at 2 or more, got {c.n_start}")
+        if c.kind != "none" and c.n_max < c.n_start:
+            raise ValueError(f"curriculum.n_max ({c.n_max}) must be >= curriculum.n_start "
+                             f"({c.n_start})")
         task_cls = tasks.get(self.task["kind"])
         regression = getattr(task_cls, "loss", "ce") == "mse"
         if self.train.target_acc is not None and regression:

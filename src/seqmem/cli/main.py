@@ -379,7 +379,8 @@ def cmd_train(args, overrides, console) -> int:
     ended = execute(jobs, store, progress=not args.no_progress, console=console)
     ev = ended[jobs[0].run_id]
     s = ev.get("summary") or {}
-    solved = f", max N solved {s.get('n_solved')}" if cfg.curriculum.kind != "none" else ""
+    solved = (f", max {cfg.curriculum.knob} solved {s.get('n_solved')}"
+              if cfg.curriculum.kind != "none" else "")
     if "eval_mse" in s or "mse" in s:  # a regression task (e.g. dynamics)
         result = ", ".join(f"{k} {s[k]:.4g}" for k in ("mse", "eval_mse", "d_stsp", "d_h")
                            if isinstance(s.get(k), int | float))

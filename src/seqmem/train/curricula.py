@@ -9,6 +9,12 @@ After every epoch it receives the accuracy of each active head:
   accuracy both exceed `threshold`, a head for N + 1 is added (earlier N keep being trained).
 - sliding: like multi, but only the newest `window` heads are trained.
 - none: the task is trained as configured, with no advance.
+
+Other difficulty knobs (`knob`: any integer option of the task, e.g. seq_len or n_pairs) grow
+the same way, by `step` from n_start to n_max, with the task's own heads: single trains the
+current value; multi trains a uniform mixture of the values reached so far (a value drawn per
+batch) and advances when the mean accuracy over those values and the newest value's accuracy
+both exceed `threshold`; sliding does so over the newest `window` values.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ class Curriculum:
     n_max: int = 100
     threshold: float = 0.98
     window: int = 5
-    N: int = 0  # the newest N being trained
+    knob: str = "N"  # the task option that grows
+    step: int = 1  # how much it grows per advance
+    N: int = 0  # the newest N (knob value) being trained
     solved: list[int] = field(default_factory=list)  # N solved, in order
     epochs_per_N: dict[int, int] = field(default_factory=dict)
     finished: bool = False
@@ -40,6 +48,8 @@ class Curriculum:
     @property
     def n_heads(self) -> int:
         """Read-out heads the model needs for the whole curriculum (0: the task decides)."""
+        if self.knob != "N":
+            return 0
         if self.kind == "single":
             return 1
         if self.kind in ("multi", "sliding"):
@@ -51,13 +61,15 @@ class Curriculum:
         if self.kind == "single":
             return [self.N]
         if self.kind == "multi":
-            return list(range(self.n_start, self.N + 1))
+            return list(range(self.n_start, self.N + 1, self.step))
         if self.kind == "sliding":
-            return list(range(max(self.n_start, self.N - self.window + 1), self.N + 1))
+            return list(range(self.n_start, self.N + 1, self.step))[-self.window:]
         return None
 
     def active_heads(self, n_task_heads: int) -> list[int]:
         """Indices of the model heads that read out the active N."""
+        if self.knob != "N":
+            return list(range(n_task_heads))
         if self.kind == "single":
             return [0]
         if self.kind in ("multi", "sliding"):
@@ -76,10 +88,10 @@ class Curriculum:
         if self.kind == "none" or self.finished or not self.criterion(accs):
             return False
         self.solved.append(self.N)
-        if self.n_max <= self.N:
+        if self.n_max < self.N + self.step:
             self.finished = True
         else:
-            self.N += 1
+            self.N += self.step
         return True
 
     @property

@@ -47,12 +47,16 @@ def make_curriculum(cfg: RunConfig) -> Curriculum:
     return Curriculum(**cfg.curriculum.model_dump())
 
 
-def make_task(cfg: RunConfig, cur: Curriculum, *, split: str | None = None) -> tasks.Task:
-    """The task of the current curriculum stage (the configured task with N = active N).
-    `split="test"` selects the held-out split of tasks that have a `split` option."""
+def make_task(cfg: RunConfig, cur: Curriculum, *, split: str | None = None,
+              value: int | None = None) -> tasks.Task:
+    """The task of the current curriculum stage (the configured task with N = active N, or
+    with the curriculum's knob at `value`, default its newest value). `split="test"` selects
+    the held-out split of tasks that have a `split` option."""
     opts = {k: v for k, v in cfg.task.items() if k != "kind"}
     active = cur.active_N()
-    if active is not None:
+    if active is not None and cur.knob != "N":
+        opts[cur.knob] = cur.N if value is None else value
+    elif active is not None:
         opts["N"] = active
     if split is not None and "split" in tasks.hyperparameters(tasks.get(cfg.task["kind"])):
         opts["split"] = split
@@ -190,11 +194,31 @@ def run_batch(model, task, batch_size, heads, generator, counter: list | None = 
     return masked_heads_loss(model, h, batch.targets, batch.mask, heads)
 
 
+@torch.no_grad()
+def knob_eval(model, values: list[int], task_at, heads: list[int], gen, t) -> tuple:
+    """Accuracy and scaled accuracy per knob value (means over the heads) on the held-out
+    split, ceil(eval_batches / values) batches each; and the mean evaluation loss times
+    eval_batches (as the default path sums it)."""
+    per_value = max(1, -(-t.eval_batches // len(values)))
+    accs, scaled, total = [], [], 0.0
+    for v in values:
+        a = torch.zeros(len(heads), dtype=torch.float64)
+        for _ in range(per_value):
+            loss, acc = run_batch(model, task_at(v, "test"), t.batch_size, heads, gen)
+            a += acc.double() / per_value
+            total += loss.item() / (per_value * len(values))
+        accs.append(a.mean().item())
+        scaled.append(sum(scaled_accuracy(x, model.heads[i].out_features)
+                          for x, i in zip(a.tolist(), heads, strict=True)) / len(heads))
+    return accs, scaled, total * t.eval_batches
+
+
 def summarize(cfg: RunConfig, cur: Curriculum, stages: list, epoch: int, elapsed: float,
               last: dict | None, stop_reason: str | None) -> dict:
     """The run's summary: what the store indexes and the comparison table reads."""
     s = {
-        "curriculum": cur.kind, "mixer": cfg.model.mixer["kind"], "task": cfg.task["kind"],
+        "curriculum": cur.kind, "knob": cur.knob, "mixer": cfg.model.mixer["kind"],
+        "task": cfg.task["kind"],
         "epochs": epoch, "elapsed_s": round(elapsed, 2), "n_solved": cur.n_solved,
         "n_current": cur.N if cur.kind != "none" else None, "finished": cur.finished,
         "epochs_per_N": {str(k): v for k, v in sorted(cur.epochs_per_N.items())},
@@ -255,13 +279,24 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
             return "max_time_s"
         return None
 
+    knob = cur.knob != "N" and cur.kind != "none"  # a curriculum over another task option
+    knob_tasks: dict[tuple, tasks.Task] = {}
+
+    def task_at(value: int, split: str | None = None) -> tasks.Task:
+        if (value, split) not in knob_tasks:
+            knob_tasks[value, split] = make_task(cfg, cur, split=split, value=value)
+        return knob_tasks[value, split]
+
     while (stop := budget_left()) is None:
         t0 = time.perf_counter()
         task = make_task(cfg, cur)
         heads = cur.active_heads(len(task.heads))
+        values = cur.active_N() if knob else None
         model.train()
         losses, tokens = [], [0]
         for step in range(t.steps_per_epoch):
+            if knob:  # a uniform mixture of the values reached (one value under single)
+                task = task_at(values[int(torch.randint(len(values), (), generator=gen))])
             loss, _ = run_batch(model, task, t.batch_size, heads, gen, counter=tokens,
                                 gtf_alpha=t.gtf_alpha)
             if not torch.isfinite(loss):
@@ -280,15 +315,20 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         model.eval()
         eval_task = make_task(cfg, cur, split="test")
         regression = is_regression(task)
-        with torch.no_grad():
-            n_out = task.d_output if regression else len(heads)
-            accs = torch.zeros(n_out, dtype=torch.float64)  # regression: MSE per channel
-            eval_loss = 0.0
-            for _ in range(t.eval_batches):
-                loss, acc = run_batch(model, eval_task, t.batch_size, heads, gen)
-                accs += acc.double()
-                eval_loss += loss.item()
-            accs = (accs / t.eval_batches).tolist()
+        if knob:  # accuracy per value (mean over the heads), eval_batches shared out
+            accs, scaled, eval_loss = knob_eval(model, values, task_at, heads, gen, t)
+        else:
+            with torch.no_grad():
+                n_out = task.d_output if regression else len(heads)
+                accs = torch.zeros(n_out, dtype=torch.float64)  # regression: MSE per channel
+                eval_loss = 0.0
+                for _ in range(t.eval_batches):
+                    loss, acc = run_batch(model, eval_task, t.batch_size, heads, gen)
+                    accs += acc.double()
+                    eval_loss += loss.item()
+                accs = (accs / t.eval_batches).tolist()
+            scaled = [scaled_accuracy(a, model.heads[i].out_features)
+                      for a, i in zip(accs, heads, strict=True)] if not regression else []
         epoch += 1
         elapsed += time.perf_counter() - t0
         n_trained = cur.N
@@ -297,10 +337,8 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
             scores = {"mse": sum(losses) / len(losses), "eval_mse": eval_loss / t.eval_batches,
                       "eval_mse_per_channel": accs}
         else:
-            scores = {
-                "acc": accs, "acc_mean": sum(accs) / len(accs),
-                "acc_scaled": sum(scaled_accuracy(a, model.heads[i].out_features)
-                                  for a, i in zip(accs, heads, strict=True)) / len(accs)}
+            scores = {"acc": accs, "acc_mean": sum(accs) / len(accs),
+                      "acc_scaled": sum(scaled) / len(scaled)}
         last = {
             "epoch": epoch, "N": n_trained, "active_N": task_N(task), **scores,
             "loss": sum(losses) / len(losses),
