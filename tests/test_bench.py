@@ -75,3 +75,21 @@ def test_bench_cli_tiny_and_bad_input(tmp_path):
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown mixer 'nosuch'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_depthwise_convolution_flops_forward_and_backward():
+    """A depthwise convolution: 2 C k t_out FLOPs forward and as many for each gradient
+    (input, weight); PyTorch's default backward formula would count it as a dense one."""
+    import torch.nn.functional as F
+
+    C, k, t = 16, 4, 50
+    x = torch.randn(1, C, t, requires_grad=True)
+    w = torch.randn(C, 1, k, requires_grad=True)
+    t_out = t + k - 1
+
+    def fwd_bwd():
+        F.conv1d(x, w, groups=C, padding=k - 1).sum().backward()
+
+    assert count_flops(fwd_bwd) == 3 * 2 * C * k * t_out
+    with torch.no_grad():
+        assert count_flops(lambda: F.conv1d(x, w, groups=C, padding=k - 1)) == 2 * C * k * t_out
