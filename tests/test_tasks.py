@@ -170,7 +170,12 @@ def test_every_registered_task_gives_a_consistent_batch(name):
     params = tasks.hyperparameters(cls)
     assert all(p.default is not inspect.Parameter.empty for p in params.values())
     rng = torch.get_rng_state()
-    task = tasks.build(name)  # defaults only; no side effects
+    try:
+        task = tasks.build(name)  # defaults only; no side effects
+    except SeqmemError as e:  # an optional extra that is not installed
+        if "pip install" not in str(e):
+            raise
+        pytest.skip(str(e))
     assert torch.equal(torch.get_rng_state(), rng)
     regression = getattr(task, "loss", "ce") == "mse"
     if regression:  # real-valued targets (b, t, d_output), no classification heads

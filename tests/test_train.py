@@ -55,6 +55,31 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["epoch"] for r in cut.metrics()] == [1, 2, 3, 4, 5]
 
 
+def test_resume_restores_a_metrics_line_lost_after_its_checkpoint(tmp_path, monkeypatch):
+    """Stopped between an epoch's checkpoint and its metrics line: resuming writes the line
+    from the checkpoint, so every epoch is logged once and in order."""
+    cfg = load_config(None, [*SMALL, "train.max_epochs=3"])
+    store = RunStore(tmp_path)
+    whole = store.create_run(cfg.model_dump(mode="json"))
+    loop.train(cfg, whole)
+    cut = store.create_run(cfg.model_dump(mode="json"))
+    real_log = type(cut).log
+
+    def log_then_stop(self, record):
+        if record.get("epoch") == 2:
+            raise KeyboardInterrupt  # after epoch 2's checkpoint, before its line
+        real_log(self, record)
+
+    monkeypatch.setattr(type(cut), "log", log_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, cut)
+    monkeypatch.setattr(type(cut), "log", real_log)
+    assert [r["epoch"] for r in cut.metrics()] == [1]
+    loop.train(cfg, cut, resume=True)
+    assert [r["epoch"] for r in cut.metrics()] == [1, 2, 3]
+    assert _metrics(cut) == _metrics(whole)
+
+
 def test_curriculum_advances_and_checkpoints_each_step(tmp_path):
     cfg = load_config(None, [*SMALL, "curriculum.threshold=0.01", "curriculum.kind=multi",
                              "curriculum.n_max=4"])

@@ -262,6 +262,9 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         st = ck["train"]
         cur = Curriculum.from_state(st["curriculum"])
         epoch, elapsed, stages, last = st["epoch"], st["elapsed_s"], st["stages"], st["last"]
+        logged = [r.get("epoch") for r in run.metrics()]
+        if last is not None and (not logged or logged[-1] < last["epoch"]):
+            run.log(last)  # stopped between the epoch's checkpoint and its metrics line
     emit({"event": "start", "epoch": epoch, "resume": resume,
           "summary": summarize(cfg, cur, stages, epoch, elapsed, last, None)})
 
