@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -206,6 +207,7 @@ def _split_overrides(extra: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the bench README
     console = Console()
     try:
         if args.command is None:
@@ -611,7 +613,7 @@ def cmd_bench(args, overrides, console) -> int:
     if not cfg.lengths or min(cfg.lengths) < 1:
         raise SeqmemError(f"--lengths must be positive integers, got {cfg.lengths}")
     out = Path(args.out or ("runs/bench-quick" if args.quick else "benchmarks"))
-    command = "seqmem bench" + (" --quick" if args.quick else "")
+    command = "seqmem " + shlex.join(args.argv)
     with console.status("bench") as status:
         ctx, rows = run_bench(cfg, progress=lambda msg: status.update(f"bench: {msg}"))
     paths = write_outputs(ctx, rows, out, skipped=cfg.skipped, command=command)
