@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError
-from seqmem.mixers.base import Mixer, register
+from seqmem.mixers.base import Mixer, register, step_loop
 from seqmem.ops.attention import (
     EMPTY,
     AarenState,
@@ -127,11 +127,7 @@ class Attention(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            ys = []
-            for t in range(x.shape[1]):
-                y_t, state = self.step(x[:, t], state)
-                ys.append(y_t)
-            return torch.stack(ys, dim=1), state
+            return step_loop(self, x, state)
         b, t, _ = x.shape
         q, k, v = self._project(x)  # (b, t, h, d)
         # cache slots empty in every sequence (the leading ones) carry no weight: skip them,
@@ -212,11 +208,7 @@ class Aaren(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            ys = []
-            for t in range(x.shape[1]):
-                y_t, state = self.step(x[:, t], state)
-                ys.append(y_t)
-            return torch.stack(ys, dim=1), state
+            return step_loop(self, x, state)
         s, v = self._scores_values(x)  # (b, t, h), (b, t, h, d)
         y, state = aaren_scan(s, v, state)
         return self.out(rearrange(y, "b t h d -> b t (h d)")), state

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError
-from seqmem.mixers.base import Mixer, register
+from seqmem.mixers.base import Mixer, register, step_loop
 from seqmem.ops.attention import EMPTY, attention_parallel, attention_step, is_filled
 from seqmem.ops.tcn import dilated_conv, dilated_conv_init_state, dilated_conv_step
 
@@ -71,11 +71,7 @@ class TCN(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            ys = []
-            for t in range(x.shape[1]):
-                y_t, state = self.step(x[:, t], state)
-                ys.append(y_t)
-            return torch.stack(ys, dim=1), state
+            return step_loop(self, x, state)
         new, h, res = [], x, x
         for i, (w, b, dil) in enumerate(self._layers()):
             h, s = dilated_conv(h, w, b, state[i], dil)  # (b, t, d)
@@ -169,11 +165,7 @@ class TCNCA(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            ys = []
-            for t in range(x.shape[1]):
-                y_t, state = self.step(x[:, t], state)
-                ys.append(y_t)
-            return torch.stack(ys, dim=1), state
+            return step_loop(self, x, state)
         b, t, _ = x.shape
         p0, L, n_buf = self._phase(state), self.attn_chunk, self.n_buffer
         xc, conv = self.tcn._forward(x, state.conv, "parallel", chunk_size)

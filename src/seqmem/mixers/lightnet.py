@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from seqmem.mixers.attention import check_heads, check_positive
-from seqmem.mixers.base import Mixer, register
+from seqmem.mixers.base import Mixer, register, step_loop
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
 
@@ -59,11 +59,7 @@ class LightNet(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            ys = []
-            for t in range(x.shape[1]):
-                y_t, state = self.step(x[:, t], state)
-                ys.append(y_t)
-            return torch.stack(ys, dim=1), state
+            return step_loop(self, x, state)
         q, k, v = self._inputs(x)  # (b, t, h, .)
         o, state = lightnet_chunk(q, k, v, state, chunk_size)
         return self._output(x, o), state

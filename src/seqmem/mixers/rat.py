@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError
 from seqmem.mixers.attention import check_heads, check_positive
-from seqmem.mixers.base import Mixer, register
+from seqmem.mixers.base import Mixer, register, step_loop
 from seqmem.ops.attention import EMPTY, attention_own_key, attention_step, is_filled
 from seqmem.ops.scan import linear_recurrence
 
@@ -86,11 +86,7 @@ class RAT(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            ys = []
-            for t in range(x.shape[1]):
-                y_t, state = self.step(x[:, t], state)
-                ys.append(y_t)
-            return torch.stack(ys, dim=1), state
+            return step_loop(self, x, state)
         b, t, _ = x.shape
         L, C, p0 = self.rat_chunk, self.n_cache, self._phase(state.clock)
         q, k, v, g, z = self._inputs(x)  # (b, t, h, d)
