@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seqmem.bench.measure import count_flops, fwd_bwd, peak_memory_mib, time_it
-from seqmem.bench.run import BenchConfig, run_bench, write_outputs
+from seqmem.bench.run import BenchConfig, predicted_peak_mib, run_bench, write_outputs
 
 
 def test_count_flops_closed_forms():
@@ -93,3 +93,24 @@ def test_depthwise_convolution_flops_forward_and_backward():
     assert count_flops(fwd_bwd) == 3 * 2 * C * k * t_out
     with torch.no_grad():
         assert count_flops(lambda: F.conv1d(x, w, groups=C, padding=k - 1)) == 2 * C * k * t_out
+
+
+def test_peak_memory_extrapolation_closed_forms():
+    assert predicted_peak_mib([(100, 10.0)], 400) is None  # one point: no guess
+    assert predicted_peak_mib([(100, 10.0), (200, 20.0)], 800) == pytest.approx(80.0)  # linear
+    assert predicted_peak_mib([(100, 10.0), (200, 40.0)], 400) == pytest.approx(160.0)  # T^2
+    # steeper than quadratic is read as quadratic; flatter than linear as linear
+    assert predicted_peak_mib([(100, 10.0), (200, 80.0)], 400) == pytest.approx(320.0)
+    assert predicted_peak_mib([(100, 10.0), (200, 11.0)], 400) == pytest.approx(22.0)
+
+
+def test_bench_skips_lengths_over_the_memory_limit_and_streams_rows(tmp_path):
+    cfg = BenchConfig(mixers=("elman",), references=(), lengths=(8, 16, 32, 64), batch=2,
+                      d_model=8, repeats=1, step_repeats=2, memory=True, memory_limit_mib=1e-9)
+    seen = []
+    _, rows = run_bench(cfg, on_row=seen.append)
+    if any(r["peak_mib"] is None for r in rows):
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    # two lengths are measured, then the extrapolated peak passes the (tiny) limit
+    assert [r["T"] for r in rows] == [8, 16] and seen == rows
+    assert len(cfg.skipped) == 1 and "elman [recurrent] from T=32" in cfg.skipped[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import time
@@ -52,7 +53,32 @@ class BenchConfig:
     memory: bool = True
     threads: int | None = None
     seed: int = 0
+    memory_limit_mib: float | None = None  # None: 60 % of the memory available at the start
     skipped: list[str] = field(default_factory=list)
+
+
+def available_mib() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def predicted_peak_mib(history: list[tuple[int, float]], T: int) -> float | None:
+    """Peak memory at length T extrapolated from the last two measured (T, peak MiB) points
+    as a power law peak ~ T^e, the exponent e taken from them and clamped to [1, 2] (linear
+    to quadratic); None with fewer than two points."""
+    pts = [(t, p) for t, p in history if p is not None]
+    if len(pts) < 2:
+        return None
+    (t1, p1), (t2, p2) = pts[-2:]
+    p1, p2 = max(p1, 1.0), max(p2, 1.0)
+    e = min(2.0, max(1.0, math.log(p2 / p1) / math.log(t2 / t1))) if t2 > t1 else 2.0
+    return p2 * (T / t2) ** e
 
 
 def machine() -> str:
@@ -74,7 +100,9 @@ def _subjects(cfg: BenchConfig) -> Iterator[tuple[str, str, Callable[[], nn.Modu
     for name in names:
         cls = mixers.get(name)  # unknown names: a one-line error
         for form in cls.modes:
-            if cfg.forms and form not in cfg.forms:
+            if cfg.forms == ("default",) and form != cls.modes[0]:
+                continue  # "default": each mixer's training form (its first mode) only
+            if cfg.forms and cfg.forms != ("default",) and form not in cfg.forms:
                 continue
             yield (name, form, lambda n=name: mixers.build(n, cfg.d_model),
                    lambda m, x, f=form: m(x, mode=f)[0])
@@ -116,10 +144,16 @@ def _step_ms(module, form, cfg: BenchConfig, T: int, gen) -> float | None:
     return t.median * 1e3
 
 
-def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
-              ) -> tuple[dict, list[dict]]:
-    """Measure every subject x length; returns (context, rows)."""
+def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None,
+              on_row: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
+    """Measure every subject x length; returns (context, rows). `on_row` receives each row as
+    it is measured. A length whose peak memory, extrapolated from the shorter ones, would pass
+    the memory limit is not run (the OS would kill the process), nor are longer ones."""
     progress = progress or (lambda msg: None)
+    limit = cfg.memory_limit_mib
+    if limit is None:
+        avail = available_mib()
+        limit = 0.6 * avail if avail else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -133,7 +167,13 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
     rows = []
     for name, form, build, call in subjects:
         module = build()
+        history: list[tuple[int, float | None]] = []
         for T in cfg.lengths:
+            guess = predicted_peak_mib(history, T)
+            if limit is not None and guess is not None and guess > limit:
+                cfg.skipped.append(f"{name} [{form}] from T={T}: about {guess:,.0f} MiB expected "
+                                   f"(from the shorter lengths) > limit {limit:,.0f} MiB")
+                break
             progress(f"{name} [{form}] T={T}")
             x = torch.randn(cfg.batch, T, cfg.d_model, generator=gen)
             tokens = cfg.batch * T
@@ -169,6 +209,9 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
                 **{k: ctx[k] for k in ("torch", "threads", "machine")},
             }
             rows.append(row)
+            history.append((T, row["peak_mib"]))
+            if on_row is not None:
+                on_row(row)
             if slow:
                 cfg.skipped.append(f"{name} [{form}] beyond T={T}: one fwd+bwd took "
                                    f"{first:.1f} s > budget {cfg.budget_s:g} s")

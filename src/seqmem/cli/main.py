@@ -158,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true",
                    help="a small grid that runs in well under a minute")
     b.add_argument("--mixers", help="comma-separated mixer names (default: all)")
-    b.add_argument("--forms", help="comma-separated forms, e.g. chunk,recurrent (default: all)")
+    b.add_argument("--forms", help="comma-separated forms, e.g. chunk,recurrent, or default "
+                   "(each mixer's training form only); default: all")
     b.add_argument("--references", help="comma-separated torch references, or none "
                    "(default: torch.nn.RNN,torch.nn.GRU,torch.nn.LSTM)")
     b.add_argument("--lengths", help="comma-separated T (default 256,1024,4096,16384,65536)")
@@ -614,8 +615,18 @@ def cmd_bench(args, overrides, console) -> int:
         raise SeqmemError(f"--lengths must be positive integers, got {cfg.lengths}")
     out = Path(args.out or ("runs/bench-quick" if args.quick else "benchmarks"))
     command = "seqmem " + shlex.join(args.argv)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "bench.partial.jsonl"  # every row as it comes: a killed bench keeps them
+    partial.write_text("")
+
+    def keep(row: dict) -> None:
+        with partial.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
     with console.status("bench") as status:
-        ctx, rows = run_bench(cfg, progress=lambda msg: status.update(f"bench: {msg}"))
+        ctx, rows = run_bench(cfg, progress=lambda msg: status.update(f"bench: {msg}"),
+                              on_row=keep)
+    partial.unlink()
     paths = write_outputs(ctx, rows, out, skipped=cfg.skipped, command=command)
     if not args.quick and args.out is None:
         (out / "README.md").write_text(paths["md"].read_text())
