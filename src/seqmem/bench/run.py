@@ -116,15 +116,17 @@ def _subjects(cfg: BenchConfig) -> Iterator[tuple[str, str, Callable[[], nn.Modu
 
 
 def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen) -> float:
-    """fwd+bwd FLOPs per token at length T: counted directly up to 2048 tokens per sequence;
+    """fwd+bwd FLOPs per token at length T: counted directly up to 2048 tokens per sequence
+    and for mixers whose state grows (attention's span, RAT's chunks change the cost with T);
     above, extrapolated from counts at 1024 and 2048 by flops(T) = a T + b T^2 (exact for
-    linear-time mixers and for full attention)."""
+    linear-time mixers)."""
 
     def at(t):
         x = torch.randn(1, t, cfg.d_model, generator=gen)
         return count_flops(fwd_bwd(module, x, call))
 
-    if T <= 2048:
+    if T <= 2048 or getattr(module, "state_grows", False):
+        # cache mixers (attention, rat) change cost with T at their span: counted directly
         return at(T) / T
     f1, f2 = at(1024), at(2048)
     b = (f2 - 2 * f1) / (2048**2 - 2 * 1024**2)
