@@ -43,6 +43,16 @@ def check_heads(name: str, d_model: int, n_heads: int) -> int:
     return d_model // n_heads
 
 
+def chunk_phase(who: str, log_m: Tensor) -> int:
+    """Tokens already in the current chunk, read from a chunk buffer's log-weights (b, n): the
+    filled slots, which must be the same for every sequence of the batch."""
+    filled = is_filled(log_m).sum(dim=-1).tolist()  # (b,)
+    if len(set(filled)) > 1:
+        raise SeqmemError(f"{who}: the sequences of a batch must be at the same position in "
+                          f"their chunk; got positions {sorted(set(filled))}")
+    return filled[0] if filled else 0
+
+
 def check_positive(name: str, what: str, value, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SeqmemError(f"{name}: {what} must be an integer >= {minimum}, got {value!r}")

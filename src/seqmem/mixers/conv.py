@@ -25,16 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
+from seqmem.mixers.attention import check_positive, chunk_phase
 from seqmem.mixers.base import Mixer, register, step_loop
 from seqmem.ops.attention import EMPTY, attention_parallel, attention_step, is_filled
 from seqmem.ops.tcn import dilated_conv, dilated_conv_init_state, dilated_conv_step
-
-
-def _check_int(name: str, what: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SeqmemError(f"{name}: {what} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 @register("tcn")
@@ -53,9 +47,9 @@ class TCN(Mixer):
     def __init__(self, d_model: int, *, n_layers: int = 4, kernel_size: int = 3,
                  dilation_base: int = 2):
         super().__init__(d_model)
-        self.n_layers = _check_int("tcn", "n_layers", n_layers, 1)
-        self.kernel_size = _check_int("tcn", "kernel_size", kernel_size, 1)
-        self.dilation_base = _check_int("tcn", "dilation_base", dilation_base, 1)
+        self.n_layers = check_positive("tcn", "n_layers", n_layers, 1)
+        self.kernel_size = check_positive("tcn", "kernel_size", kernel_size, 1)
+        self.dilation_base = check_positive("tcn", "dilation_base", dilation_base, 1)
         self.dilations = [dilation_base ** i for i in range(n_layers)]
         self.convs = nn.ModuleList(
             nn.Conv1d(d_model, d_model, kernel_size) for _ in range(2 * n_layers)
@@ -132,8 +126,8 @@ class TCNCA(Mixer):
     def __init__(self, d_model: int, *, d_attn: int = 0, attn_chunk: int = 16,
                  n_layers: int = 4, kernel_size: int = 3, dilation_base: int = 2):
         super().__init__(d_model)
-        self.d_attn = _check_int("tcnca", "d_attn", d_attn, 0) or d_model
-        self.attn_chunk = _check_int("tcnca", "attn_chunk", attn_chunk, 1)
+        self.d_attn = check_positive("tcnca", "d_attn", d_attn, 0) or d_model
+        self.attn_chunk = check_positive("tcnca", "attn_chunk", attn_chunk, 1)
         self.n_buffer = attn_chunk - 1
         self.tcn = TCN(d_model, n_layers=n_layers, kernel_size=kernel_size,
                        dilation_base=dilation_base)
@@ -155,19 +149,11 @@ class TCNCA(Mixer):
         u = torch.sigmoid(u)
         return u * h + (1 - u) * x
 
-    def _phase(self, state: TCNCAState) -> int:
-        """Tokens already in the current chunk (the same for every sequence of the batch)."""
-        filled = is_filled(state.log_m).sum(dim=-1).tolist()  # (b,)
-        if len(set(filled)) > 1:
-            raise SeqmemError(f"tcnca: the sequences of a batch must be at the same position in "
-                              f"their chunk; got positions {sorted(set(filled))}")
-        return filled[0] if filled else 0
-
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
             return step_loop(self, x, state)
         b, t, _ = x.shape
-        p0, L, n_buf = self._phase(state), self.attn_chunk, self.n_buffer
+        p0, L, n_buf = chunk_phase("tcnca", state.log_m), self.attn_chunk, self.n_buffer
         xc, conv = self.tcn._forward(x, state.conv, "parallel", chunk_size)
         q, k, v, r, h, u = self._inputs(x, xc)  # (b, t, .)
         # the stream from the current chunk's start, cut into whole chunks

@@ -22,8 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
-from seqmem.mixers.attention import check_heads, check_positive
+from seqmem.mixers.attention import check_heads, check_positive, chunk_phase
 from seqmem.mixers.base import Mixer, register, step_loop
 from seqmem.ops.attention import EMPTY, attention_own_key, attention_step, is_filled
 from seqmem.ops.scan import linear_recurrence
@@ -77,18 +76,11 @@ class RAT(Mixer):
         q, k, v, g = (rearrange(a, "... (h d) -> ... h d", h=self.n_heads) for a in (q, k, v, g))
         return q, k, v, g, torch.sigmoid(z)
 
-    def _phase(self, clock: Tensor) -> int:
-        filled = is_filled(clock).sum(dim=-1).tolist()  # (b,)
-        if len(set(filled)) > 1:
-            raise SeqmemError(f"rat: the sequences of a batch must be at the same position in "
-                              f"their chunk; got positions {sorted(set(filled))}")
-        return filled[0] if filled else 0
-
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
             return step_loop(self, x, state)
         b, t, _ = x.shape
-        L, C, p0 = self.rat_chunk, self.n_cache, self._phase(state.clock)
+        L, C, p0 = self.rat_chunk, self.n_cache, chunk_phase("rat", state.clock)
         q, k, v, g, z = self._inputs(x)  # (b, t, h, d)
         pos = torch.arange(t, device=x.device) + p0  # position since the current chunk began
         a = g * (pos % L != 0).to(x.dtype)[None, :, None, None]  # a chunk's first token resets
