@@ -147,8 +147,20 @@ def _rotate_rows(S: Tensor, position: int, base: float) -> Tensor:
     return rearrange(rotary(S, position, base=base), "b 1 (h v) k -> b h k v", h=h, v=d_v)
 
 
+class MatrixStateMixer(Mixer):
+    """A mixer whose state is one (d_k, d_v) matrix per head: (b, n_heads, d_k, d_v)."""
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        w = self.out.weight
+        return torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v,
+                           device=device or w.device, dtype=dtype or w.dtype)
+
+    def state_size(self):
+        return self.n_heads * self.d_k * self.d_v
+
+
 @register("retnet")
-class RetNet(Mixer):
+class RetNet(MatrixStateMixer):
     """Multi-scale retention (Sun et al. 2023, "Retentive Network", section 2.2), per head i:
 
         q_t = (W_Q x_t) Theta_t,  k_t = (W_K x_t) Theta_t,  v_t = W_V x_t
@@ -221,14 +233,6 @@ class RetNet(Mixer):
             S = _rotate_rows(S, -1, self.rotary_base)
         return self._output(o, gate), S
 
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.out.weight
-        return torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v,
-                           device=device or w.device, dtype=dtype or w.dtype)
-
-    def state_size(self):
-        return self.n_heads * self.d_k * self.d_v
-
     def timescales(self):
         """-1 / log(gamma_i) of head i, for the d_model channels in head-major order."""
         return spread_over_channels(-1 / self.log_decay.detach(), self.d_model)
@@ -239,7 +243,7 @@ class RetNet(Mixer):
 
 
 @register("gla")
-class GLA(Mixer):
+class GLA(MatrixStateMixer):
     """Gated linear attention (Yang, Wang, Shen, Panda & Kim 2023, "Gated Linear Attention
     Transformers with Hardware-Efficient Training", section 4.4), per head:
 
@@ -302,14 +306,6 @@ class GLA(Mixer):
         q, k, v, g = self._inputs(x_t)  # (b, h, .)
         o, S = gla_step(q, k, v, g, state)
         return self._output(o, x_t), S
-
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.out.weight
-        return torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v,
-                           device=device or w.device, dtype=dtype or w.dtype)
-
-    def state_size(self):
-        return self.n_heads * self.d_k * self.d_v
 
     def timescales(self):
         """-1 / log(alpha) of each key channel at x = 0 (the gate at its bias,
