@@ -623,9 +623,14 @@ def cmd_bench(args, overrides, console) -> int:
         with partial.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    with console.status("bench") as status:
-        ctx, rows = run_bench(cfg, progress=lambda msg: status.update(f"bench: {msg}"),
-                              on_row=keep)
+    try:
+        with console.status("bench") as status:
+            ctx, rows = run_bench(cfg, progress=lambda msg: status.update(f"bench: {msg}"),
+                                  on_row=keep)
+    except BaseException:
+        if partial.stat().st_size == 0:  # nothing measured (e.g. bad input): leave no file
+            partial.unlink()
+        raise
     partial.unlink()
     paths = write_outputs(ctx, rows, out, skipped=cfg.skipped, command=command)
     if not args.quick and args.out is None:
