@@ -8,6 +8,9 @@ FLOPs are counted by PyTorch's FlopCounterMode on a short sequence and scaled pe
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import gc
 import statistics
 import time
@@ -55,10 +58,20 @@ def _status_kib(key: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free pages back to the kernel (glibc's malloc_trim), so that what
+    fn allocates next is counted: memory freed by an earlier measurement otherwise stays
+    resident and is reused without raising the resident set, and fn would read as ~0 MiB."""
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        ctypes.CDLL(name).malloc_trim(0)
+
+
 def peak_memory_mib(fn: Callable[[], object]) -> float | None:
     """Peak resident memory (MiB) that fn adds above the resident set before it (Linux only;
     None where the kernel does not let a process reset its high-water mark)."""
     gc.collect()
+    _release_free_memory()
     try:
         _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
     except OSError:
