@@ -60,6 +60,9 @@ def leaky_rnn_recurrent(
     Three tensor ops per step: (1 - a) h + a p is one `lerp(h, p, a)`."""
     check_choice("leaky_rnn rule", rule, LEAKY_RULES)
     f = activation(phi)
+    if u.shape[1] and _fused(u, h, W, inv_tau):
+        H = _LeakyBPTT.apply(u, h, W, inv_tau, rule, phi)
+        return H, H[:, -1]
     Wt = W.T
     hs = []
     for u_t in u.unbind(1):  # unbind: one backward for all steps (indexing u[:, t] costs O(t))
@@ -85,6 +88,10 @@ def elman_step(u_t: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
 def elman_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
                     phi: str = "tanh") -> tuple[Tensor, Tensor]:
     """Loop of `elman_step` over u (b, t, d). Returns (h_all (b, t, d), h_final (b, d))."""
+    activation(phi)  # checks the name
+    if u.shape[1] and _fused(u, h, W_hh, b_hh):
+        H = _ElmanBPTT.apply(u if b_hh is None else u + b_hh, h, W_hh, phi)
+        return H, H[:, -1]
     hs = []
     for u_t in u.unbind(1):
         h = elman_step(u_t, h, W_hh, b_hh, phi=phi)
@@ -173,6 +180,9 @@ def lstm_recurrent(u: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | Non
     d = h.shape[-1]
     if b_hh is not None:
         u = u + b_hh  # the bias does not depend on the state: add it once
+    if u.shape[1] and not gates and _fused(u, h, c, W_hh):
+        H, c = _LSTMBPTT.apply(u, h, c, W_hh)
+        return H, LSTMState(H[:, -1], c), None
     Wt = W_hh.T
     hs, fs = [], []
     for u_t in u.unbind(1):
@@ -188,3 +198,172 @@ def lstm_recurrent(u: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | Non
         empty = u.new_zeros(*u.shape[:2], d)
         return empty, LSTMState(h, c), (empty if gates else None)
     return torch.stack(hs, dim=1), LSTMState(h, c), (torch.stack(fs, dim=1) if gates else None)
+
+
+# ---- hand-written backpropagation through time ---------------------------------------------
+# Autograd through the loops above records a dozen nodes per step and, for the recurrent
+# weights, one (d, d) product per step. The functions below run the same loops without
+# recording, keep only what the backward needs (states and activated gates) and run a backward
+# loop of a few ops per step on slices that are still in cache (a whole-sequence elementwise
+# pass costs more memory bandwidth than the loop's overhead saves); the weight gradient is one
+# product over all steps at the end. Outputs and input gradients are written straight into
+# batch-first (b, t, ...) tensors, so nothing is transposed or copied afterwards. First-order
+# gradients only (no double backward); tests compare them with autograd through the steps.
+_ATEN = torch.ops.aten
+
+
+def _phi_(x: Tensor, phi: str) -> Tensor:
+    """phi applied in place."""
+    if phi == "tanh":
+        return x.tanh_()
+    if phi == "relu":
+        return x.relu_()
+    return F.leaky_relu(x, inplace=True)
+
+
+def _phi_backward_(grad: Tensor, h: Tensor, phi: str) -> Tensor:
+    """grad * phi'(z) in place, from h = phi(z) (torch's own backward kernels, which take the
+    output: relu and leaky_relu keep the sign of z)."""
+    if phi == "tanh":
+        return _ATEN.tanh_backward.grad_input(grad, h, grad_input=grad)
+    if phi == "relu":
+        return _ATEN.threshold_backward.grad_input(grad, h, 0.0, grad_input=grad)
+    return _ATEN.leaky_relu_backward.grad_input(grad, h, 0.01, True, grad_input=grad)
+
+
+def _weight_grad(dZ: Tensor, h0: Tensor, H: Tensor) -> Tensor:
+    """sum_{b, t} dZ[b, t]^T h[b, t - 1] (h[b, -1] = h0[b]): dZ (b, t, g d), H (b, t, d) ->
+    (g d, d). In the flattened (b t) order every row's predecessor is the row before it, except
+    at t = 0: one product of the shifted views, then the b boundary pairs corrected."""
+    gd, d = dZ.shape[-1], H.shape[-1]
+    Zf, Hf, first = dZ.reshape(-1, gd), H.reshape(-1, d), dZ[:, 0]  # first: (b, g d)
+    dW = torch.addmm(first.T @ h0, Zf[1:].T, Hf[:-1])
+    return dW.sub_(first[1:].T @ H[:-1, -1])  # pairs (b, 0) with (b - 1, t - 1): not a step
+
+
+def _fused(*tensors) -> bool:
+    """Whether a loop's gradient is wanted (then the hand-written backward runs)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _ElmanBPTT(torch.autograd.Function):
+    """h_t = phi(u_t + h_{t-1} W^T): u (b, t, d), h0 (b, d), W (d, d) -> H (b, t, d)."""
+
+    @staticmethod
+    def forward(ctx, u, h0, W, phi):
+        H = u.new_empty(u.shape)  # (b, t, d)
+        Wt, h = W.T, h0
+        for s, u_s in enumerate(u.unbind(1)):
+            h = _phi_(torch.addmm(u_s, h, Wt, out=H[:, s]), phi)
+        ctx.phi = phi
+        ctx.save_for_backward(h0, W, H)
+        return H
+
+    @staticmethod
+    def backward(ctx, g):
+        h0, W, H = ctx.saved_tensors
+        T, phi = H.shape[1], ctx.phi
+        dZ = H.new_empty(H.shape)  # (b, t, d): dL/dz_t
+        _phi_backward_(dZ[:, -1].copy_(g[:, -1]), H[:, -1], phi)
+        for s in range(T - 1, 0, -1):  # dL/dh_{s-1} = g_{s-1} + dL/dz_s W
+            _phi_backward_(torch.addmm(g[:, s - 1], dZ[:, s], W, out=dZ[:, s - 1]),
+                           H[:, s - 1], phi)
+        dh0 = dZ[:, 0] @ W if ctx.needs_input_grad[1] else None
+        return dZ, dh0, _weight_grad(dZ, h0, H), None
+
+
+class _LSTMBPTT(torch.autograd.Function):
+    """The LSTM loop: u (b, t, 4d) (biases included), h0, c0 (b, d), W (4d, d) -> H (b, t, d),
+    c_T (b, d). Saved besides H: the activated gates [i, f, g, o] (t, b, 4d), the cells and
+    tanh of the cells (t, b, d), time-major."""
+
+    @staticmethod
+    def forward(ctx, u, h0, c0, W):
+        T, (b, d) = u.shape[1], h0.shape
+        G = u.new_empty(T, b, 4 * d)
+        Cs, Tc = u.new_empty(T, b, d), u.new_empty(T, b, d)
+        H = u.new_empty(b, T, d)
+        Wt, h, c = W.T, h0, c0
+        for s, u_s in enumerate(u.unbind(1)):
+            pre = torch.addmm(u_s, h, Wt)  # (b, 4d)
+            i, f, g, o = torch.sigmoid(pre, out=G[s]).split(d, dim=-1)
+            torch.tanh(pre[:, 2 * d : 3 * d], out=g)
+            c = torch.mul(f, c, out=Cs[s]).addcmul_(i, g)
+            h = torch.mul(o, torch.tanh(c, out=Tc[s]), out=H[:, s])
+        ctx.save_for_backward(h0, c0, W, G, Cs, Tc, H)
+        return H, c.clone()
+
+    @staticmethod
+    def backward(ctx, gH, gc):
+        h0, c0, W, G, Cs, Tc, H = ctx.saved_tensors
+        T, d = H.shape[1], H.shape[-1]
+        dP = H.new_empty(*H.shape[:2], 4 * d)  # (b, t, 4d): dL/dpre_t
+        dh = gH[:, -1].clone()  # dL/dh_t
+        dc = gc.clone()  # dL/dc_t
+        for s in range(T - 1, -1, -1):
+            i, f, g, o = G[s].split(d, dim=-1)
+            dpi, dpf, dpg, dpo = dP[:, s].split(d, dim=-1)
+            tc = Tc[s]
+            _ATEN.sigmoid_backward.grad_input(torch.mul(dh, tc, out=dpo), o, grad_input=dpo)
+            dc.add_(_ATEN.tanh_backward(dh * o, tc))
+            _ATEN.sigmoid_backward.grad_input(torch.mul(dc, g, out=dpi), i, grad_input=dpi)
+            c_prev = Cs[s - 1] if s else c0
+            _ATEN.sigmoid_backward.grad_input(torch.mul(dc, c_prev, out=dpf), f, grad_input=dpf)
+            _ATEN.tanh_backward.grad_input(torch.mul(dc, i, out=dpg), g, grad_input=dpg)
+            dc.mul_(f)  # dL/dc_{s-1} through c_s
+            if s:  # dL/dh_{s-1} = g_{s-1} + dL/dpre_s W
+                dh = torch.addmm(gH[:, s - 1], dP[:, s], W)
+        dh0 = dP[:, 0] @ W if ctx.needs_input_grad[1] else None
+        return dP, dh0, dc, _weight_grad(dP, h0, H)
+
+
+class _LeakyBPTT(torch.autograd.Function):
+    """The leaky RNN loop: u (b, t, d), h0 (b, d), W (d, d), a = 1 / tau (d,) -> H (b, t, d).
+
+    default: h_t = phi(z_t), z_t = (1 - a) h_{t-1} + a (u_t + h_{t-1} W^T), so
+        dL/dh_{t-1} = dL/dz_t M with M = diag(1 - a) + diag(a) W (one product per step);
+    mod: h_t = (1 - a) h_{t-1} + a p_t, p_t = phi(u_t + h_{t-1} W^T).
+    Saved besides H: pre_t (default) or p_t (mod), (t, b, d)."""
+
+    @staticmethod
+    def forward(ctx, u, h0, W, a, rule, phi):
+        H = u.new_empty(u.shape)  # (b, t, d)
+        P = u.new_empty(u.shape[1], *h0.shape)  # (t, b, d)
+        Wt, h = W.T, h0
+        for s, u_s in enumerate(u.unbind(1)):
+            pre = torch.addmm(u_s, h, Wt, out=P[s])
+            if rule == "default":
+                h = _phi_(torch.lerp(h, pre, a, out=H[:, s]), phi)
+            else:
+                h = torch.lerp(h, _phi_(pre, phi), a, out=H[:, s])
+        ctx.rule, ctx.phi = rule, phi
+        ctx.save_for_backward(h0, W, a, H, P)
+        return H
+
+    @staticmethod
+    def backward(ctx, g):
+        h0, W, a, H, P = ctx.saved_tensors
+        T, phi, want_a = H.shape[1], ctx.phi, ctx.needs_input_grad[3]
+        acc = torch.zeros_like(h0)  # the da terms summed over steps (over b at the end)
+        dU = H.new_empty(H.shape)  # (b, t, d): dL/dpre_t
+        if ctx.rule == "default":  # dL/dz_t = phi'(z_t) (g_t + dL/dz_{t+1} M), dL/dpre = a dL/dz
+            M = torch.diag(1 - a) + a[:, None] * W
+            dz = _phi_backward_(g[:, -1].clone(), H[:, -1], phi)
+            for s in range(T - 1, -1, -1):
+                torch.mul(dz, a, out=dU[:, s])
+                if want_a:  # z - h_prev = a (pre - h_prev)
+                    acc.addcmul_(dz, P[s]).addcmul_(dz, H[:, s - 1] if s else h0, value=-1)
+                if s:
+                    dz = _phi_backward_(torch.addmm(g[:, s - 1], dz, M), H[:, s - 1], phi)
+            dh0 = dz @ M if ctx.needs_input_grad[1] else None
+        else:  # dL/dh_{t-1} = g_{t-1} + (1 - a) dL/dh_t + dL/dpre_t W
+            keep = 1 - a
+            e = g[:, -1].clone()  # dL/dh_t
+            for s in range(T - 1, -1, -1):
+                _phi_backward_(torch.mul(e, a, out=dU[:, s]), P[s], phi)
+                if want_a:  # h - h_prev = a (p - h_prev)
+                    acc.addcmul_(e, P[s]).addcmul_(e, H[:, s - 1] if s else h0, value=-1)
+                if s:
+                    e = torch.addmm(g[:, s - 1], dU[:, s], W).addcmul_(e, keep)
+            dh0 = torch.addmm(e * keep, dU[:, 0], W) if ctx.needs_input_grad[1] else None
+        return dU, dh0, _weight_grad(dU, h0, H), acc.sum(0) if want_a else None, None, None
