@@ -15,6 +15,8 @@ from seqmem.ops.attention import (
     AarenState,
     aaren_scan,
     aaren_step,
+    attention_own_key,
+    attention_own_key_banded,
     attention_parallel,
     attention_step,
     is_filled,
@@ -163,6 +165,111 @@ def test_rat_equals_its_chunk_definition():
                 summaries.append((kr, vr))
         y_ref = m.out(z * torch.stack(ys, dim=1))
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("t,group,span,s", [
+    (10, 3, 2, 6),  # 4 groups, blocks of 2: no padding; exactly the keys needed
+    (11, 3, 2, 4),  # 4 groups; fewer keys than the last groups could see
+    (17, 2, 4, 20),  # 9 groups in 3 blocks of 3 (padded); more keys than any group sees
+    (7, 1, 3, 9),  # one token per group
+    (5, 8, 3, 3),  # one group, shorter than `group`
+    (13, 4, 1, 4),  # span 1: each group sees one key
+])
+def test_attention_own_key_banded_equals_full_mask(t, group, span, s):
+    """The blocked computation equals the same softmax over a full (t, s) mask that lets the
+    query i see keys i // group .. i // group + span - 1, in values and gradients."""
+    gen = torch.Generator().manual_seed(7)
+    b, h, d = 2, 2, 3
+    q, k_own, v_own = (torch.randn(b, t, h, d, generator=gen, dtype=F64, requires_grad=True)
+                       for _ in range(3))
+    k, v = (torch.randn(b, s, h, d, generator=gen, dtype=F64, requires_grad=True)
+            for _ in range(2))
+    log_m = torch.randn(b, s, generator=gen, dtype=F64)
+    log_m[0, :2] = EMPTY  # empty cache slots
+    log_m.requires_grad_(True)
+    c = torch.arange(t)[:, None] // group
+    j = torch.arange(s)[None, :]
+    bias = torch.where((j >= c) & (j < c + span), log_m[:, None, :], -torch.inf)  # (b, t, s)
+    y_ref = attention_own_key(q, k, v, bias, k_own, v_own)
+    y = attention_own_key_banded(q, k, v, log_m, k_own, v_own, group=group, span=span)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    w = torch.randn(y.shape, generator=gen, dtype=F64)
+    leaves = (q, k, v, log_m, k_own, v_own)
+    g = torch.autograd.grad((y * w).sum(), leaves)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), leaves)
+    for gi, gi_ref in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(gi, gi_ref, rtol=0, atol=1e-12)
+
+
+RAT_LONG = [  # (rat_chunk, max_len): cache of 4, 1, 4 and 2 summaries, all far below t
+    (3, 12), (4, 5), (1, 4), (5, 11),
+]
+
+
+@pytest.mark.parametrize("L,max_len", RAT_LONG)
+@pytest.mark.parametrize("prefix,t", [(0, 48), (0, 47), (7, 40), (26, 53)])
+def test_rat_parallel_equals_step_loop_over_many_blocks(L, max_len, prefix, t):
+    """Over many blocks of chunks, with summaries evicted inside the sequence, t not a multiple
+    of rat_chunk, and from the state after `prefix` steps (part-way through a chunk, with a
+    full cache): the parallel form equals the loop of `step`, outputs and state."""
+    gen = torch.Generator().manual_seed(8)
+    m = mixers.build("rat", 8, n_heads=2, rat_chunk=L, max_len=max_len).double()
+    x = torch.randn(2, prefix + t, 8, generator=gen, dtype=F64)
+    with torch.no_grad():
+        s0 = m.init_state(2)
+        if prefix:
+            _, s0 = mixers.step_loop(m, x[:, :prefix], s0)
+        y_ref, s_ref = mixers.step_loop(m, x[:, prefix:], s0)
+        y, s = m(x[:, prefix:], s0, mode="parallel")
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    for a, c in zip(s, s_ref, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_rat_empty_sequence_keeps_the_state(prefix):
+    """No tokens: an empty output and the state unchanged, from an empty state or mid-chunk."""
+    gen = torch.Generator().manual_seed(11)
+    m = mixers.build("rat", 8, n_heads=2, rat_chunk=3, max_len=12).double()
+    with torch.no_grad():
+        s0 = m.init_state(2)
+        if prefix:
+            _, s0 = mixers.step_loop(m, torch.randn(2, prefix, 8, generator=gen, dtype=F64), s0)
+        y, s = m(torch.zeros(2, 0, 8, dtype=F64), s0, mode="parallel")
+    assert y.shape == (2, 0, 8)
+    for a, c in zip(s, s0, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("L,max_len", RAT_LONG)
+def test_rat_parallel_gradients_equal_step_loop_over_many_blocks(L, max_len):
+    """Gradients w.r.t. the input, the initial state (mid-chunk, full cache) and the
+    parameters agree between the parallel form and the step loop over many blocks."""
+    gen = torch.Generator().manual_seed(9)
+    m = mixers.build("rat", 8, n_heads=2, rat_chunk=L, max_len=max_len).double()
+    x = torch.randn(1, 50, 8, generator=gen, dtype=F64)
+    with torch.no_grad():
+        _, s0 = mixers.step_loop(m, x[:, :22], m.init_state(1))
+    x = x[:, 22:].clone().requires_grad_(True)
+    s0 = type(s0)(*(z.clone().requires_grad_(True) for z in s0))
+    wrt = [x, *s0, *m.parameters()]
+
+    def grads(route):
+        y, s = route(x, s0)
+        g = torch.Generator().manual_seed(10)
+        loss = (y * torch.randn(y.shape, generator=g, dtype=F64)).sum()
+        for z in s[:5]:  # the clock is piecewise constant: no gradient
+            loss = loss + (z * torch.randn(z.shape, generator=g, dtype=F64)).sum()
+        return torch.autograd.grad(loss, wrt, allow_unused=True)
+
+    g = grads(lambda x, s: m(x, s, mode="parallel"))
+    g_ref = grads(lambda x, s: mixers.step_loop(m, x, s))
+    assert g[0].abs().max() > 0 and g[1].abs().max() > 0
+    for gi, gi_ref in zip(g, g_ref, strict=True):
+        if gi is None or gi_ref is None:
+            assert gi is None and gi_ref is None
+            continue
+        torch.testing.assert_close(gi, gi_ref, rtol=0, atol=1e-10)
 
 
 def test_tcn_receptive_field_formula():

@@ -12,6 +12,10 @@ attention, rat_chunk = t a gated RNN. The state: a cache of the last `n_cache` s
 attention cache: slots with log-weight 0 or EMPTY), the running k~, v~, and a clock of
 rat_chunk - 1 slots whose filled count is the position l in the current chunk. No positional
 encoding (the paper's inter-chunk rotary variant is not included).
+
+The parallel form scans the recurrence within chunks only and attends in blocks of chunks, each
+against the summaries it can see (`attention_own_key_banded`): time and memory linear in t for
+a given cache, O(t n_cache) for the attention.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.mixers.attention import check_heads, check_positive, chunk_phase
 from seqmem.mixers.base import Mixer, register, step_loop
-from seqmem.ops.attention import EMPTY, attention_own_key, attention_step, is_filled
+from seqmem.ops.attention import EMPTY, attention_own_key_banded, attention_step, is_filled
 from seqmem.ops.scan import linear_recurrence
 
 
@@ -80,29 +85,39 @@ class RAT(Mixer):
         if mode == "recurrent":
             return step_loop(self, x, state)
         b, t, _ = x.shape
+        if t == 0:  # nothing to attend with, nothing to remember
+            return x.new_zeros(x.shape), state
         L, C, p0 = self.rat_chunk, self.n_cache, chunk_phase("rat", state.clock)
-        q, k, v, g, z = self._inputs(x)  # (b, t, h, d)
-        pos = torch.arange(t, device=x.device) + p0  # position since the current chunk began
-        a = g * (pos % L != 0).to(x.dtype)[None, :, None, None]  # a chunk's first token resets
-        k_run = linear_recurrence(a, (1 - g) * k, state.k_run)  # (b, t, h, d)
-        v_run = linear_recurrence(a, (1 - g) * v, state.v_run)
-        # the tokens that complete a chunk
-        ends = torch.arange(L - 1 - p0, max(t, L - 1 - p0), L, device=x.device)
-        keys = torch.cat([state.k, k_run[:, ends]], dim=1)  # (b, C + n_new, h, d)
-        values = torch.cat([state.v, v_run[:, ends]], dim=1)
-        log_m = torch.cat([state.log_m, x.new_zeros(b, len(ends))], dim=1)  # (b, C + n_new)
-        # query in chunk c (c = 0: the current one) sees the summaries c .. C + c - 1
-        c = (pos // L)[:, None]  # (t, 1)
-        j = torch.arange(keys.shape[1], device=x.device)[None, :]
-        bias = torch.zeros(t, keys.shape[1], device=x.device, dtype=x.dtype)
-        bias = bias.masked_fill((j < c) | (j >= C + c), -torch.inf)[None] + log_m[:, None]
-        y = attention_own_key(q, keys, values, bias, k_run, v_run)  # (b, t, h, d)
-        y = self.out(z * rearrange(y, "b t h d -> b t (h d)"))
+        n_chunks = -(-(p0 + t) // L)  # chunks the sequence touches, the current one first
+        n_new = (p0 + t) // L  # of which it completes
+        # whole chunks: the current chunk's p0 past tokens in front (their k~, v~ come in
+        # state.k_run, state.v_run), the last chunk's missing tokens after
+        pad = (p0, n_chunks * L - p0 - t)
+        xp = F.pad(x, (0, 0, *pad)) if any(pad) else x  # (b, n_chunks L, d)
+        q, k, v, g, z = self._inputs(xp)  # (b, n_chunks L, h, d)
+        pos = torch.arange(n_chunks * L, device=x.device)[:, None, None]  # since chunk 0 began
+        front = pos < p0  # the padding in front: a = 1, no input, to carry the state through
+        a = torch.where(front, 1.0, g * (pos % L != 0))  # a chunk's first token resets
+        ig = (1 - g).masked_fill(front, 0.0)  # the input's weight 1 - g
+        # the recurrence restarts every chunk: scan within chunks only
+        k_run, v_run = (linear_recurrence(
+            rearrange(a, "b (n l) h d -> b n l h d", l=L),
+            rearrange(ig * u, "b (n l) h d -> b n l h d", l=L), h0[:, None], dim=2)
+            for u, h0 in ((k, state.k_run), (v, state.v_run)))  # (b, n_chunks, L, h, d)
+        keys = torch.cat([state.k, k_run[:, :n_new, -1]], dim=1)  # (b, C + n_new, h, d)
+        values = torch.cat([state.v, v_run[:, :n_new, -1]], dim=1)
+        log_m = torch.cat([state.log_m, x.new_zeros(b, n_new)], dim=1)  # (b, C + n_new)
+        k_run, v_run = (rearrange(r, "b n l h d -> b (n l) h d") for r in (k_run, v_run))
+        # a query in chunk c (c = 0: the current one) sees the summaries c .. C + c - 1
+        y = attention_own_key_banded(q, keys, values, log_m, k_run, v_run, group=L, span=C)
+        y = y[:, p0:p0 + t]  # (b, t, h, d)
+        y = self.out(z[:, p0:p0 + t] * rearrange(y, "b t h d -> b t (h d)"))
         done = (p0 + t) // L * L - p0  # tokens up to the last chunk boundary
         clock = torch.cat([state.clock if done <= 0 else torch.full_like(state.clock, EMPTY),
                            x.new_zeros(b, t - max(done, 0))], dim=1)
-        new = RATState(keys[:, len(ends):], values[:, len(ends):], log_m[:, len(ends):],
-                       k_run[:, -1], v_run[:, -1], clock[:, clock.shape[1] - (L - 1):])
+        new = RATState(keys[:, n_new:], values[:, n_new:], log_m[:, n_new:],
+                       k_run[:, p0 + t - 1], v_run[:, p0 + t - 1],
+                       clock[:, clock.shape[1] - (L - 1):])
         return y, new
 
     def step(self, x_t, state):

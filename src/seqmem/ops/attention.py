@@ -6,7 +6,8 @@
 `EMPTY` (a large negative number standing in for -inf, so a state stays finite): its weight
 exp(EMPTY - max) is exactly zero, and an empty cache needs no separate length or position
 counter. `attention_step` is the specification; `attention_parallel` computes every query of a
-sequence at once (Vaswani et al. 2017), optionally within a sliding window.
+sequence at once (Vaswani et al. 2017), optionally within a sliding window;
+`attention_own_key_banded`, RAT's attention over chunk summaries, in blocks.
 
 Attention as an RNN (Feng et al. 2024, "Attention as an RNN"): with one query q, the softmax
 over a prefix is carried by (m, u, w): m the running max score, u = sum_j exp(s_j - m) and
@@ -25,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from seqmem.ops.scan import associative_scan
@@ -137,7 +139,7 @@ def attention_own_key(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, k_own: Tens
 
     q, k_own, v_own (b, t, h, d); k, v (b, s, h, d); bias (b, t, s) additive (-inf hides a
     key). The shape of RAT's inter-chunk attention, where the own key is the query's running
-    chunk summary. Returns (b, t, h, d_v).
+    chunk summary (`attention_own_key_banded` computes it in blocks). Returns (b, t, h, d_v).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.einsum("bthd,bshd->bhts", q, k) * scale + bias[:, None]  # (b, h, t, s)
@@ -145,6 +147,49 @@ def attention_own_key(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, k_own: Tens
     p = torch.cat([scores, own], dim=-1).softmax(dim=-1)  # (b, h, t, s + 1)
     y = torch.einsum("bhts,bshd->bthd", p[..., :-1], v)  # (b, t, h, d_v)
     return y + p[..., -1].transpose(1, 2)[..., None] * v_own
+
+
+def attention_own_key_banded(q: Tensor, k: Tensor, v: Tensor, log_m: Tensor, k_own: Tensor,
+                             v_own: Tensor, *, group: int, span: int,
+                             scale: float | None = None) -> Tensor:
+    """`attention_own_key` where the queries come in groups of `group` consecutive tokens and
+    group c = i // group sees the keys c, ..., c + span - 1 of k (those that exist), weighted
+    by log_m, beside each query's own key:
+
+        y_i = softmax([q_i K_{c:c+span}^T * scale + log_m_{c:c+span} ; q_i . k_own_i * scale])
+              [V_{c:c+span} ; v_own_i]
+
+    q, k_own, v_own (b, t, h, d); k, v (b, s, h, d); log_m (b, s). RAT's inter-chunk
+    attention: group = rat_chunk, span = the summary cache, k = the cached summaries followed
+    by the sequence's. Computed in blocks of n <= span groups, each against the n + span - 1
+    keys any of its groups sees (as `_sliding_window`): O(t span) time and memory, not the
+    O(t s) of a full score matrix. Returns (b, t, h, d_v).
+    """
+    b, t = q.shape[:2]
+    n_groups = -(-t // group)
+    n_blocks = -(-n_groups // span)
+    n = -(-n_groups // n_blocks)  # groups per block: balanced, so padding is < n_blocks groups
+    W = n + span - 1  # keys a block sees
+    pad = n_blocks * n * group - t
+    if pad:
+        q, k_own, v_own = (F.pad(z, (0, 0, 0, 0, 0, pad)) for z in (q, k_own, v_own))
+    # key windows of W, one every n keys; missing keys are empty slots
+    s_need = n_blocks * n + span - 1
+    if k.shape[1] < s_need:
+        extra = s_need - k.shape[1]
+        k, v = (F.pad(z, (0, 0, 0, 0, 0, extra)) for z in (k, v))
+        log_m = F.pad(log_m, (0, extra), value=EMPTY)
+    k, v = (rearrange(z[:, :s_need].unfold(1, W, n), "b m h d w -> (b m) w h d")
+            for z in (k, v))  # (b n_blocks, W, h, d)
+    m_win = log_m[:, :s_need].unfold(1, W, n)[:, :, None, :]  # (b, n_blocks, 1, W)
+    r = torch.arange(n * group, device=q.device)[:, None] // group  # (n group, 1) its group
+    j = torch.arange(W, device=q.device)[None, :]  # (1, W) the key, from the block's first
+    visible = (j >= r) & (j < r + span)  # (n group, W)
+    bias = torch.where(visible, m_win, -torch.inf)  # (b, n_blocks, n group, W)
+    q, k_own, v_own = (rearrange(z, "b (m i) h d -> (b m) i h d", m=n_blocks)
+                       for z in (q, k_own, v_own))  # (b n_blocks, n group, h, d)
+    y = attention_own_key(q, k, v, bias.flatten(0, 1), k_own, v_own, scale)
+    return rearrange(y, "(b m) i h d -> b (m i) h d", b=b)[:, :t]  # (b, t, h, d_v)
 
 
 # ---- attention as an RNN ------------------------------------------------------------------------
