@@ -13,6 +13,7 @@ and gradients through inputs, state and parameters.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -38,9 +39,11 @@ from seqmem.ops.ssm import (
     krylov,
     s4d_kernel,
     ssm,
+    ssm_bilinear_step,
     ssm_step,
 )
 
+ssm_ops = importlib.import_module("seqmem.ops.ssm")  # the module (seqmem.ops.ssm is the op)
 B, H, N, N_DENSE = 2, 3, 4, 6
 ATOL64 = 1e-10
 RTOL32 = 1e-4  # float32 forms against the float64 loop, relative to the largest value
@@ -394,6 +397,142 @@ def test_split_sequence_and_zero_default(op):
         y_zero, s_zero = fn(*args, state=torch.zeros_like(x0), mode=mode, **kw)
         torch.testing.assert_close(y0, y_zero, rtol=0, atol=0)
         torch.testing.assert_close(s0, s_zero, rtol=0, atol=0)
+
+
+# ---- the dense SSM's blocked "conv" form and its bilinear decode step ------------------------
+# (t, forced block length or None for the default): t = 1; t within one block (5 in 8, 2 in 2);
+# a short last block (13 in 4s, 17 in 8s, 100 and 257 by default); whole blocks (16 in 4s);
+# blocks of one (5: every power through the tree); odd block counts (17 in 4s: 5 blocks, 100:
+# 7, 257: 9) that the tree of block sums pads.
+BLOCK_CASES = [(1, None), (1, 4), (2, None), (5, 8), (5, 1), (5, None), (13, 4), (16, 4),
+               (17, 4), (17, 8), (100, None), (257, None)]
+
+
+@pytest.mark.parametrize("t,block", BLOCK_CASES)
+def test_ssm_conv_blocks_equal_recurrent(t, block, monkeypatch):
+    """"conv" against the loop of ssm_step in float64, with an initial state: outputs, final
+    state and the gradients of both w.r.t. u, A_bar, B_bar, C and the state."""
+    if block is not None:
+        monkeypatch.setattr(ssm_ops, "_blocks", lambda t: (block, -(-t // block)))
+    L0, J = ssm_ops._blocks(t)
+    assert L0 & (L0 - 1) == 0 and (J - 1) * L0 < t <= J * L0
+    args, x0 = dense_inputs(t, seed=11)
+    y_ref, s_ref = ssm(*args, state=x0, mode="recurrent")
+    y, s = ssm(*args, state=x0, mode="conv")
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=ATOL64)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=ATOL64)
+    assert (s_ref - ssm(*args, mode="recurrent")[1]).abs().max() > 1e-3  # the state matters
+    for gi, gi_ref in zip(grads(ssm, args, x0, mode="conv"),
+                          grads(ssm, args, x0, mode="recurrent"), strict=True):
+        assert gi_ref.abs().max() > 0
+        torch.testing.assert_close(gi, gi_ref, rtol=0, atol=ATOL64)
+
+
+@pytest.mark.parametrize("block", [1, 2, 8])
+def test_ssm_conv_gradcheck(block, monkeypatch):
+    """The blocked form's gradients against finite differences (independent of the loop)."""
+    monkeypatch.setattr(ssm_ops, "_blocks", lambda t: (block, -(-t // block)))
+    (u, A_bar, B_bar, C), x0 = dense_inputs(5, seed=12)
+    inputs = [z[:1, :, :2].clone() if z is u else z[:2].clone()
+              for z in (u, A_bar, B_bar, C)] + [x0[:1, :2].clone()]  # h = 2, b = 1
+
+    def fn(u, A_bar, B_bar, C, x0):
+        return ssm(u, A_bar, B_bar, C, state=x0, mode="conv")
+
+    assert torch.autograd.gradcheck(fn, [z.requires_grad_() for z in inputs])
+
+
+def test_krylov_keeps_its_shapes():
+    """krylov over a batch of matrices and vectors, and L = 1 (no matrix used)."""
+    g = gen(13)
+    A = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64) / 2
+    b = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    K = krylov(6, A, b)
+    assert K.shape == (2, 3, 6, 4)
+    torch.testing.assert_close(K[:, :, 5], (torch.linalg.matrix_power(A, 5) @ b[..., None])[..., 0],
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(krylov(1, A, b), b[..., None, :], rtol=0, atol=0)
+
+
+def legs_inputs(seed: int, dense: bool = False):
+    """LegS (A lower triangular) or a dense stable A, B, dt (h,), C, u_t (b, h), x (b, h, n)."""
+    g = gen(seed)
+    A, Bv = hippo_legs(N_DENSE)
+    if dense:
+        A = A + 0.3 * torch.randn(N_DENSE, N_DENSE, generator=g, dtype=torch.float64)
+    dt = torch.exp(torch.rand(H, generator=g, dtype=torch.float64) * 4 - 5)
+    C = torch.randn(H, N_DENSE, generator=g, dtype=torch.float64)
+    u_t = torch.randn(B, H, generator=g, dtype=torch.float64)
+    x = torch.randn(B, H, N_DENSE, generator=g, dtype=torch.float64)
+    return [A, Bv, dt, C, u_t, x]
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("grad_A", [False, True])
+def test_ssm_bilinear_step_is_ssm_step_of_the_discretisation(dense, grad_A):
+    """One decode step, a solve with (I - dt/2 A), equals ssm_step with discretize_bilinear's
+    A_bar, B_bar (formed by an inverse): values and gradients, for LegS (lower triangular: a
+    triangular solve unless A needs a gradient) and a dense A (a general solve)."""
+    A, Bv, dt, C, u_t, x = legs_inputs(14, dense)
+    assert ssm_ops._triangular_ok(A) == (not dense)
+    leaves = [A, Bv, dt, C, u_t, x]
+    for z in leaves:
+        z.requires_grad_(grad_A or z is not A)
+    y, s = ssm_bilinear_step(u_t, A, Bv, dt, C, x)
+    y_ref, s_ref = ssm_step(u_t, *discretize_bilinear(A, Bv, dt), C, x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=1e-12)
+    g = gen(15)
+    w_y, w_s = torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(
+        s.shape, generator=g, dtype=s.dtype)
+    wanted = [z for z in leaves if z.requires_grad]
+    got = torch.autograd.grad((w_y * y).sum() + (w_s * s).sum(), wanted)
+    ref = torch.autograd.grad((w_y * y_ref).sum() + (w_s * s_ref).sum(), wanted)
+    for gi, gi_ref in zip(got, ref, strict=True):
+        assert gi_ref.abs().max() > 0
+        torch.testing.assert_close(gi, gi_ref, rtol=0, atol=1e-10)
+    if grad_A:  # why a triangular solve must not stand in when A is trained
+        assert got[0].triu(1).abs().max() > 1e-3
+
+
+def test_discretize_bilinear_triangular_and_general_agree():
+    """LegS A: the triangular route (A needs no gradient) equals the general one (A needs a
+    gradient); dt's gradient through the triangular route and A's through the general one
+    against finite differences."""
+    A, Bv, dt = legs_inputs(16)[:3]
+    assert ssm_ops._triangular_ok(A)
+    tri = discretize_bilinear(A, Bv, dt)
+    gen_ = discretize_bilinear(A.clone().requires_grad_(), Bv, dt)
+    for a, b in zip(tri, gen_, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda d: discretize_bilinear(A, Bv, d),
+                                    [dt.clone().requires_grad_()])
+    assert torch.autograd.gradcheck(lambda a: discretize_bilinear(a, Bv, dt),
+                                    [A.clone().requires_grad_()])
+
+
+def test_lssl_step_follows_parameter_updates():
+    """The decode step reads the parameters at every call: after an optimizer step, stepping
+    equals the forward pass of the updated layer (nothing stale is kept)."""
+    from seqmem import mixers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        m = mixers.build("lssl", 3, d_state=5).double()
+    x = torch.randn(2, 6, 3, generator=gen(17), dtype=torch.float64)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(2):
+        with torch.no_grad():
+            y, s = m(x)
+            ys, st = [], m.init_state(2)
+            for x_t in x.unbind(1):
+                y_t, st = m.step(x_t, st)
+                ys.append(y_t)
+        torch.testing.assert_close(torch.stack(ys, 1), y, rtol=0, atol=1e-12)
+        torch.testing.assert_close(st, s, rtol=0, atol=1e-12)
+        opt.zero_grad()
+        m(x)[0].square().sum().backward()
+        opt.step()
 
 
 def test_steps_are_their_equations():

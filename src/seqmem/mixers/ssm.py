@@ -33,7 +33,7 @@ from seqmem.ops.ssm import (
     hippo_legs,
     hippo_n,
     ssm,
-    ssm_step,
+    ssm_bilinear_step,
 )
 
 ACTIVATIONS = ("glu", "gelu", "none")
@@ -101,8 +101,13 @@ class LSSL(Mixer):
         x_t = A_bar_h x_{t-1} + B_bar_h u_t,   y_t = C_h . x_t + D_h u_t,
         A_bar_h = (I - dt_h/2 A)^-1 (I + dt_h/2 A),  B_bar_h = (I - dt_h/2 A)^-1 dt_h B,
 
-    then the output nonlinearity. "conv" materialises K_l = C A_bar^l B_bar by Krylov doubling
-    and convolves by FFT (plus C A_bar^{t+1} x_{-1} for an initial state).
+    then the output nonlinearity. "conv" forms the kernel K_l = C A_bar^l B_bar blockwise,
+    K_{j L0 + l} = (C A_bar^{j L0}) (A_bar^l B_bar) with L0 ~ sqrt(t), from two Krylov
+    sequences of length ~ sqrt(t) made by doubling (`ops.ssm.ssm`), and convolves by FFT (plus
+    C A_bar^{t+1} x_{-1} for an initial state): memory O(t d_model + sqrt(t) d_model d_state),
+    never a (d_model, t, d_state) tensor. `step` solves (I - dt/2 A) x_t = (I + dt/2 A) x_{t-1}
+    + dt B u_t directly (`ops.ssm.ssm_bilinear_step`; a triangular solve for the fixed LegS A),
+    from the current parameters, instead of forming A_bar at every token.
 
     Args:
         d_model: channels (input and output width).
@@ -142,7 +147,7 @@ class LSSL(Mixer):
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
-        y, state = ssm_step(x_t, *self.discrete(), self.C, state)
+        y, state = ssm_bilinear_step(x_t, self.A, self.B, self.log_dt.exp(), self.C, state)
         return self.out(y + self.D * x_t), state
 
     def init_state(self, batch_size, *, device=None, dtype=None):

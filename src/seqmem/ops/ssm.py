@@ -20,7 +20,9 @@ A = A_N - P P^T, diagonalised as A_N = V diag(Lambda) V^H with Re(Lambda) = -1/2
 Families of ops, each with its `_step` as the specification and a `mode`:
 
     ssm               dense per-channel SISO SSM (LSSL): x_t (b, h, n) = A_bar_h x + B_bar_h u_t,
-                      y_t = C_h . x_t;  modes "conv" (Krylov kernel + FFT) and "recurrent".
+                      y_t = C_h . x_t;  modes "conv" (kernel from blocked Krylov sequences,
+                      O(t h) memory, + FFT) and "recurrent"; `ssm_bilinear_step` is the step
+                      of a bilinear-discretised (A, B, dt) without forming A_bar (decoding).
     diag_ssm          diagonal complex per-channel SISO SSM (S4D): x_t = a_h * x + b_h u_t,
                       y_t = Re(C_h . x_t);  modes "conv" (Vandermonde kernel + FFT), "recurrent".
     diag_recurrence   x_t = a * x_{t-1} + v_t, a diagonal complex (S5); returns every x_t;
@@ -172,24 +174,42 @@ def discretize_zoh(A: Tensor, B: Tensor, dt: Tensor | float, *, diagonal: bool |
     return A_bar, (B_bar[..., 0] if vec else B_bar)
 
 
+def _triangular_ok(A: Tensor) -> bool:
+    """Whether A is lower triangular (HiPPO-LegS is) and no gradient is wanted for it, so that
+    a triangular solve may stand in for a general one: its gradient with respect to the
+    matrix keeps only the lower triangle, and A's upper entries, though zero, may be trained."""
+    if torch.is_grad_enabled() and A.requires_grad:
+        return False
+    return not bool(A.triu(1).any())
+
+
 def discretize_bilinear(A: Tensor, B: Tensor, dt: Tensor | float, *,
                         diagonal: bool | None = None) -> tuple[Tensor, Tensor]:
     """Bilinear (Tustin; LSSL's GBT with alpha = 1/2): A_bar = (I - dt/2 A)^-1 (I + dt/2 A),
     B_bar = (I - dt/2 A)^-1 dt B. Shapes as in `discretize_zoh`; diagonal: a_bar =
-    (1 + dt a / 2) / (1 - dt a / 2), b_bar = dt b / (1 - dt a / 2)."""
+    (1 + dt a / 2) / (1 - dt a / 2), b_bar = dt b / (1 - dt a / 2).
+
+    Dense A: one inverse M = (I - dt/2 A)^-1, then A_bar = 2 M - I (as I + dt/2 A =
+    2 I - (I - dt/2 A)); M and B_bar by one triangular solve when A is lower triangular and
+    needs no gradient (`_triangular_ok`), else M by `torch.linalg.inv` and B_bar = M dt B:
+    on a CPU cheaper, forward and backward, than solving for A_bar with n right-hand sides."""
     dt = torch.as_tensor(dt, dtype=A.real.dtype, device=A.device)
     if _is_diagonal(A, diagonal):
         den = 1 - dt * A / 2
         return (1 + dt * A / 2) / den, _diag_input(dt / den, A, B)
     n = A.shape[-1]
     eye = torch.eye(n, dtype=A.dtype, device=A.device)
-    half = (dt[..., None, None] / 2) * A  # (..., n, n)
+    lhs = torch.addcmul(eye, dt[..., None, None] / 2, A, value=-1)  # (..., n, n): I - dt/2 A
     vec = B.ndim == A.ndim - 1
     Bm = dt[..., None, None] * (B[..., None] if vec else B)  # (..., n, m)
-    lhs = eye - half
-    A_bar = torch.linalg.solve(lhs, eye + half)
-    B_bar = torch.linalg.solve(lhs, Bm)  # batch dimensions broadcast
-    return A_bar, (B_bar[..., 0] if vec else B_bar)
+    if _triangular_ok(A):  # one solve for both, B_bar as accurate as by its own solve
+        batch = torch.broadcast_shapes(lhs.shape[:-2], Bm.shape[:-2])
+        rhs = torch.cat([eye.expand(*batch, n, n), Bm.expand(*batch, *Bm.shape[-2:])], -1)
+        M, B_bar = torch.linalg.solve_triangular(lhs, rhs, upper=False).split([n, Bm.shape[-1]], -1)
+    else:
+        M = torch.linalg.inv(lhs)
+        B_bar = M @ Bm  # batch dimensions broadcast
+    return 2 * M - eye, (B_bar[..., 0] if vec else B_bar)
 
 
 # ---- long convolution and kernels ----------------------------------------------------------
@@ -207,16 +227,44 @@ def fft_conv(u: Tensor, K: Tensor) -> Tensor:
     return torch.fft.irfft(U * Kf, n=n, dim=1)[:, :t]  # (b, t, d)
 
 
+def _squarings(M: Tensor, m: int) -> list[Tensor]:
+    """[M, M^2, M^4, ..., M^(2^m)]: M (..., n, n), m repeated squarings (none for m < 1)."""
+    Ms = [M]
+    for _ in range(m):
+        Ms.append(Ms[-1] @ Ms[-1])
+    return Ms
+
+
+def _row_krylov(L: int, Ms: list[Tensor], V: Tensor) -> Tensor:
+    """The rows [V, V M, V M^2, ..., V M^(L-1)] by doubling, from Ms = [M, M^2, M^4, ...]
+    (at least ceil(log2 L) of them): V (..., m, n), M (..., n, n) -> (..., L, m, n). Step k
+    appends the rows so far times M^(2^k), doubling their number; each step is one batched
+    matmul over the batch dimensions of M (the m rows side by side, so M is not broadcast)."""
+    m = V.shape[-2]
+    K = V  # (..., l m, n): V M^j for j < l
+    for Mk in Ms:
+        if K.shape[-2] >= L * m:
+            break
+        K = torch.cat([K, K @ Mk], dim=-2)
+    return K[..., : L * m, :].unflatten(-2, (L, m))
+
+
+def _ceil_log2(L: int) -> int:
+    return max(L - 1, 0).bit_length()
+
+
+def _blocks(t: int) -> tuple[int, int]:
+    """The block length L0 = 2^ceil(log2(t) / 2) ~ sqrt(t) of `ssm`'s "conv" form and the number
+    of blocks J = ceil(t / L0) (t >= 1)."""
+    L0 = 1 << ((_ceil_log2(t) + 1) // 2)
+    return L0, -(-t // L0)
+
+
 def krylov(L: int, A: Tensor, b: Tensor) -> Tensor:
     """The Krylov sequence [b, A b, ..., A^{L-1} b]: A (..., n, n), b (..., n) -> (..., L, n),
     by doubling (LSSL sec. 3.2): [K, A^k K] for k = 1, 2, 4, ..., log2(L) matrix squarings."""
-    K = b[..., None, :]  # (..., 1, n)
-    P = A
-    while K.shape[-2] < L:
-        K = torch.cat([K, K @ P.transpose(-1, -2)], dim=-2)  # A^j b for j < 2k
-        if K.shape[-2] < L:
-            P = P @ P
-    return K[..., :L, :]
+    Ms = _squarings(A.transpose(-1, -2), _ceil_log2(L) - 1)
+    return _row_krylov(L, Ms, b[..., None, :])[..., 0, :]
 
 
 def vandermonde(a: Tensor, L: int, *, start: int = 0) -> Tensor:
@@ -249,29 +297,82 @@ def ssm_step(u_t: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, state: Tensor
     return (C * x).sum(-1), x
 
 
+def ssm_bilinear_step(u_t: Tensor, A: Tensor, B: Tensor, dt: Tensor, C: Tensor,
+                      state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`ssm_step` with (A_bar, B_bar) = discretize_bilinear(A, B, dt), without forming them:
+
+        x_t = (I - dt/2 A)^-1 ((I + dt/2 A) x_{t-1} + dt B u_t),   y_t = C . x_t.
+
+    u_t (b, h), A (n, n) or (h, n, n), B (n,) or (h, n), dt (h,), C (h, n), state (b, h, n)
+    -> y_t (b, h), x_t. One solve with b right-hand sides per channel (triangular where A is
+    lower triangular and needs no gradient, as HiPPO-LegS) instead of the inverse that forms
+    A_bar: LSSL's decode step, computed afresh from the parameters at every call."""
+    x = u_t.new_zeros(u_t.shape[0], *C.shape) if state is None else state
+    half = (dt / 2)[:, None]  # (h, 1)
+    Ax = (x[..., None, :] @ A.transpose(-1, -2))[..., 0, :]  # (b, h, n): A x_{t-1}
+    rhs = x + half * Ax + (dt[:, None] * B) * u_t[..., None]  # (b, h, n)
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    lhs = torch.addcmul(eye, half[..., None], A, value=-1)  # (h, n, n): I - dt/2 A
+    rhs = rhs.permute(1, 2, 0)  # (h, n, b): right-hand sides as columns
+    if _triangular_ok(A):
+        x = torch.linalg.solve_triangular(lhs, rhs, upper=False)
+    else:
+        x = torch.linalg.solve(lhs, rhs)
+    x = x.permute(2, 0, 1).contiguous()  # (b, h, n)
+    return (C * x).sum(-1), x
+
+
 def ssm(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, *, state: Tensor | None = None,
         mode: str = "conv") -> tuple[Tensor, Tensor]:
     """The loop of `ssm_step` over u (b, t, h) -> y (b, t, h) and the final state (b, h, n).
 
-    "conv": y_t = sum_s K_{t-s} u_s + (C A_bar^{t+1}) x_{-1}, K_l = C A_bar^l B_bar from two
-    Krylov sequences (of C under A_bar^T and of B_bar under A_bar), the convolution by FFT;
-    the final state x_T = A_bar^T x_{-1} + sum_l A_bar^l B_bar u_{T-1-l}."""
+    "conv": y_t = sum_s K_{t-s} u_s + (C A_bar^{t+1}) x_{-1}, K_l = C A_bar^l B_bar, the
+    convolution by FFT; the final state x_T = A_bar^T x_{-1} + sum_l A_bar^l B_bar u_{T-1-l}.
+    The powers are blocked so that nothing of size (h, t, n) is ever formed: with a block
+    length L0 = 2^ceil(log2(t) / 2) ~ sqrt(t), J = ceil(t / L0) blocks and P = A_bar^L0,
+
+        K_{j L0 + l} = (C P^j) . (A_bar^l B_bar),    C A_bar^{j L0 + l + 1} x_{-1} likewise,
+
+    from the short Krylov sequences A_bar^l [B_bar, A_bar x_{-1}] (l < L0) and the strided one
+    C P^j (j < J), both by doubling (about log2(t) squarings of (h, n, n) in all). The final
+    state sums each block with the short sequence, S_j = sum_l A_bar^l B_bar u_{T-1-j L0-l}
+    (A_bar^T x_{-1} = P^j A_bar^l (A_bar x_{-1}) joining the block of T - 1 = j L0 + l), and
+    combines x_T = sum_j P^j S_j as a tree of pairs S_{2i} + P^{2^k} S_{2i+1}. Memory is
+    O(b t h + (b + 1) h sqrt(t) n + h n^2 log t)."""
     mode = _check_mode("ssm", mode, SSM_MODES)
     x = u.new_zeros(u.shape[0], *B_bar.shape) if state is None else state
-    t = u.shape[1]
+    b, t, h = u.shape
+    n = B_bar.shape[-1]
     if mode == "recurrent" or t == 0:
         ys = []
         for u_t in u.unbind(1):
             y_t, x = ssm_step(u_t, A_bar, B_bar, C, x)
             ys.append(y_t)
         return (torch.stack(ys, 1) if ys else u.new_zeros(u.shape)), x
-    CA = krylov(t + 1, A_bar.transpose(-1, -2), C)  # (h, t + 1, n): C A_bar^l
-    K = torch.einsum("hln,hn->hl", CA[:, :t], B_bar)  # (h, t)
-    y = fft_conv(u, K) + torch.einsum("hln,bhn->blh", CA[:, 1:], x)  # (b, t, h)
-    AB = krylov(t, A_bar, B_bar)  # (h, t, n): A_bar^l B_bar
-    x = (torch.einsum("hnm,bhm->bhn", torch.linalg.matrix_power(A_bar, t), x)
-         + torch.einsum("hln,blh->bhn", AB, u.flip(1)))
-    return y, x
+    L0, J = _blocks(t)
+    A_pows = _squarings(A_bar, L0.bit_length() - 1)  # A_bar^(2^k), up to P = A_bar^L0
+    P_pows = _squarings(A_pows[-1], _ceil_log2(J) - 1) if J > 1 else []  # P^(2^k)
+    Ax = torch.einsum("hnm,bhm->hbn", A_bar, x)  # (h, b, n): A_bar x_{-1}
+    V = torch.cat([B_bar[:, None], Ax], 1)  # (h, 1 + b, n)
+    W = _row_krylov(L0, [M.transpose(-1, -2) for M in A_pows[:-1]], V)  # (h, L0, 1 + b, n)
+    AB, AAx = W[:, :, 0], W[:, :, 1:]  # A_bar^l B_bar (h, L0, n), A_bar^(l+1) x_{-1}
+    CP = _row_krylov(J, P_pows, C[:, None])[:, :, 0]  # (h, J, n): C P^j
+    K = torch.einsum("hjn,hln->hjl", CP, AB).reshape(h, J * L0)[:, :t]  # (h, t)
+    y0 = torch.einsum("hjn,hlbn->bjlh", CP, AAx).reshape(b, J * L0, h)[:, :t]  # (b, t, h)
+    y = fft_conv(u, K) + y0
+    ur = u.flip(1)  # u_{T-1-l}
+    if t < J * L0:
+        ur = torch.cat([ur, ur.new_zeros(b, J * L0 - t, h)], 1)
+    S = torch.einsum("hln,bjlh->hjbn", AB, ur.reshape(b, J, L0, h))  # (h, J, b, n)
+    j, l = divmod(t - 1, L0)
+    S[:, j] = S[:, j] + AAx[:, l]  # + A_bar^t x_{-1} = P^j A_bar^l (A_bar x_{-1})
+    # level k: S_i <- S_2i + P^(2^k) S_2i+1, so that S_i = sum_{r < 2^(k+1)} P^r S_{i 2^(k+1) + r}
+    for Pk in P_pows:
+        if S.shape[1] % 2:  # an odd count: a zero block to pair the last one with
+            S = torch.cat([S, torch.zeros_like(S[:, :1])], 1)
+        odd = S[:, 1::2].reshape(h, -1, n) @ Pk.transpose(-1, -2)  # (h, J' / 2 * b, n)
+        S = S[:, 0::2] + odd.reshape(h, -1, b, n)
+    return y, S[:, 0].transpose(0, 1).contiguous()
 
 
 # ---- diagonal SSM (S4D) --------------------------------------------------------------------
