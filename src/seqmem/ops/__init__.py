@@ -63,6 +63,7 @@ from seqmem.ops.ssm import (
     krylov,
     s4d_kernel,
     ssm,
+    ssm_bilinear_step,
     ssm_step,
     vandermonde,
 )
@@ -138,6 +139,7 @@ __all__ = [
     "ssd_signed_step",
     "ssd_step",
     "ssm",
+    "ssm_bilinear_step",
     "ssm_step",
     "titans",
     "titans_chunk",
