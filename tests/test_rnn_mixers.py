@@ -71,8 +71,9 @@ def test_gru_equals_torch_gru(bias):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["fused", "recurrent"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_lstm_equals_torch_lstm(bias):
+def test_lstm_equals_torch_lstm(bias, mode):
     gen = torch.Generator().manual_seed(2)
     ref = _torch_ref(nn.LSTM, bias, 3)
     m = make("lstm", bias=bias)
@@ -80,7 +81,7 @@ def test_lstm_equals_torch_lstm(bias):
     x = randn(3, 8, D, gen=gen)
     h0, c0 = randn(3, D, gen=gen, scale=0.5), randn(3, D, gen=gen, scale=0.5)
     y_ref, (h_ref, c_ref) = ref(x, (h0[None], c0[None]))
-    y, (h, c) = m(x, (h0, c0))
+    y, (h, c) = m(x, (h0, c0), mode=mode)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=ATOL)
     torch.testing.assert_close(h, h_ref[0], rtol=0, atol=ATOL)
     torch.testing.assert_close(c, c_ref[0], rtol=0, atol=ATOL)

@@ -164,10 +164,21 @@ class LSTM(_TorchLikeRNN):
     def __init__(self, d_model: int, *, bias: bool = True):
         super().__init__(d_model, bias=bias)
 
-    modes = ("recurrent", "newton")  # newton: all steps at once by Newton iterations
+    # fused: PyTorch's own LSTM kernel (oneDNN on CPU) on these parameters, the training
+    # default; recurrent: seqmem's loop with its hand-written backward; newton: all steps at
+    # once by Newton iterations
+    modes = ("fused", "recurrent", "newton")
     newton_iterations: int = 0  # iterations of the last newton-mode forward (a diagnostic)
 
     def _forward(self, x, state, mode, chunk_size):
+        if mode == "fused" and x.shape[1]:
+            params = [self.weight_ih, self.weight_hh]
+            if self.bias_ih is not None:
+                params += [self.bias_ih, self.bias_hh]
+            h0, c0 = state
+            y, h, c = torch.lstm(x, (h0[None], c0[None]), params, self.bias_ih is not None,
+                                 1, 0.0, self.training, False, True)  # 1 layer, batch first
+            return y, LSTMState(h[0], c[0])
         if mode == "newton":  # one state vector (h, c) of size 2d
             d = self.d_model
 
