@@ -10,6 +10,8 @@ from seqmem.ops.rnn import (
     LSTMState,
     elman_recurrent,
     elman_step,
+    gru_recurrent,
+    gru_step,
     leaky_rnn_recurrent,
     leaky_rnn_step,
     lstm_recurrent,
@@ -84,6 +86,22 @@ def test_leaky_backward_without_a_timescale_gradient():
         fused = leaky_rnn_recurrent(u, h0, W, a, rule=rule)
         reference = _step_loop(leaky_rnn_step, u, h0, W, a, rule=rule)
         _assert_same(fused, reference, [u, h0, W], seed=4)
+
+
+@pytest.mark.parametrize("T", [1, 2, 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_backward_equals_autograd_through_steps(T, bias):
+    gen = torch.Generator().manual_seed(30 + T)
+    u, h0 = _randn(B, T, 3 * D, gen=gen), _randn(B, D, gen=gen)
+    W = _randn(3 * D, D, gen=gen, scale=0.6)
+    b = _randn(3 * D, gen=gen) if bias else None
+    inputs = [z for z in (u, h0, W, b) if z is not None]
+    H, h_T, _ = gru_recurrent(u, h0, W, b)
+    hs, h = [], h0
+    for u_t in u.unbind(1):
+        h, _ = gru_step(u_t, h, W, b)
+        hs.append(h)
+    _assert_same((H, h_T), (torch.stack(hs, 1), h), inputs, seed=T)
 
 
 @pytest.mark.parametrize("T", [1, 2, 9])

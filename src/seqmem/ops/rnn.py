@@ -128,6 +128,9 @@ def gru_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
     Six tensor ops per step: r and z in one sigmoid, r * g_n + u_n as one addcmul and
     (1 - z) n + z h as one lerp."""
     d = h.shape[-1]
+    if u.shape[1] and not gates and _fused(u, h, W_hh, b_hh):
+        H = _GRUBPTT.apply(u, h, W_hh, b_hh)
+        return H, H[:, -1], None
     Wt = W_hh.T
     hs, zs = [], []
     for u_t in u.unbind(1):
@@ -270,6 +273,53 @@ class _ElmanBPTT(torch.autograd.Function):
                            H[:, s - 1], phi)
         dh0 = dZ[:, 0] @ W if ctx.needs_input_grad[1] else None
         return dZ, dh0, _weight_grad(dZ, h0, H), None
+
+
+class _GRUBPTT(torch.autograd.Function):
+    """The GRU loop: u (b, t, 3d) (b_ih included), h0 (b, d), W (3d, d), b_hh (3d,) or None ->
+    H (b, t, d). Saved besides H: g = h W^T + b_hh (t, b, 3d), [r, z] (t, b, 2d), n (t, b, d)."""
+
+    @staticmethod
+    def forward(ctx, u, h0, W, b_hh):
+        T, (b, d) = u.shape[1], h0.shape
+        G, RZ, N = u.new_empty(T, b, 3 * d), u.new_empty(T, b, 2 * d), u.new_empty(T, b, d)
+        H = u.new_empty(b, T, d)
+        Wt, h = W.T, h0
+        for s, u_s in enumerate(u.unbind(1)):
+            g = torch.addmm(b_hh, h, Wt, out=G[s]) if b_hh is not None else \
+                torch.mm(h, Wt, out=G[s])
+            rz = torch.add(u_s[:, : 2 * d], g[:, : 2 * d], out=RZ[s]).sigmoid_()
+            n = torch.addcmul(u_s[:, 2 * d :], rz[:, :d], g[:, 2 * d :], out=N[s]).tanh_()
+            h = torch.lerp(n, h, rz[:, d:], out=H[:, s])
+        ctx.has_bias = b_hh is not None
+        ctx.save_for_backward(h0, W, G, RZ, N, H)
+        return H
+
+    @staticmethod
+    def backward(ctx, gH):
+        h0, W, G, RZ, N, H = ctx.saved_tensors
+        T, d = H.shape[1], H.shape[-1]
+        dU = H.new_empty(*H.shape[:2], 3 * d)  # dL/du_t = [dpre_r, dpre_z, dpre_n]
+        dG = torch.empty_like(dU)  # dL/dg_t = [dpre_r, dpre_z, r dpre_n]
+        dh = gH[:, -1].clone()  # dL/dh_t
+        for s in range(T - 1, -1, -1):
+            r, z = RZ[s].split(d, dim=-1)
+            n, h_prev = N[s], (H[:, s - 1] if s else h0)
+            du_r, du_z, du_n = dU[:, s].split(d, dim=-1)
+            keep = dh * z  # dL/dh_{s-1} through the z h_{s-1} term
+            _ATEN.sigmoid_backward.grad_input(torch.mul(dh, h_prev - n, out=du_z), z,
+                                              grad_input=du_z)
+            _ATEN.tanh_backward.grad_input(torch.sub(dh, keep, out=du_n), n, grad_input=du_n)
+            _ATEN.sigmoid_backward.grad_input(torch.mul(du_n, G[s, :, 2 * d :], out=du_r), r,
+                                              grad_input=du_r)
+            dG[:, s, : 2 * d].copy_(dU[:, s, : 2 * d])
+            torch.mul(du_n, r, out=dG[:, s, 2 * d :])
+            dh = torch.addmm(keep, dG[:, s], W)  # dL/dh_{s-1} from step s
+            if s:
+                dh.add_(gH[:, s - 1])
+        dh0 = dh if ctx.needs_input_grad[1] else None
+        db = dG.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return dU, dh0, _weight_grad(dG, h0, H), db
 
 
 class _LSTMBPTT(torch.autograd.Function):
