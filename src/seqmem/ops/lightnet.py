@@ -18,6 +18,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from seqmem.ops.attention import EMPTY
+from seqmem.ops.linear_attention import gla_chunk
+
 
 class LightNetState(NamedTuple):
     """S (b, h, d_k, d_v) the normalised k-v memory; z (b, h, d_k) the log-normaliser."""
@@ -39,24 +42,20 @@ def lightnet_chunk(q: Tensor, k: Tensor, v: Tensor, state: LightNetState, chunk_
                    ) -> tuple[Tensor, LightNetState]:
     """The sequence in chunks: q, k (b, t, h, d_k), v (b, t, h, d_v) -> o (b, t, h, d_v).
 
-    Within a chunk o_i = (q_i e^{z_prev - z_i}) . S_prev + sum_{j<=i} (q_i . e^{k_j - z_i}) v_j,
-    every exponent <= 0 (z_i >= k_j for j <= i); the state is carried from chunk to chunk.
+    The recurrence is gated linear attention (`ops.linear_attention.gla`, scale 1) with the
+    per-channel log forget gate g_t = z_{t-1} - z_t <= 0 and the key e^{k_t - z_t} <= 1, the
+    normalisers z_t = logcumsumexp of the keys (from the state's z) computed for the whole
+    sequence first; so it runs in gla's chunked form, whose exponents are never positive and
+    whose memory is linear in t. From the empty state (z = EMPTY) the first gate is set to 0:
+    and S is zeroed there instead (what the exact decay e^{EMPTY - z} = 0 does, gradient
+    included), as EMPTY inside gla's cumulative sums would cancel the precision of the gates
+    that follow.
     """
-    z_all = torch.logcumsumexp(torch.cat([state.z[:, None], k], dim=1), dim=1)[:, 1:]
-    S, z_prev = state.S, state.z
-    outs = []
-    for start in range(0, q.shape[1], chunk_size):
-        qc, kc, vc = (a[:, start:start + chunk_size] for a in (q, k, v))  # (b, c, h, .)
-        zc = z_all[:, start:start + chunk_size]  # (b, c, h, d_k)
-        c = qc.shape[1]
-        inter = torch.einsum("bihk,bhkv->bihv", qc * torch.exp(z_prev[:, None] - zc), S)
-        causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()  # (i, j)
-        diff = kc[:, None] - zc[:, :, None]  # (b, i, j, h, d_k)
-        w = torch.where(causal[None, :, :, None, None], diff, -torch.inf).exp()
-        scores = torch.einsum("bihk,bijhk->bijh", qc, w)  # (b, i, j, h)
-        outs.append(inter + torch.einsum("bijh,bjhv->bihv", scores, vc))
-        z_last = zc[:, -1]  # (b, h, d_k)
-        S = (torch.exp(z_prev - z_last)[..., None] * S
-             + torch.einsum("bjhk,bjhv->bhkv", torch.exp(kc - z_last[:, None]), vc))
-        z_prev = z_last
-    return torch.cat(outs, dim=1), LightNetState(S, z_prev)
+    if q.shape[1] == 0:
+        return v.new_zeros(*q.shape[:3], v.shape[-1]), state
+    z = torch.logcumsumexp(torch.cat([state.z[:, None], k], dim=1), dim=1)  # z_{-1}, ..., z_{t-1}
+    z_prev, z_all = z[:, :-1], z[:, 1:]  # (b, t, h, d_k)
+    g = torch.where(z_prev > EMPTY / 2, z_prev - z_all, 0.0)
+    S0 = state.S.masked_fill((state.z <= EMPTY / 2)[..., None], 0.0)  # what the decay 0 leaves
+    o, S = gla_chunk(q, torch.exp(k - z_all), v, g, scale=1.0, state=S0, chunk_size=chunk_size)
+    return o, LightNetState(S, z_all[:, -1])
