@@ -243,6 +243,40 @@ def test_mom_validation_and_meta():
 
     with torch.device("meta"):
         MoM(16, n_heads=4, n_memories=3, top_k=2)
-    for bad in ({"top_k": 5}, {"n_memories": 0}, {"memory": "mlp"}, {"n_heads": 3}):
+    for bad in ({"top_k": 5}, {"n_memories": 0}, {"memory": "mlp"}, {"n_heads": 3},
+                {"checkpoint_segment": -1}, {"checkpoint_segment": 2.5}):
         with pytest.raises(SeqmemError):
             MoM(8, **bad)
+
+
+@pytest.mark.parametrize("memory", ["gated_delta", "linear"])
+def test_mom_checkpointed_segments_equal_one_pass(memory):
+    """A sequence longer than checkpoint_segment runs in checkpointed segments: outputs, final
+    state and every gradient (input, initial state, parameters) equal the single-pass chunked
+    form and the step loop (float64), for t not a multiple of the segment."""
+    gen = torch.Generator().manual_seed(12)
+    one = mixers.build("mom", 8, n_heads=2, memory=memory, checkpoint_segment=0).double()
+    seg = mixers.build("mom", 8, n_heads=2, memory=memory, checkpoint_segment=5).double()
+    seg.load_state_dict(one.state_dict())
+    x = torch.randn(2, 23, 8, generator=gen, dtype=F64)
+    with torch.no_grad():
+        _, s0 = mixers.step_loop(one, torch.randn(2, 3, 8, generator=gen, dtype=F64),
+                                 one.init_state(2, dtype=F64))
+        y_ref, s_ref = mixers.step_loop(one, x, s0)
+
+    def run(m):
+        xx = x.clone().requires_grad_(True)
+        st = type(s0)(*(z.clone().requires_grad_(True) for z in s0))
+        y, s = m(xx, st, mode="chunk", chunk_size=4)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+        loss = (y * w).sum() + s.memories.square().sum() + s.conv.sum()
+        return y, s, torch.autograd.grad(loss, [xx, *st, *m.parameters()])
+
+    y1, s1, g1 = run(one)
+    y2, s2, g2 = run(seg)
+    torch.testing.assert_close(y2, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y2, y1, rtol=0, atol=1e-12)
+    for a, b in zip((*s2, *g2), (*s1, *g1), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s2, s_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -8,10 +8,13 @@ for every registered mixer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.checkpoint import checkpoint
 
 from seqmem.errors import SeqmemError
 from seqmem.registry import Registry, hyperparameters  # noqa: F401  (re-exported)
@@ -109,10 +112,34 @@ class Mixer(nn.Module):
 def step_loop(mixer: Mixer, x: Tensor, state: State) -> tuple[Tensor, State]:
     """The reference: run `mixer.step` over time. Returns (y (b, t, d), final state)."""
     ys = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
+    for x_t in x.unbind(1):  # unbind: one backward node (indexing x[:, t] costs O(t) each)
+        y_t, state = mixer.step(x_t, state)
         ys.append(y_t)
+    if not ys:
+        return x.new_zeros(x.shape), state
     return torch.stack(ys, dim=1), state
+
+
+def checkpointed_segments(forward: Callable[[Tensor, State], tuple[Tensor, State]], x: Tensor,
+                          state: State, segment: int) -> tuple[Tensor, State]:
+    """forward(x, state) -> (y, state) over consecutive segments of `segment` tokens, the state
+    carried from one to the next, each segment under activation checkpointing: its
+    intermediates are dropped after the forward and recomputed in the backward, so training
+    memory holds one segment's activations (plus the segments' inputs, outputs and states)
+    rather than the whole sequence's, for about one extra forward. Exact for any mixer whose
+    forward passes state (the contract): the same outputs, states and gradients."""
+    if x.shape[1] == 0:
+        return forward(x, state)
+    flat, spec = tree_flatten(state)
+    ys = []
+    for start in range(0, x.shape[1], segment):
+        def run(xs, *leaves):
+            y, new = forward(xs, tree_unflatten(list(leaves), spec))
+            return (y, *tree_flatten(new)[0])
+
+        y, *flat = checkpoint(run, x[:, start:start + segment], *flat, use_reentrant=False)
+        ys.append(y)
+    return torch.cat(ys, dim=1), tree_unflatten(flat, spec)
 
 
 # ---- registry ---------------------------------------------------------------------------

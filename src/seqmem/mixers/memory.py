@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_choice
-from seqmem.mixers.base import Mixer, register
+from seqmem.mixers.base import Mixer, checkpointed_segments, register
 from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
 from seqmem.ops.linear_attention import (
     gated_delta_rule,
@@ -225,13 +225,18 @@ class MoM(Mixer):
         memory: "gated_delta" (default, the paper's main model) or "linear".
         conv_size: width of the short causal convolutions (>= 2).
         norm_eps: epsilon of the output RMSNorm.
+        checkpoint_segment: when a chunked forward that needs gradients is longer than this
+            many tokens, run it in segments of this length under activation checkpointing
+            (`checkpointed_segments`: the same numbers, about one extra forward, training
+            memory bounded by one segment's activations; M memories make them M + 1 times a
+            Gated DeltaNet's); 0: never.
     """
 
     modes = ("chunk", "recurrent")
 
     def __init__(self, d_model: int, *, n_heads: int = 2, n_memories: int = 4, top_k: int = 2,
                  shared_memory: bool = True, memory: str = "gated_delta", conv_size: int = 4,
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, checkpoint_segment: int = 8192):
         super().__init__(d_model)
         self.d_head = _check_heads("mom", d_model, n_heads, conv_size)
         if not isinstance(n_memories, int) or n_memories < 1:
@@ -245,6 +250,11 @@ class MoM(Mixer):
         self.n_heads, self.n_memories, self.top_k = n_heads, n_memories, top_k
         self.shared_memory, self.conv_size = bool(shared_memory), conv_size
         self.norm_eps = float(norm_eps)
+        if not isinstance(checkpoint_segment, int) or isinstance(checkpoint_segment, bool) \
+                or checkpoint_segment < 0:
+            raise SeqmemError("mom checkpoint_segment must be a non-negative integer (0: never),"
+                              f" got {checkpoint_segment!r}")
+        self.checkpoint_segment = checkpoint_segment
         self.n_slots = n_memories + int(self.shared_memory)  # memories in the state
         d, h, s = d_model, n_heads, self.n_slots
         self.router = nn.Linear(d, n_memories, bias=False)
@@ -311,6 +321,13 @@ class MoM(Mixer):
 
     # ---- the contract ---------------------------------------------------------------------
     def _forward(self, x, state, mode, chunk_size):
+        seg = self.checkpoint_segment
+        if mode == "chunk" and seg and x.shape[1] > seg and torch.is_grad_enabled():
+            return checkpointed_segments(
+                lambda xs, st: self._forward_all(xs, st, mode, chunk_size), x, state, seg)
+        return self._forward_all(x, state, mode, chunk_size)
+
+    def _forward_all(self, x, state, mode, chunk_size):
         u, conv = short_conv(self._projections(x), self.conv_weight, None, state.conv)
         q, k, v, g, beta, w = self._inputs(x, u)
         S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")

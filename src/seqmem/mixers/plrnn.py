@@ -88,9 +88,11 @@ class PLRNN(Mixer):
             y, z, self.newton_iterations = newton_recurrent(self._cell, u, state)
             return y, z
         z, ys = state, []
-        for t in range(u.shape[1]):
-            z = self._cell(u[:, t], z)
+        for u_t in u.unbind(1):  # unbind: one backward node (indexing u[:, t] costs O(t) each)
+            z = self._cell(u_t, z)
             ys.append(z)
+        if not ys:
+            return u.new_zeros(u.shape), z
         return torch.stack(ys, dim=1), z  # (b, t, M)
 
     def step(self, x_t, state):
