@@ -345,7 +345,7 @@ OPS = {
 
 
 @pytest.mark.parametrize("op", list(OPS))
-@pytest.mark.parametrize("t", [1, 4, 13])
+@pytest.mark.parametrize("t", [1, 4, 13, 37])
 def test_forms_equal_recurrent_float64(op, t):
     fn, make, forms = OPS[op]
     args, x0 = make(t)

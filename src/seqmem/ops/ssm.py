@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import SeqmemError, check_choice
@@ -267,11 +268,21 @@ def krylov(L: int, A: Tensor, b: Tensor) -> Tensor:
     return _row_krylov(L, Ms, b[..., None, :])[..., 0, :]
 
 
-def vandermonde(a: Tensor, L: int, *, start: int = 0) -> Tensor:
-    """a^l for l = start, ..., start + L - 1, as exp(l log a): a (..., n) complex ->
-    (..., n, L). The powers of a diagonal transition (exact powers, no repeated products)."""
-    ls = torch.arange(start, start + L, device=a.device, dtype=a.real.dtype)
-    return torch.exp(torch.log(a)[..., None] * ls)
+def vandermonde(a: Tensor, L: int, *, start: int = 0, step: int = 1) -> Tensor:
+    """a^p for p = start, start + step, ..., start + (L - 1) step, as exp(p log a): a (..., n)
+    complex -> (..., n, L). The powers of a diagonal transition (exact powers, no repeated
+    products)."""
+    ps = torch.arange(L, device=a.device, dtype=a.real.dtype) * step + start
+    return torch.exp(torch.log(a)[..., None] * ps)
+
+
+def _power_blocks(a: Tensor, L: int) -> tuple[Tensor, Tensor, int]:
+    """The powers a^p, p < L, in blocks: p = j L0 + l with L0 ~ sqrt(L) (`_blocks`),
+    a^p = hi[..., j] lo[..., l]: lo (..., n, L0) = a^l, hi (..., n, J) = a^{j L0}. A product
+    over n of the two (one batched matmul) gives any Vandermonde product of length L with
+    O(n sqrt(L)) intermediates instead of the (..., n, L) matrix."""
+    L0, J = _blocks(L)
+    return vandermonde(a, L0), vandermonde(a, J, step=L0), L0
 
 
 def s4d_kernel(a: Tensor, b: Tensor, C: Tensor, L: int) -> Tensor:
@@ -279,8 +290,13 @@ def s4d_kernel(a: Tensor, b: Tensor, C: Tensor, L: int) -> Tensor:
 
         K[h, l] = Re sum_n C[h, n] a[h, n]^l b[h, n],  l = 0, ..., L - 1,
 
-    a Vandermonde matrix product: a, b, C (h, n) complex -> K (h, L) real."""
-    return torch.einsum("hn,hnl->hl", C * b, vandermonde(a, L)).real
+    a Vandermonde matrix product (blocked, `_power_blocks`): a, b, C (h, n) complex -> K (h, L)
+    real."""
+    if L == 0:
+        return a.real.new_zeros(a.shape[0], 0)
+    lo, hi, _ = _power_blocks(a, L)
+    K = torch.einsum("hnj,hnl->hjl", (C * b)[..., None] * hi, lo)  # (h, J, L0)
+    return K.reshape(K.shape[0], -1)[:, :L].real
 
 
 # ---- dense SSM (LSSL) ----------------------------------------------------------------------
@@ -391,7 +407,8 @@ def diag_ssm(u: Tensor, a: Tensor, b: Tensor, C: Tensor, *, state: Tensor | None
     """The loop of `diag_ssm_step` over u (b, t, h) -> y (b, t, h) and the final state.
 
     "conv": y = fft_conv(u, s4d_kernel) + Re sum_n C a^{t+1} x_{-1}; the final state
-    x_T = a^T x_{-1} + b sum_l a^l u_{T-1-l}, both by Vandermonde products."""
+    x_T = a^T x_{-1} + b sum_l a^l u_{T-1-l}, all by Vandermonde products in blocks of about
+    sqrt(t) powers (`_power_blocks`): memory O(b h t + h n sqrt(t)), never (h, n, t)."""
     mode = _check_mode("diag_ssm", mode, SSM_MODES)
     x = torch.zeros(u.shape[0], *a.shape, dtype=a.dtype, device=a.device) if state is None \
         else state
@@ -402,10 +419,17 @@ def diag_ssm(u: Tensor, a: Tensor, b: Tensor, C: Tensor, *, state: Tensor | None
             y_t, x = diag_ssm_step(u_t, a, b, C, x)
             ys.append(y_t)
         return (torch.stack(ys, 1) if ys else u.new_zeros(u.shape)), x
-    V = vandermonde(a, t + 1)  # (h, n, t + 1): a^l
-    K = torch.einsum("hn,hnl->hl", C * b, V[..., :t]).real  # (h, t), = s4d_kernel
-    y = fft_conv(u, K) + torch.einsum("hn,hnl,bhn->blh", C, V[..., 1:], x).real
-    x = V[..., t] * x + b * torch.einsum("hnl,blh->bhn", V[..., :t], u.flip(1).to(a.dtype))
+    lo, hi, L0 = _power_blocks(a, t)  # a^{j L0 + l} = hi[..., j] lo[..., l]
+    J = hi.shape[-1]
+    K = torch.einsum("hnj,hnl->hjl", (C * b)[..., None] * hi, lo)  # (h, J, L0)
+    y = fft_conv(u, K.reshape(K.shape[0], -1)[:, :t].real)  # K = s4d_kernel(a, b, C, t)
+    # the initial state read at step l: Re sum_n C a^{l+1} x_{-1}
+    init = torch.einsum("bhnj,hnl->bhjl", (C * a * x)[..., None] * hi, lo)  # (b, h, J, L0)
+    y = y + init.reshape(*init.shape[:2], -1)[..., :t].real.transpose(1, 2)
+    # the final state: a^t x_{-1} + b sum_l a^l u_{t-1-l}, summed by blocks of the reversed u
+    ur = F.pad(u.flip(1), (0, 0, 0, J * L0 - t)).to(a.dtype).unflatten(1, (J, L0))  # (b,J,L0,h)
+    within = torch.einsum("hnl,bjlh->bhnj", lo, ur)  # (b, h, n, J)
+    x = vandermonde(a, 1, start=t)[..., 0] * x + b * (within * hi).sum(-1)
     return y, x
 
 
