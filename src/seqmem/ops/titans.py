@@ -82,14 +82,15 @@ def titans_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, alpha_t: Tensor, eta_t: T
 def titans_recurrent(q, k, v, alpha, eta, theta, *, scale=None, state=None
                      ) -> tuple[Tensor, TitansState]:
     """The loop of `titans_step` over time: (b, t, h, d) inputs -> o (b, t, h, d_v), state."""
-    b, t, h, d_k = k.shape
+    b, _, h, d_k = k.shape
     if state is None:
         state = titans_init_state(b, h, d_k, v.shape[-1], device=v.device, dtype=v.dtype)
     outs = []
-    for i in range(t):
-        o_t, state = titans_step(q[:, i], k[:, i], v[:, i], alpha[:, i], eta[:, i], theta[:, i],
-                                 state, scale=scale)
+    for inputs_t in zip(*(z.unbind(1) for z in (q, k, v, alpha, eta, theta)), strict=True):
+        o_t, state = titans_step(*inputs_t, state, scale=scale)  # unbind: see titans_chunk
         outs.append(o_t)
+    if not outs:
+        return v.new_zeros(b, 0, h, v.shape[-1]), TitansState(*state)
     return torch.stack(outs, dim=1), TitansState(*state)
 
 
@@ -148,18 +149,22 @@ def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_si
     QK = G * (Q @ K.transpose(-1, -2))  # (b, h, n, C, C)
 
     M, S = state
+    # the final state is read at the last real token: row r - 1 of the last chunk
+    last = torch.full((n,), C - 1, device=v.device)
+    last[-1] = r - 1
+    at = (torch.arange(n, device=v.device), last)
+    G_last, E_last = G[:, :, at[0], at[1]], E[:, :, at[0], at[1]]  # (b, h, n, C)
+    a0_last, g0_last, e0_last = (z[:, :, at[0], at[1]][..., None, None] for z in (a0, g0, e0))
+    # per chunk by unbind (one backward node each; indexing [:, :, i] costs O(t) per chunk)
+    per_chunk = zip(*(z.unbind(2) for z in (U, W_M, W_S, Q, K, QK, a0[..., None],
+                                            g0[..., None], G_last[..., None], E_last[..., None],
+                                            a0_last, g0_last, e0_last)), strict=True)
     outs = []
-    for i in range(n):
-        last = C - 1 if i < n - 1 else r - 1  # the final state is read at the last real token
-        delta = U[:, :, i] - W_M[:, :, i] @ M - W_S[:, :, i] @ S  # (b, h, C, d_v)
-        o = (a0[:, :, i, :, None] * (Q[:, :, i] @ M) + g0[:, :, i, :, None] * (Q[:, :, i] @ S)
-             + QK[:, :, i] @ delta)  # (b, h, C, d_v)
-        outs.append(o)
-        K_i = K[:, :, i]  # (b, h, C, d_k)
-        M_new = (a0[:, :, i, last, None, None] * M + g0[:, :, i, last, None, None] * S
-                 + (G[:, :, i, last, :, None] * K_i).transpose(-1, -2) @ delta)
-        S = (e0[:, :, i, last, None, None] * S
-             + (E[:, :, i, last, :, None] * K_i).transpose(-1, -2) @ delta)  # (b, h, d_k, d_v)
+    for U_i, WM_i, WS_i, Q_i, K_i, QK_i, a0_i, g0_i, G_i, E_i, a_end, g_end, e_end in per_chunk:
+        delta = U_i - WM_i @ M - WS_i @ S  # (b, h, C, d_v)
+        outs.append(a0_i * (Q_i @ M) + g0_i * (Q_i @ S) + QK_i @ delta)  # (b, h, C, d_v)
+        M_new = a_end * M + g_end * S + (G_i * K_i).transpose(-1, -2) @ delta
+        S = e_end * S + (E_i * K_i).transpose(-1, -2) @ delta  # (b, h, d_k, d_v)
         M = M_new
     o = torch.cat(outs, dim=2)[:, :, :t]  # (b, h, t, d_v)
     return o.movedim(2, 1), TitansState(M, S)
