@@ -71,21 +71,34 @@ def _cli(*args, root):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for_metrics(root: Path, timeout=60):
+def _communicate(p: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """p.communicate, killing the process if it times out (a process left running would fail
+    whichever test is running when it is garbage-collected)."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
+
+
+def _wait_for_metrics(root: Path, p: subprocess.Popen, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
         files = list(root.glob("*/metrics.jsonl"))
         if files and files[0].read_text().count("\n") >= 1:
             return files[0].parent
         time.sleep(0.1)
+    p.kill()
+    p.communicate()
     raise AssertionError("no epoch finished in time")
 
 
 def test_ctrl_c_marks_interrupted_and_resume_continues(tmp_path):
     p = _cli("train", "--task", "n_parity", *TINY, "train.max_epochs=100000", root=tmp_path)
-    run_dir = _wait_for_metrics(tmp_path)
+    run_dir = _wait_for_metrics(tmp_path, p)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, err = _communicate(p, 120)
     assert p.returncode == 130, err
     store = RunStore(tmp_path)
     row = store.list_runs()[0]
@@ -94,7 +107,7 @@ def test_ctrl_c_marks_interrupted_and_resume_continues(tmp_path):
     assert done >= 1 and "last" in store.open_run(row["id"]).checkpoints()
     # resume with a larger budget: epochs continue from the checkpoint
     p = _cli("train", "--resume", row["id"], f"train.max_epochs={done + 2}", root=tmp_path)
-    _out, err = p.communicate(timeout=120)
+    _out, err = _communicate(p, 120)
     assert p.returncode == 0, err
     row = store.get(row["id"])
     assert row["status"] == "done"
@@ -105,9 +118,9 @@ def test_ctrl_c_marks_interrupted_and_resume_continues(tmp_path):
 
 def test_killed_run_shows_as_stale(tmp_path):
     p = _cli("train", *TINY, "train.max_epochs=100000", root=tmp_path)
-    _wait_for_metrics(tmp_path)
+    _wait_for_metrics(tmp_path, p)
     p.kill()
-    p.communicate(timeout=30)
+    _communicate(p, 120)
     rows = RunStore(tmp_path).list_runs()
     assert rows[0]["status"] == "stale"
 
