@@ -64,11 +64,19 @@ def test_train_each_mixer_records_a_done_run(capsys, tmp_path, mixer):
     assert json.loads(out)[0]["id"] == rows[0]["id"]
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default disposition. A shell's background job (`make test &`)
+    ignores SIGINT and its children inherit that, so Python would never raise
+    KeyboardInterrupt and the Ctrl-C test would wait out its timeout."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, root):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "seqmem.cli.main", *map(str, args),
                              "--root", str(root), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
 
 
 def _communicate(p: subprocess.Popen, timeout: float) -> tuple[str, str]:
