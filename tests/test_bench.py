@@ -131,3 +131,29 @@ def test_bench_skips_lengths_over_the_memory_limit_and_streams_rows(tmp_path):
     # two lengths are measured, then the extrapolated peak passes the (tiny) limit
     assert [r["T"] for r in rows] == [8, 16] and seen == rows
     assert len(cfg.skipped) == 1 and "elman [recurrent] from T=32" in cfg.skipped[0]
+
+
+def test_flops_per_token_counts_a_fixed_cost_directly():
+    """FLOPs of c + a T (a fixed cost, as lssl's squarings of its transition) would extrapolate
+    to a negative quadratic: the count at long T is then direct, and equals the closed form."""
+    from seqmem.bench.run import _flops_per_token
+
+    d, c_size = 4, 32
+
+    class FixedPlusLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(d, d))
+            self.m = torch.nn.Parameter(torch.randn(c_size, c_size))
+
+        def forward(self, x):
+            fixed = (self.m @ self.m).sum()  # 2 c^3 FLOPs whatever T is
+            return x @ self.w + fixed  # 2 d^2 per token
+
+    cfg = BenchConfig(d_model=d)
+    T = 4096
+    per_token = _flops_per_token(FixedPlusLinear(), lambda m, x: m(x), cfg, T,
+                                 torch.Generator().manual_seed(0))
+    # forward 2 c^3 + 2 d^2 T; backward: two products each (the input needs a gradient too)
+    expected = (3 * 2 * c_size**3 + 3 * 2 * d * d * T) / T
+    assert per_token == pytest.approx(expected)

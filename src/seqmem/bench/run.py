@@ -119,7 +119,9 @@ def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen) -> float:
     """fwd+bwd FLOPs per token at length T: counted directly up to 2048 tokens per sequence
     and for mixers whose state grows (attention's span, RAT's chunks change the cost with T);
     above, extrapolated from counts at 1024 and 2048 by flops(T) = a T + b T^2 (exact for
-    linear-time mixers)."""
+    linear-time mixers), unless the fit has b < 0: a cost that does not vanish with T (lssl's
+    squarings of its transition, say) or grows slower than T, where the fit would run
+    negative at long T, so it is counted directly."""
 
     def at(t):
         x = torch.randn(1, t, cfg.d_model, generator=gen)
@@ -130,6 +132,8 @@ def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen) -> float:
         return at(T) / T
     f1, f2 = at(1024), at(2048)
     b = (f2 - 2 * f1) / (2048**2 - 2 * 1024**2)
+    if b < 0:  # not of the form a T + b T^2 with b >= 0: count it
+        return at(T) / T
     a = (f1 - b * 1024**2) / 1024
     return (a * T + b * T * T) / T
 
