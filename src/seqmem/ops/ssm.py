@@ -285,6 +285,13 @@ def _power_blocks(a: Tensor, L: int) -> tuple[Tensor, Tensor, int]:
     return vandermonde(a, L0), vandermonde(a, J, step=L0), L0
 
 
+def _power_sum(w: Tensor, lo: Tensor, hi: Tensor, L: int) -> Tensor:
+    """sum_n w[..., h, n] a[h, n]^p for p < L from `_power_blocks`' lo (h, n, L0) and
+    hi (h, n, J): w (..., h, n) -> (..., h, L), one batched matmul over the blocks."""
+    blocks = (w[..., None] * hi).transpose(-1, -2) @ lo  # (..., h, J, L0)
+    return blocks.flatten(-2)[..., :L]
+
+
 def s4d_kernel(a: Tensor, b: Tensor, C: Tensor, L: int) -> Tensor:
     """The S4D convolution kernel of a diagonal SSM (Gu, Gupta, Goel & Re 2022, sec. 3.2):
 
@@ -294,9 +301,7 @@ def s4d_kernel(a: Tensor, b: Tensor, C: Tensor, L: int) -> Tensor:
     real."""
     if L == 0:
         return a.real.new_zeros(a.shape[0], 0)
-    lo, hi, _ = _power_blocks(a, L)
-    K = torch.einsum("hnj,hnl->hjl", (C * b)[..., None] * hi, lo)  # (h, J, L0)
-    return K.reshape(K.shape[0], -1)[:, :L].real
+    return _power_sum(C * b, *_power_blocks(a, L)[:2], L).real
 
 
 # ---- dense SSM (LSSL) ----------------------------------------------------------------------
@@ -421,11 +426,9 @@ def diag_ssm(u: Tensor, a: Tensor, b: Tensor, C: Tensor, *, state: Tensor | None
         return (torch.stack(ys, 1) if ys else u.new_zeros(u.shape)), x
     lo, hi, L0 = _power_blocks(a, t)  # a^{j L0 + l} = hi[..., j] lo[..., l]
     J = hi.shape[-1]
-    K = torch.einsum("hnj,hnl->hjl", (C * b)[..., None] * hi, lo)  # (h, J, L0)
-    y = fft_conv(u, K.reshape(K.shape[0], -1)[:, :t].real)  # K = s4d_kernel(a, b, C, t)
+    y = fft_conv(u, _power_sum(C * b, lo, hi, t).real)  # the kernel = s4d_kernel(a, b, C, t)
     # the initial state read at step l: Re sum_n C a^{l+1} x_{-1}
-    init = torch.einsum("bhnj,hnl->bhjl", (C * a * x)[..., None] * hi, lo)  # (b, h, J, L0)
-    y = y + init.reshape(*init.shape[:2], -1)[..., :t].real.transpose(1, 2)
+    y = y + _power_sum(C * a * x, lo, hi, t).real.transpose(1, 2)  # (b, t, h)
     # the final state: a^t x_{-1} + b sum_l a^l u_{t-1-l}, summed by blocks of the reversed u
     ur = F.pad(u.flip(1), (0, 0, 0, J * L0 - t)).to(a.dtype).unflatten(1, (J, L0))  # (b,J,L0,h)
     within = torch.einsum("hnl,bjlh->bhnj", lo, ur)  # (b, h, n, J)

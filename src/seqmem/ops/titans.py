@@ -150,11 +150,10 @@ def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_si
 
     M, S = state
     # the final state is read at the last real token: row r - 1 of the last chunk
-    last = torch.full((n,), C - 1, device=v.device)
+    chunk, last = torch.arange(n, device=v.device), torch.full((n,), C - 1, device=v.device)
     last[-1] = r - 1
-    at = (torch.arange(n, device=v.device), last)
-    G_last, E_last = G[:, :, at[0], at[1]], E[:, :, at[0], at[1]]  # (b, h, n, C)
-    a0_last, g0_last, e0_last = (z[:, :, at[0], at[1]][..., None, None] for z in (a0, g0, e0))
+    G_last, E_last = G[:, :, chunk, last], E[:, :, chunk, last]  # (b, h, n, C)
+    a0_last, g0_last, e0_last = (z[:, :, chunk, last][..., None, None] for z in (a0, g0, e0))
     # per chunk by unbind (one backward node each; indexing [:, :, i] costs O(t) per chunk)
     per_chunk = zip(*(z.unbind(2) for z in (U, W_M, W_S, Q, K, QK, a0[..., None],
                                             g0[..., None], G_last[..., None], E_last[..., None],
