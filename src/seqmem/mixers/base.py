@@ -34,6 +34,9 @@ class Mixer(nn.Module):
     modes: ClassVar[tuple[str, ...]] = ("recurrent",)
     name: ClassVar[str] = ""
     state_grows: ClassVar[bool] = False  # True: the state is a cache that fills with t
+    # The optimizer the mixer's source trains it with, used by recipes that defer the choice
+    # to the mixer (the flagship paper's: SGD for its RNNs); None: the recipe's own choice.
+    recipe_optimizer: ClassVar[str | None] = None
 
     def __init__(self, d_model: int):
         super().__init__()

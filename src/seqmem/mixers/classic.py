@@ -10,6 +10,7 @@ averaged over a probe input.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,8 @@ class Elman(_TorchLikeRNN):
         phi: "tanh" (default) or "relu".
         bias: learn b_ih and b_hh.
     """
+
+    recipe_optimizer: ClassVar[str | None] = "sgd"
 
     n_gates = 1
 

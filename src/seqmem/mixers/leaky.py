@@ -11,6 +11,7 @@ network's connectivity. The output is the hidden state h_t.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ class LeakyRNN(Mixer):
         h0: initial state, "zeros" or "random" (0.1 * U(0, 1) per unit and sequence, as in the
             authors' code; draws from the generator given to `init_state`).
     """
+
+    recipe_optimizer: ClassVar[str | None] = "sgd"
 
     modes = ("recurrent", "newton")  # newton: all steps at once by Newton iterations
     newton_iterations: int = 0  # iterations of the last newton-mode forward (a diagnostic)

@@ -70,6 +70,9 @@ class Task:
 
     name: ClassVar[str] = ""
     loss: ClassVar[str] = "ce"  # "ce": per-head cross-entropy; "mse": regression
+    # The training recipe of the task's source, a key of `seqmem.build.RECIPES`: the optimizer
+    # and schedule that `train.optimizer: auto` and `train.schedule: auto` resolve to.
+    recipe: ClassVar[str] = "synthetic"
     d_input: int
     heads: list[int]
     d_output: int | None = None  # target channels of a regression task

@@ -22,6 +22,8 @@ Bernoulli(0.5) bits per example, for both tasks, a read-out at every step, the f
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -54,6 +56,8 @@ class _BitsTask(Task):
     Subclasses define the bits of a training batch (`_training_bits`) and the label of every
     window of N bits (`_labels`).
     """
+
+    recipe: ClassVar[str] = "khajehabdollahi2024"  # the flagship paper's training recipe
 
     def __init__(
         self,
