@@ -1,7 +1,8 @@
 """Continual learning: protocols (sequences of experiences), methods that fight forgetting,
 and the metrics of the accuracy matrix.
 
-Public API: `ContinualConfig`, `train_continual`, `run_continual`, `build_protocol`,
+Public API: `ContinualConfig`, `fit_continual` (the loop; `seqmem.build.build_continual`
+makes its protocol and method, `seqmem.engine` runs it as a job), `build_protocol`,
 `build_method`, `METHODS`, `PROTOCOLS`, and the metrics `average_accuracy`,
 `backward_transfer`, `forward_transfer`, `forgetting`, `learning_curve_area`, `summarize`.
 """
@@ -16,12 +17,8 @@ from seqmem.continual.metrics import (
     summarize,
 )
 from seqmem.continual.protocols import PROTOCOLS, Protocol, build_protocol
-from seqmem.continual.run import (
-    ContinualConfig,
-    load_continual_config,
-    run_continual,
-    train_continual,
-)
+from seqmem.continual.config import ContinualConfig
+from seqmem.continual.loop import fit_continual
 
 __all__ = [
     "METHODS",
@@ -33,11 +30,9 @@ __all__ = [
     "backward_transfer",
     "build_method",
     "build_protocol",
+    "fit_continual",
     "forgetting",
     "forward_transfer",
     "learning_curve_area",
-    "load_continual_config",
-    "run_continual",
     "summarize",
-    "train_continual",
 ]

@@ -18,23 +18,19 @@ A non-finite loss raises `RunFailed` before anything is saved, so "last" stays g
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from seqmem import tasks
-from seqmem.config import RunConfig, length_option, mixer_options
+from seqmem.config import RunConfig, length_option
 from seqmem.errors import RunFailed
 from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
 from seqmem.train.curricula import Curriculum
 
-SGD_MIXERS = ("leaky_rnn", "elman")
-PAPER_TASKS = ("n_parity", "n_dms")  # the flagship paper's tasks keep its training recipe
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
 FREE_RUN_SEED = 2023  # test trajectories of the free-running metrics: the same for every run
 
 
@@ -43,90 +39,28 @@ def is_regression(task) -> bool:
     return getattr(task, "loss", "ce") == "mse"
 
 
-def make_curriculum(cfg: RunConfig) -> Curriculum:
-    return Curriculum(**cfg.curriculum.model_dump())
-
-
-def make_task(cfg: RunConfig, cur: Curriculum, *, split: str | None = None,
-              value: int | None = None) -> tasks.Task:
-    """The task of the current curriculum stage (the configured task with N = active N, or
-    with the curriculum's knob at `value`, default its newest value). `split="test"` selects
-    the held-out split of tasks that have a `split` option."""
-    opts = {k: v for k, v in cfg.task.items() if k != "kind"}
-    active = cur.active_N()
-    if active is not None and cur.knob != "N":
-        opts[cur.knob] = cur.N if value is None else value
-    elif active is not None:
-        opts["N"] = active
-    if split is not None and "split" in tasks.hyperparameters(tasks.get(cfg.task["kind"])):
-        opts["split"] = split
-    return tasks.build(cfg.task["kind"], **opts)
-
-
 def scaled_accuracy(acc: float, n_classes: int) -> float:
     """(acc - chance) / (1 - chance) with chance = 1 / n_classes: 0 at chance, 1 when solved."""
     chance = 1.0 / n_classes
     return (acc - chance) / (1.0 - chance)
 
 
-def build_model(cfg: RunConfig, cur: Curriculum) -> SequenceModel:
-    """The SequenceModel of a run; its weights are drawn from a generator seeded by cfg.seed."""
-    task = make_task(cfg, cur)
-    heads = [task.heads[0]] * cur.n_heads if cur.n_heads else list(task.heads)
-    d_output = task.d_output if is_regression(task) else None
-    m = cfg.model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return SequenceModel(
-            task.d_input, m.d_model,
-            mixer=m.mixer["kind"], mixer_options=mixer_options(m.mixer),
-            n_layers=m.n_layers, block=m.block, heads=heads,
-            vocab_size=len(task.vocab) if task.vocab else None, d_output=d_output,
-        )
+@dataclass
+class TrainParts:
+    """What the loop trains, made by `seqmem.build.train_parts` from a run's config.
 
+    `make_task(curriculum, split=None, value=None, **options)` is the task of a curriculum
+    stage (see `seqmem.build.build_task`); `lr_factor(step)` the schedule's multiplier of
+    `base_lr` at an update step. `fit` updates `curriculum` and `generator` as it trains, so
+    after it they hold the run's final stage and data stream."""
 
-def optimizer_choice(cfg: RunConfig) -> tuple[str, float]:
-    """(optimizer name, learning rate) after resolving "auto" and a missing lr."""
-    name = cfg.train.optimizer
-    if name == "auto":
-        if cfg.task["kind"] not in PAPER_TASKS:
-            name = "adamw"
-        else:
-            name = "sgd" if cfg.model.mixer["kind"] in SGD_MIXERS else "adam"
-    return name, cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[name]
-
-
-def schedule_choice(cfg: RunConfig) -> str:
-    """The learning-rate schedule after resolving "auto" (see TrainConfig)."""
-    if cfg.train.schedule != "auto":
-        return cfg.train.schedule
-    return "constant" if cfg.task["kind"] in PAPER_TASKS else "cosine"
-
-
-def lr_factor(cfg: RunConfig, step: int) -> float:
-    """The multiplier of the base learning rate at update `step` (0-based): linear warm-up
-    over `warmup_steps`, then constant or a cosine decay to 0 at max_epochs * steps_per_epoch."""
-    t = cfg.train
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if schedule_choice(cfg) == "constant":
-        return 1.0
-    total = max(t.max_epochs * t.steps_per_epoch - t.warmup_steps, 1)
-    frac = min((step - t.warmup_steps) / total, 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    name, lr = optimizer_choice(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    t = cfg.train
-    wd = t.weight_decay if t.weight_decay is not None else DEFAULT_WEIGHT_DECAY[name]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=t.momentum,
-                               nesterov=t.nesterov and t.momentum > 0, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    model: SequenceModel
+    optimizer: torch.optim.Optimizer
+    curriculum: Curriculum
+    make_task: Callable[..., tasks.Task]
+    base_lr: float
+    lr_factor: Callable[[int], float]
+    generator: torch.Generator  # the data generator (seeded by the run's seed)
 
 
 def tau_stats(model: SequenceModel) -> dict:
@@ -217,8 +151,8 @@ def summarize(cfg: RunConfig, cur: Curriculum, stages: list, epoch: int, elapsed
               last: dict | None, stop_reason: str | None) -> dict:
     """The run's summary: what the store indexes and the comparison table reads."""
     s = {
-        "curriculum": cur.kind, "knob": cur.knob, "mixer": cfg.model.mixer["kind"],
-        "task": cfg.task["kind"],
+        "curriculum": cur.kind, "knob": cur.knob, "mixer": cfg.model.mixer.kind,
+        "task": cfg.task.kind,
         "epochs": epoch, "elapsed_s": round(elapsed, 2), "n_solved": cur.n_solved,
         "n_current": cur.N if cur.kind != "none" else None, "finished": cur.finished,
         "epochs_per_N": {str(k): v for k, v in sorted(cur.epochs_per_N.items())},
@@ -237,22 +171,21 @@ def summarize(cfg: RunConfig, cur: Curriculum, stages: list, epoch: int, elapsed
     return s
 
 
-def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
-          resume: bool = False) -> dict:
-    """Train the run's model under its curriculum until the budget or the curriculum ends.
+def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] | None = None,
+        resume: bool = False) -> dict:
+    """Train `parts.model` under its curriculum until the budget or the curriculum ends.
 
     `run` is the run's folder (a `seqmem.store.Run`). With `resume`, state comes from its
-    checkpoint "last" and training continues exactly where it stopped. Returns the summary.
+    checkpoint "last" and training continues exactly where it stopped. Returns the summary
+    (evaluation after training, e.g. free-running metrics, is `seqmem.engine`'s job).
     Raises RunFailed on a non-finite loss (nothing is saved for that epoch).
     """
     emit = emit or (lambda event: None)
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    cur = make_curriculum(cfg)
-    model = build_model(cfg, cur)
-    opt = make_optimizer(cfg, model)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    cur, model, opt = parts.curriculum, parts.model, parts.optimizer
+    gen = parts.generator
     epoch, elapsed, stages, last = 0, 0.0, [], None
     if resume:
         ck = run.load_checkpoint("last")
@@ -260,7 +193,7 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         opt.load_state_dict(ck["optim"])
         gen.set_state(ck["rng"])
         st = ck["train"]
-        cur = Curriculum.from_state(st["curriculum"])
+        cur = parts.curriculum = Curriculum.from_state(st["curriculum"])
         epoch, elapsed, stages, last = st["epoch"], st["elapsed_s"], st["stages"], st["last"]
         logged = [r.get("epoch") for r in run.metrics()]
         if last is not None and (not logged or logged[-1] < last["epoch"]):
@@ -268,7 +201,7 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
     emit({"event": "start", "epoch": epoch, "resume": resume,
           "summary": summarize(cfg, cur, stages, epoch, elapsed, last, None)})
 
-    base_lr = optimizer_choice(cfg)[1]
+    base_lr = parts.base_lr
 
     def budget_left() -> str | None:
         if cur.finished:
@@ -287,12 +220,12 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
 
     def task_at(value: int, split: str | None = None) -> tasks.Task:
         if (value, split) not in knob_tasks:
-            knob_tasks[value, split] = make_task(cfg, cur, split=split, value=value)
+            knob_tasks[value, split] = parts.make_task(cur, split=split, value=value)
         return knob_tasks[value, split]
 
     while (stop := budget_left()) is None:
         t0 = time.perf_counter()
-        task = make_task(cfg, cur)
+        task = parts.make_task(cur)
         heads = cur.active_heads(len(task.heads))
         values = cur.active_N() if knob else None
         model.train()
@@ -305,7 +238,7 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
             if not torch.isfinite(loss):
                 raise RunFailed(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
                                 f"{step + 1}; the last good checkpoint is kept")
-            lr = base_lr * lr_factor(cfg, epoch * t.steps_per_epoch + step)
+            lr = base_lr * parts.lr_factor(epoch * t.steps_per_epoch + step)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -316,7 +249,7 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
             losses.append(loss.item())
         train_s = time.perf_counter() - t0
         model.eval()
-        eval_task = make_task(cfg, cur, split="test")
+        eval_task = parts.make_task(cur, split="test")
         regression = is_regression(task)
         if knob:  # accuracy per value (mean over the heads), eval_batches shared out
             accs, scaled, eval_loss = knob_eval(model, values, task_at, heads, gen, t)
@@ -365,42 +298,23 @@ def train(cfg: RunConfig, run, *, emit: Callable[[dict], None] | None = None,
         if advanced:
             emit({"event": "advance", "stage": stages[-1], "summary": summary})
     summary = summarize(cfg, cur, stages, epoch, elapsed, last, stop)
-    final_task = make_task(cfg, cur, split="test")
-    if cfg.eval.free_run_steps and hasattr(final_task, "trajectory"):
-        from seqmem.analysis.dynamics import free_run_metrics
-
-        model.eval()
-        fr = free_run_metrics(model, final_task, n_steps=cfg.eval.free_run_steps,
-                              n_traj=cfg.eval.free_run_trajectories,
-                              generator=torch.Generator().manual_seed(FREE_RUN_SEED))
-        summary.update(fr)
-        run.log({"event": "free_run", **fr})
-    if cfg.eval.lengths:
-        key = "mse_by_length" if is_regression(final_task) else "acc_by_length"
-        summary[key] = eval_lengths(cfg, model, cur, gen)
-        run.log({"event": "eval_lengths", key: summary[key]})
     run.write_summary(summary)
     return summary
 
 
-def eval_lengths(cfg: RunConfig, model: SequenceModel, cur: Curriculum,
-                 gen: torch.Generator) -> dict[str, float]:
+def eval_lengths(cfg: RunConfig, parts: TrainParts, gen: torch.Generator) -> dict[str, float]:
     """Accuracy (mean over active heads; regression tasks: the MSE) of the trained model on the
     task rebuilt at each of `cfg.eval.lengths` (length generalisation). Keys are the lengths
     as strings."""
-    base = make_task(cfg, cur, split="test")
+    cur, model = parts.curriculum, parts.model
+    base = parts.make_task(cur, split="test")
     opt_name = length_option(type(base))
-    opts = {k: v for k, v in cfg.task.items() if k != "kind"}
-    if cur.active_N() is not None:
-        opts["N"] = cur.active_N()
-    if "split" in tasks.hyperparameters(type(base)):
-        opts["split"] = "test"
     heads = cur.active_heads(len(base.heads))
     out = {}
     model.eval()
     with torch.no_grad():
         for n in cfg.eval.lengths:
-            task = tasks.build(cfg.task["kind"], **{**opts, opt_name: n})
+            task = parts.make_task(cur, split="test", **{opt_name: n})
             accs = [run_batch(model, task, cfg.train.batch_size, heads, gen)[1].double().mean()
                     for _ in range(cfg.eval.batches)]
             out[str(n)] = round(float(sum(accs) / len(accs)), 6)

@@ -1,0 +1,188 @@
+"""The build tier: every object a job needs, made from its config in one place.
+
+    config  ->  build_curriculum, build_task, build_model, build_optimizer, lr_schedule
+            ->  train_parts (all of them, for `seqmem.train.loop.fit`)
+            ->  build_continual (protocol, model and method of a continual-learning run)
+
+train, continual, analysis, bench and the sweeps all build through here, so a model is made
+the same way whichever command asks for it. Recipe choices are data: a task names the
+training recipe of its source (`Task.recipe`, a key of `RECIPES`), and a recipe that defers
+the optimizer to the mixer reads the mixer's `recipe_optimizer` (the flagship paper trains its
+RNNs with SGD). Randomness is explicit: module initialisations draw from a seed inside
+`seeded` (torch's modules draw from the global generator; `seeded` forks it and restores it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from seqmem import mixers, tasks
+from seqmem.config import RunConfig
+from seqmem.continual.config import ContinualConfig
+from seqmem.continual.methods import Method, build_method
+from seqmem.continual.protocols import Protocol, build_protocol
+from seqmem.errors import SeqmemError
+from seqmem.models import SequenceModel
+from seqmem.models.sequence import parse_pattern
+from seqmem.train.curricula import Curriculum
+from seqmem.train.loop import TrainParts, is_regression
+from seqmem.train.schedules import lr_factor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: the optimizer and the learning-rate schedule that `auto` means.
+    `optimizer="mixer"` defers to the mixer's `recipe_optimizer`, else `fallback`."""
+
+    optimizer: str
+    schedule: str
+    fallback: str = "adam"
+    source: str = ""
+
+
+RECIPES: dict[str, Recipe] = {
+    # The usual setting of the synthetic-task literature (Zoology, state tracking, ...).
+    "synthetic": Recipe("adamw", "cosine", source="AdamW with a cosine decay over the budget"),
+    # Khajehabdollahi et al. 2024: SGD with Nesterov momentum for the RNNs, Adam otherwise,
+    # at a constant rate.
+    "khajehabdollahi2024": Recipe("mixer", "constant", fallback="adam",
+                                  source="Khajehabdollahi et al. (ICLR 2024)"),
+}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw module initialisations from `seed`, leaving the global generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# ---- recipes --------------------------------------------------------------------------------
+def recipe(cfg: RunConfig) -> Recipe:
+    """The training recipe of the run's task."""
+    name = getattr(cfg.task.task_class(), "recipe", "synthetic")
+    if name not in RECIPES:
+        raise SeqmemError(f"task {cfg.task.kind!r} names an unknown recipe {name!r}; known: "
+                          f"{', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def _mixer_optimizer(cfg: RunConfig) -> str | None:
+    """The optimizer the run's mixers' source trains them with (None unless all agree)."""
+    choices = {getattr(mixers.get(n), "recipe_optimizer", None)
+               for n in parse_pattern(cfg.model.mixer.kind)}
+    return choices.pop() if len(choices) == 1 else None
+
+
+def optimizer_choice(cfg: RunConfig) -> tuple[str, float]:
+    """(optimizer name, learning rate) after resolving "auto" and a missing lr."""
+    name = cfg.train.optimizer
+    if name == "auto":
+        r = recipe(cfg)
+        name = (_mixer_optimizer(cfg) or r.fallback) if r.optimizer == "mixer" else r.optimizer
+    return name, cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[name]
+
+
+def schedule_choice(cfg: RunConfig) -> str:
+    """The learning-rate schedule after resolving "auto" (the task's recipe)."""
+    return recipe(cfg).schedule if cfg.train.schedule == "auto" else cfg.train.schedule
+
+
+def lr_schedule(cfg: RunConfig):
+    """step -> multiplier of the base learning rate (see `seqmem.train.schedules`): the
+    resolved schedule over max_epochs * steps_per_epoch updates with `warmup_steps`."""
+    t, name = cfg.train, schedule_choice(cfg)
+    total = t.max_epochs * t.steps_per_epoch
+
+    def factor(step: int) -> float:
+        return lr_factor(name, step, warmup_steps=t.warmup_steps, total_steps=total)
+
+    return factor
+
+
+# ---- the objects of a training run ---------------------------------------------------------
+def build_curriculum(cfg: RunConfig) -> Curriculum:
+    c = cfg.curriculum
+    return Curriculum(kind=cfg.curriculum_kind(), n_start=c.n_start, n_max=c.n_max,
+                      threshold=c.threshold, window=c.window, knob=c.knob, step=c.step)
+
+
+def build_task(cfg: RunConfig, cur: Curriculum, *, split: str | None = None,
+               value: int | None = None, **options) -> tasks.Task:
+    """The task of the current curriculum stage: the configured task with N = the active N,
+    or with the curriculum's knob at `value` (default its newest value). `split="test"`
+    selects the held-out split of tasks that have a `split` option; `options` override the
+    task's options (e.g. a longer sequence length)."""
+    opts = cfg.task.options()
+    active = cur.active_N()
+    if active is not None and cur.knob != "N":
+        opts[cur.knob] = cur.N if value is None else value
+    elif active is not None:
+        opts["N"] = active
+    if split is not None and "split" in tasks.hyperparameters(cfg.task.task_class()):
+        opts["split"] = split
+    return tasks.build(cfg.task.kind, **{**opts, **options})
+
+
+def build_model(cfg: RunConfig, cur: Curriculum | None = None) -> SequenceModel:
+    """The SequenceModel of a run (heads for the whole curriculum); its weights are drawn from
+    a generator seeded by cfg.seed."""
+    cur = cur or build_curriculum(cfg)
+    task = build_task(cfg, cur)
+    heads = [task.heads[0]] * cur.n_heads if cur.n_heads else list(task.heads)
+    m = cfg.model
+    with seeded(cfg.seed):
+        return SequenceModel(
+            task.d_input, m.d_model, mixer=m.mixer.kind, mixer_options=m.mixer.options(),
+            n_layers=m.n_layers, block=m.block, heads=heads,
+            vocab_size=len(task.vocab) if task.vocab else None,
+            d_output=task.d_output if is_regression(task) else None,
+        )
+
+
+def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    name, lr = optimizer_choice(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.train
+    wd = t.weight_decay if t.weight_decay is not None else DEFAULT_WEIGHT_DECAY[name]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, nesterov=t.nesterov,
+                               weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def train_parts(cfg: RunConfig) -> TrainParts:
+    """Everything `seqmem.train.loop.fit` needs for the run."""
+    cur = build_curriculum(cfg)
+    model = build_model(cfg, cur)
+
+    def make_task(c: Curriculum, **kw) -> tasks.Task:
+        return build_task(cfg, c, **kw)
+
+    return TrainParts(model=model, optimizer=build_optimizer(cfg, model), curriculum=cur,
+                      make_task=make_task, base_lr=optimizer_choice(cfg)[1],
+                      lr_factor=lr_schedule(cfg),
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
+# ---- continual learning --------------------------------------------------------------------
+def build_continual(cfg: ContinualConfig) -> tuple[Protocol, Method]:
+    """The protocol, the model and the method of a continual-learning config (the model's
+    weights drawn from cfg.seed)."""
+    protocol = build_protocol(cfg.protocol, cfg.setting, **cfg.protocol_options)
+    with seeded(cfg.seed):  # the model's and the method's modules (e.g. a hypernetwork)
+        model = SequenceModel(protocol.d_input, cfg.d_model, mixer=cfg.mixer,
+                              mixer_options=cfg.mixer_options, n_layers=cfg.n_layers,
+                              heads=protocol.heads, vocab_size=protocol.vocab_size)
+        method = build_method(cfg.method, model, protocol, seed=cfg.seed,
+                              **cfg.method_options)
+    return protocol, method

@@ -1,0 +1,338 @@
+"""Run configuration: pydantic v2 models with `extra="forbid"`, typed all the way down.
+
+A run is one YAML file (or the defaults) plus dotted overrides (`train.lr=3e-4`). Every mixer
+and every task has its own config class, generated from its constructor's keyword
+hyperparameters (so the two cannot drift apart) and selected by a `kind` field:
+
+    model:
+      d_model: 128
+      mixer: {kind: leaky_rnn, rule: default}
+    task: {kind: n_parity}
+
+After validation `cfg.model.mixer` is a `MixerConfig` (or a `HybridMixerConfig` for a layer
+pattern) and `cfg.task` a `TaskConfig`: read `cfg.task.kind` and `cfg.task.options()`. An
+unknown or misspelt key, or an invalid value, is a `ConfigError` naming its dotted path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from seqmem import mixers, tasks
+from seqmem.config.base import ComponentConfig, Strict, component_config_class, validate_component
+from seqmem.errors import ConfigError, SeqmemError
+from seqmem.models.sequence import SequenceModel, parse_pattern
+
+DEFAULT_MIXER, DEFAULT_TASK = "leaky_rnn", "n_parity"
+
+
+class MixerConfig(ComponentConfig):
+    """A mixer: `kind` (a registered mixer name) and its keyword options."""
+
+    family: ClassVar[str] = "mixer"
+
+
+class TaskConfig(ComponentConfig):
+    """A task: `kind` (a registered task name) and its keyword options."""
+
+    family: ClassVar[str] = "task"
+
+    def task_class(self) -> type:
+        return tasks.get(self.kind)
+
+
+@functools.cache
+def mixer_config_class(kind: str) -> type[MixerConfig]:
+    """The config class of a registered mixer (fields = its keyword hyperparameters)."""
+    return component_config_class(mixers.get(kind), kind, "mixer", MixerConfig)
+
+
+@functools.cache
+def task_config_class(kind: str) -> type[TaskConfig]:
+    """The config class of a registered task (fields = its keyword hyperparameters)."""
+    return component_config_class(tasks.get(kind), kind, "task", TaskConfig)
+
+
+def validate_mixer_entry(value: Any, default: str = DEFAULT_MIXER) -> MixerConfig:
+    return validate_component(value, family="mixer", names=mixers.names(),
+                              config_class=mixer_config_class, default=default)
+
+
+class HybridMixerConfig(MixerConfig):
+    """A layer pattern such as "gated_deltanet*3,attention" (`kind`) with one MixerConfig per
+    distinct mixer (`parts`). Written as YAML the options are keyed by mixer name
+    ({kind: "gru*2,lstm", lstm: {bias: false}}); a pattern of one mixer ("gru*2") takes that
+    mixer's options flat ({kind: "gru*2", bias: false})."""
+
+    kind: str
+    parts: dict[str, SerializeAsAny[MixerConfig]]
+
+    def names(self) -> list[str]:
+        """The mixers of one repetition of the pattern, in order."""
+        return parse_pattern(self.kind)
+
+    def options(self) -> dict[str, Any]:
+        if len(self.parts) == 1:
+            return next(iter(self.parts.values())).options()
+        return {name: part.options() for name, part in self.parts.items()}
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.options()}
+
+
+def validate_mixer(value: Any) -> MixerConfig:
+    """A mixer entry: {kind: name, **options}, or a hybrid {kind: "a*3,b", a: {...}, b: {...}}."""
+    if isinstance(value, HybridMixerConfig):
+        return value
+    if isinstance(value, MixerConfig):
+        value = value.model_dump()
+    kind = value.get("kind") if isinstance(value, dict) else value
+    if not isinstance(kind, str) or ("," not in kind and "*" not in kind):
+        return validate_mixer_entry(value)
+    try:
+        names = parse_pattern(kind)
+    except SeqmemError as e:
+        raise ConfigError(str(e), "kind") from None
+    if isinstance(value, str):
+        value = {"kind": value}
+    distinct = sorted(set(names))
+    if len(distinct) == 1:  # "gru*2": one mixer, flat options
+        part = validate_mixer_entry({**value, "kind": names[0]})
+        return HybridMixerConfig(kind=kind, parts={names[0]: part})
+    for key in value:
+        if key != "kind" and key not in distinct:
+            raise ConfigError(f"unknown key; a hybrid's options are keyed by its mixers: "
+                              f"{', '.join(distinct)}", key)
+    parts = {}
+    for name in distinct:
+        opts = value.get(name) or {}
+        if not isinstance(opts, dict):
+            raise ConfigError(f"must be a mapping of {name}'s options", name)
+        try:
+            parts[name] = validate_mixer_entry({**opts, "kind": name}, default=name)
+        except ConfigError as e:
+            raise e.within(name) from None
+    return HybridMixerConfig(kind=kind, parts=parts)
+
+
+def length_option(task_cls: type) -> str | None:
+    """The constructor option that sets a task's sequence length: the class attribute
+    `length_option` if it has one, else `seq_len` if the task takes it, else None."""
+    opt = getattr(task_cls, "length_option", None)
+    if opt is None and "seq_len" in tasks.hyperparameters(task_cls):
+        opt = "seq_len"
+    return opt
+
+
+class ModelConfig(Strict):
+    """The network: encoder -> blocks -> heads. `mixer.kind` is a mixer name or a layer pattern
+    such as "gated_deltanet*3,attention" (then options are keyed by mixer name, e.g.
+    `model.mixer.attention.window=64`); `n_layers` stacks the pattern that many times."""
+
+    d_model: int = Field(128, ge=1)
+    n_layers: int = Field(1, ge=1)
+    block: Literal["plain", "residual"] = "plain"
+    mixer: SerializeAsAny[MixerConfig] = Field(
+        default_factory=lambda: validate_mixer_entry(DEFAULT_MIXER))
+
+    @field_validator("mixer", mode="before")
+    @classmethod
+    def _mixer(cls, v):
+        return validate_mixer(v)
+
+
+class TrainConfig(Strict):
+    """The training loop. An epoch is `steps_per_epoch` updates then `eval_batches` evaluation
+    batches.
+
+    "auto" settings follow the source of the task: on the flagship paper's tasks (n_parity,
+    n_dms) SGD with Nesterov momentum (lr 0.05, momentum 0.1) for leaky_rnn and elman, Adam
+    (lr 1e-3) for the rest, at a constant learning rate; on every other task AdamW (lr 1e-3,
+    weight decay 0.01) with a cosine schedule over the step budget
+    (max_epochs * steps_per_epoch), the usual setting of the synthetic-task literature.
+    `target_acc` stops a run without a curriculum once its evaluation accuracy reaches it
+    (classification tasks only).
+
+    `gtf_alpha` (regression tasks that forecast their own next input, e.g. `dynamics`; default
+    None: off, ordinary teacher forcing): generalised teacher forcing (Hess et al. 2023). The
+    model runs step by step and its input at t + 1 is
+    gtf_alpha * x_{t+1} (the data) + (1 - gtf_alpha) * its own prediction of x_{t+1};
+    1 is teacher forcing, 0 free running (see `seqmem.train.loop.gtf_predictions`). Used in
+    training only; evaluation batches are teacher forced and the free-running metrics run
+    free."""
+
+    optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
+    lr: float | None = Field(None, gt=0)
+    momentum: float = Field(0.1, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float | None = Field(None, ge=0)
+    schedule: Literal["auto", "constant", "cosine"] = "auto"
+    warmup_steps: int = Field(0, ge=0)
+    clip: float | None = Field(2.0, gt=0)
+    batch_size: int = Field(256, ge=1)
+    steps_per_epoch: int = Field(50, ge=1)
+    eval_batches: int = Field(10, ge=1)
+    max_epochs: int = Field(1000, ge=1)
+    max_time_s: float | None = Field(None, gt=0)
+    target_acc: float | None = Field(None, gt=0, le=1)
+    threads: int | None = Field(1, ge=1)
+    gtf_alpha: float | None = Field(None, ge=0, le=1)
+
+
+class EvalConfig(Strict):
+    """Extra evaluation after training. `lengths`: evaluate the trained model on the task
+    rebuilt at each of these sequence lengths (its `seq_len`-like option, see
+    `Task.length_option`), e.g. longer than trained, for length generalisation.
+    `free_run_steps`, `free_run_trajectories`: after training on a task with free-running
+    metrics (`dynamics`), D_stsp and D_H of that many generated steps, averaged over that many
+    test trajectories (`seqmem.analysis.dynamics.free_run_metrics`); 0 steps: skip."""
+
+    lengths: list[int] = Field(default_factory=list)
+    batches: int = Field(4, ge=1)
+    free_run_steps: int = Field(2000, ge=0)
+    free_run_trajectories: int = Field(4, ge=1)
+
+    @field_validator("lengths", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        if isinstance(v, str):  # "64,128,256" from the command line
+            try:
+                return [int(x) for x in v.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"lengths must be integers like 64,128,256, got {v!r}") from None
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v]
+        return v
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError(f"lengths must be positive integers, got {v}")
+        return v
+
+
+class CurriculumConfig(Strict):
+    """How N grows (tasks with an `N` option only).
+
+    - single: one head; when its accuracy > threshold, N -> N + 1 on the same head.
+    - multi: heads for N = n_start..N; when the mean accuracy over heads and the newest head's
+      accuracy both exceed threshold, add a head for N + 1.
+    - sliding: like multi, but only the newest `window` heads are trained and evaluated.
+    - none: train the task as configured.
+    - auto: multi for tasks with an N option (n_parity, n_dms), none for the others.
+    The curriculum ends when N = n_max is solved.
+    """
+
+    kind: Literal["auto", "single", "multi", "sliding", "none"] = "auto"
+    n_start: int = Field(2, ge=1)
+    n_max: int = Field(100, ge=1)
+    threshold: float = Field(0.98, gt=0, le=1)
+    window: int = Field(5, ge=1)
+    knob: str = "N"  # the task option that grows: N, or any integer option (seq_len, n_pairs)
+    step: int = Field(1, ge=1)
+
+
+class RunConfig(Strict):
+    """One run: a model trained on a task under a curriculum, with a seed."""
+
+    name: str | None = None
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: SerializeAsAny[TaskConfig] = Field(
+        default_factory=lambda: task_config_class(DEFAULT_TASK)())
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, v):
+        return validate_component(v, family="task", names=tasks.names(),
+                                  config_class=task_config_class, default=DEFAULT_TASK)
+
+    def curriculum_kind(self) -> str:
+        """The curriculum that runs: `curriculum.kind`, with "auto" read as "multi" for a task
+        with an N option (and the knob N) and "none" otherwise."""
+        c = self.curriculum
+        if c.kind != "auto":
+            return c.kind
+        has_N = "N" in tasks.hyperparameters(self.task.task_class())
+        return "multi" if has_N and c.knob == "N" else "none"
+
+    def resolve(self) -> RunConfig:
+        """The config that runs, with every "auto" that the config alone decides made
+        explicit (today: `curriculum.kind`); this is what a run stores."""
+        if self.curriculum.kind != "auto":
+            return self
+        return self.model_copy(update={"curriculum": self.curriculum.model_copy(
+            update={"kind": self.curriculum_kind()})})
+
+    @model_validator(mode="after")
+    def _values_fit(self):
+        # Values only the constructors can judge (N >= 2, tau_init, ...) are judged now, by
+        # building the task and the mixer (on the meta device: no memory, no side effects).
+        task_kind, opts_task = self.task.kind, self.task.options()
+        try:
+            tasks.build(task_kind, **opts_task)
+        except SeqmemError as e:
+            raise ConfigError(str(e), "task") from None
+        try:
+            with torch.device("meta"):
+                SequenceModel(1, self.model.d_model, mixer=self.model.mixer.kind,
+                              mixer_options=self.model.mixer.options(),
+                              n_layers=self.model.n_layers)
+        except SeqmemError as e:
+            raise ConfigError(str(e), "model.mixer") from None
+        c, kind = self.curriculum, self.curriculum_kind()
+        task_cls = self.task.task_class()
+        params = tasks.hyperparameters(task_cls)
+        has_N = "N" in params
+        knobs = [k for k, p in params.items() if isinstance(p.default, int)
+                 and not isinstance(p.default, bool) and k not in ("N", "data_seed", "split_seed")]
+        if kind != "none" and c.knob != "N":
+            if c.knob not in knobs:
+                accepted = ["N"] * has_N + knobs
+                raise ConfigError(f"task {task_kind!r} has no integer option {c.knob!r}; "
+                                  f"accepted: {', '.join(accepted)}", "curriculum.knob")
+            try:
+                for value in (c.n_start, c.n_max):
+                    tasks.build(task_kind, **{**opts_task, c.knob: value})
+            except SeqmemError as e:
+                raise ConfigError(f"{c.knob} from n_start={c.n_start} to n_max={c.n_max}: {e}",
+                                  "curriculum") from None
+        elif kind != "none":
+            if not has_N:
+                raise ConfigError(
+                    f"{kind!r} needs a task with an N option (n_parity, n_dms) or "
+                    f"curriculum.knob set to one of the task's integer options"
+                    f"{' (' + ', '.join(knobs) + ')' if knobs else ''}; task {task_kind!r} has "
+                    f"no N: use curriculum.kind=none", "curriculum.kind")
+            if c.n_start < 2:
+                raise ConfigError(f"N starts at 2 or more, got {c.n_start}", "curriculum.n_start")
+        if kind != "none" and c.n_max < c.n_start:
+            raise ConfigError(f"({c.n_max}) must be >= curriculum.n_start ({c.n_start})",
+                              "curriculum.n_max")
+        regression = getattr(task_cls, "loss", "ce") == "mse"
+        if self.train.target_acc is not None and regression:
+            raise ConfigError(f"task {task_kind!r} is a regression task (MSE, no accuracy); "
+                              f"leave train.target_acc null", "train.target_acc")
+        if self.train.gtf_alpha is not None and not regression:
+            raise ConfigError(f"generalised teacher forcing needs a regression task that "
+                              f"forecasts its next input (dynamics); task {task_kind!r} is a "
+                              f"classification task", "train.gtf_alpha")
+        if self.eval.lengths and length_option(task_cls) is None:
+            raise ConfigError(f"task {task_kind!r} has no sequence-length option to vary; "
+                              f"leave eval.lengths empty", "eval.lengths")
+        return self

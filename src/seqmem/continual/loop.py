@@ -1,0 +1,113 @@
+"""Run a continual-learning protocol with a method: train experience after experience, evaluate
+every experience after each, record the accuracy matrix and its metrics in the store.
+
+Schedule (the same for every method, so budgets match): `steps` optimizer steps per
+experience, batches of `batch_size`, a fresh optimizer per experience; after experience i,
+R[i, j] = accuracy on experience j's test task (`eval_batches` batches of `eval_batch_size`,
+a fixed evaluation seed). Before training, the untrained model's accuracy on each experience
+(the forward-transfer baseline); during experience i, its accuracy on one evaluation batch
+every `curve_every` steps (the learning curve of LCA). A checkpoint after every experience
+lets an interrupted or failed run resume from the last finished experience.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from seqmem.continual.config import ContinualConfig
+from seqmem.continual.methods import Method, experience_loss
+from seqmem.continual.metrics import summarize
+from seqmem.continual.protocols import Protocol
+from seqmem.errors import RunFailed
+
+EVAL_SEED = 12345
+HEADLINE = ("protocol", "setting", "method", "mixer", "seed", "avg_acc", "bwt", "fwt",
+            "forgetting", "lca", "elapsed_s")  # what the store indexes of a continual run
+
+
+@torch.no_grad()
+def evaluate(method: Method, j: int, n_batches: int, batch_size: int, seed: int) -> float:
+    """Accuracy of the method on experience j's test task (a fixed seed per experience)."""
+    gen = torch.Generator().manual_seed(seed + 7919 * j)
+    task = method.protocol.experiences[j].test
+    accs = []
+    for _ in range(n_batches):
+        batch = task.sample(batch_size, generator=gen)
+        _, acc = experience_loss(method.logits(j, batch.inputs), batch)
+        accs.append(acc.item())
+    return sum(accs) / len(accs)
+
+
+def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method, *,
+                  emit: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """Run the protocol with the method (both made by `seqmem.build.build_continual`); return
+    the summary (R, baseline, curves and metrics). `run` (a store Run, or None) receives
+    metrics lines, a checkpoint per experience and the summary."""
+    emit = emit or (lambda ev: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    T = len(protocol)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def eval_all() -> list[float]:
+        return [evaluate(method, j, cfg.eval_batches, cfg.eval_batch_size, EVAL_SEED)
+                for j in range(T)]
+
+    R: list[list[float]] = []
+    curves: list[list[float]] = []
+    start, elapsed0 = 0, 0.0
+    if resume and run is not None and "last" in run.checkpoints():
+        ck = run.load_checkpoint("last")
+        method.load_state(ck["method"])
+        gen.set_state(ck["gen"])
+        R, curves, baseline = ck["R"], ck["curves"], ck["baseline"]
+        start, elapsed0 = int(ck["experience"]) + 1, float(ck["elapsed_s"])
+    else:
+        baseline = eval_all()
+    t0 = time.monotonic() - elapsed0
+    for i in range(start, T):
+        method.before_experience(i, gen)
+        opt = torch.optim.Adam(method.parameters(i), lr=cfg.lr)
+        curve = [evaluate(method, i, 1, cfg.eval_batch_size, EVAL_SEED + 1)]
+        losses = []
+        for step in range(1, cfg.steps + 1):
+            batches = method.train_batches(i, cfg.batch_size, gen)
+            loss = sum(experience_loss(method.logits(j, b.inputs), b)[0] for j, b in batches)
+            loss = loss + method.penalty(i)
+            if not torch.isfinite(loss):
+                raise RunFailed(f"non-finite loss ({loss.item()}) in experience {i}, step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            method.after_step(i, batches, gen)
+            losses.append(loss.item())
+            if step % cfg.curve_every == 0:
+                curve.append(evaluate(method, i, 1, cfg.eval_batch_size, EVAL_SEED + 1))
+            emit({"event": "step", "experience": i, "step": step, "loss": losses[-1]})
+        method.after_experience(i, gen)
+        R.append(eval_all())
+        curves.append(curve)
+        elapsed = time.monotonic() - t0
+        record = {"experience": i, "name": protocol.experiences[i].name,
+                  "loss": sum(losses) / len(losses), "acc": R[-1], "curve": curve,
+                  "elapsed_s": round(elapsed, 3)}
+        emit({"event": "experience", **record})
+        if run is not None:
+            run.log(record)
+            run.save_checkpoint("last", {"method": method.state(), "gen": gen.get_state(),
+                                         "R": R, "curves": curves, "baseline": baseline,
+                                         "experience": i, "elapsed_s": elapsed})
+    summary = {"protocol": protocol.name, "setting": protocol.setting, "method": cfg.method,
+               "mixer": cfg.mixer, "seed": cfg.seed,
+               "experiences": [e.name for e in protocol.experiences], "R": R,
+               "baseline": baseline, "curves": curves,
+               "elapsed_s": round(time.monotonic() - t0, 3),
+               **{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                  for k, v in summarize(R, baseline, curves).items()}}
+    if run is not None:
+        run.write_summary(summary)
+    return summary

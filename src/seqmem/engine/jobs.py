@@ -1,0 +1,100 @@
+"""Job kinds: what one job of the engine runs, by kind.
+
+A job function takes the job's config, its run folder (a `seqmem.store.Run`), an `emit`
+callback for progress events and whether to resume, and returns the summary to record.
+
+- train: build the run's parts, `fit` them, then evaluate after training (free-running
+  metrics of dynamics tasks, accuracy at other lengths);
+- continual: build the protocol and the method, run `fit_continual`;
+- analyze: the analyses of a stored run (`seqmem.analysis`), headline numbers as summary.
+
+Register another kind with `@job_kind("name", owns_run=...)`; `owns_run=False` marks a job
+that works on a run without changing its status (an analysis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from seqmem import build
+from seqmem.analysis.dynamics import free_run_metrics
+from seqmem.config import RunConfig
+from seqmem.continual.config import ContinualConfig
+from seqmem.continual.loop import HEADLINE, fit_continual
+from seqmem.errors import SeqmemError
+from seqmem.train.loop import FREE_RUN_SEED, eval_lengths, fit, is_regression
+
+Emit = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    run: Callable[..., dict]
+    owns_run: bool = True  # False: the job reads a run and adds to its summary only
+
+
+JOB_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(name: str, *, owns_run: bool = True):
+    """Decorator: register `fn(cfg, run, *, emit, resume) -> summary` as job kind `name`."""
+
+    def deco(fn):
+        if name in JOB_KINDS:
+            raise SeqmemError(f"job kind {name!r} is already registered")
+        JOB_KINDS[name] = JobKind(name, fn, owns_run)
+        return fn
+
+    return deco
+
+
+def get_kind(name: str) -> JobKind:
+    if name not in JOB_KINDS:
+        raise SeqmemError(f"unknown job kind {name!r}; accepted: {', '.join(JOB_KINDS)}")
+    return JOB_KINDS[name]
+
+
+@job_kind("train")
+def train_run(cfg: RunConfig, run, *, emit: Emit | None = None, resume: bool = False) -> dict:
+    """Train a run (see `seqmem.train.loop.fit`), then evaluate it after training: D_stsp and
+    D_H of free-running trajectories for tasks that have them, and `eval.lengths`."""
+    parts = build.train_parts(cfg)
+    summary = fit(cfg, run, parts, emit=emit, resume=resume)
+    final_task = parts.make_task(parts.curriculum, split="test")
+    if cfg.eval.free_run_steps and hasattr(final_task, "trajectory"):
+        parts.model.eval()
+        fr = free_run_metrics(parts.model, final_task, n_steps=cfg.eval.free_run_steps,
+                              n_traj=cfg.eval.free_run_trajectories,
+                              generator=torch.Generator().manual_seed(FREE_RUN_SEED))
+        summary.update(fr)
+        run.log({"event": "free_run", **fr})
+    if cfg.eval.lengths:
+        key = "mse_by_length" if is_regression(final_task) else "acc_by_length"
+        summary[key] = eval_lengths(cfg, parts, parts.generator)
+        run.log({"event": "eval_lengths", key: summary[key]})
+    run.write_summary(summary)
+    return summary
+
+
+@job_kind("continual")
+def continual_run(cfg: ContinualConfig, run, *, emit: Emit | None = None,
+                  resume: bool = False) -> dict:
+    """A continual-learning run; the store indexes its headline (the full summary, with the
+    accuracy matrix, is in the run's summary.json)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    protocol, method = build.build_continual(cfg)
+    resume = resume and "last" in run.checkpoints()
+    summary = fit_continual(cfg, run, protocol, method, emit=emit, resume=resume)
+    return {k: summary[k] for k in HEADLINE if k in summary}
+
+
+def run_job(kind: str, cfg: Any, run, *, emit: Emit | None = None, resume: bool = False
+            ) -> dict:
+    """Run one job of `kind` in this process."""
+    return get_kind(kind).run(cfg, run, emit=emit, resume=resume)
