@@ -1,63 +1,77 @@
-"""One registry mechanism for every family of named classes (mixers, tasks).
+"""One registry mechanism for every family of named builders (mixers, tasks, continual
+methods and protocols).
 
 A family's module keeps a `Registry` and exposes its bound methods as the public API
 (`register`, `names`, `get`, `build`), so every family reports unknown names and options
-with the same one-line errors.
+with the same one-line errors. A builder is a class (its options are the keyword-only
+parameters of its constructor) or a function (the keyword-only parameters of the function).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import TypeVar
 
 from seqmem.errors import SeqmemError
 
+B = TypeVar("B", bound=Callable)
 
-def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The keyword-only constructor hyperparameters of a class."""
-    sig = inspect.signature(cls.__init__)
+
+def hyperparameters(builder: Callable) -> dict[str, inspect.Parameter]:
+    """The keyword-only parameters of a class's constructor, or of a function."""
+    sig = inspect.signature(builder.__init__ if isinstance(builder, type) else builder)
     return {
         n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
 
 
 class Registry:
-    """Short names -> classes of one family (`what` names the family in messages)."""
+    """Short names -> builders of one family (`what` names the family in messages).
 
-    def __init__(self, what: str):
-        self.what = what
-        self._classes: dict[str, type] = {}
+    `names()` lists them sorted, or in the order they were registered if `sort=False` (for a
+    family whose first entry is its default or baseline).
+    """
 
-    def register(self, name: str) -> Callable[[type], type]:
-        """Class decorator: register a class under a short name (sets `cls.name`)."""
+    def __init__(self, what: str, *, sort: bool = True):
+        self.what, self.sort = what, sort
+        self._builders: dict[str, Callable] = {}
 
-        def deco(cls: type) -> type:
-            if name in self._classes and self._classes[name] is not cls:
+    def register(self, name: str) -> Callable[[B], B]:
+        """Decorator: register a class or function under a short name (sets its `name`)."""
+
+        def deco(builder: B) -> B:
+            if name in self._builders and self._builders[name] is not builder:
                 raise SeqmemError(f"{self.what} name {name!r} is already registered")
-            cls.name = name
-            self._classes[name] = cls
-            return cls
+            builder.name = name
+            self._builders[name] = builder
+            return builder
 
         return deco
 
     def names(self) -> list[str]:
-        """Registered names, sorted."""
-        return sorted(self._classes)
+        """Registered names, sorted (in registration order if the registry has sort=False)."""
+        return sorted(self._builders) if self.sort else list(self._builders)
 
-    def get(self, name: str) -> type:
-        if name not in self._classes:
+    def get(self, name: str) -> Callable:
+        if name not in self._builders:
             raise SeqmemError(f"unknown {self.what} {name!r}; accepted: "
                               f"{', '.join(self.names())}")
-        return self._classes[name]
+        return self._builders[name]
 
-    def check_options(self, name: str, kw: dict) -> type:
-        """The class registered as `name`, after checking `kw` names only its options."""
-        cls = self.get(name)
-        accepted = hyperparameters(cls)
+    def check_options(self, name: str, kw: dict) -> Callable:
+        """The builder registered as `name`, after checking `kw` names only its options."""
+        builder = self.get(name)
+        accepted = hyperparameters(builder)
         unknown = sorted(set(kw) - set(accepted))
         if unknown:
             raise SeqmemError(
                 f"unknown option(s) {', '.join(unknown)} for {self.what} {name!r}; accepted: "
                 f"{', '.join(accepted) or '(none)'}"
             )
-        return cls
+        return builder
+
+    def build(self, name: str, *args, **kw):
+        """Call the builder registered as `name` with positional `args` and its checked
+        keyword options `kw`."""
+        return self.check_options(name, kw)(*args, **kw)

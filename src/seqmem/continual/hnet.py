@@ -34,29 +34,41 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from seqmem.continual.methods import Method
+from seqmem.continual.base import Method, register_method
 from seqmem.errors import SeqmemError
 
 
 class ChunkedHyperNetwork(nn.Module):
-    """MLP hypernetwork: [e_t, c_k] -> chunk k of the weight vector (n_out numbers)."""
+    """MLP hypernetwork: [e_t, c_k] -> chunk k of the weight vector (n_out numbers).
 
-    def __init__(self, n_tasks: int, n_out: int, *, d_emb: int = 8, d_chunk_emb: int = 8,
-                 chunk: int = 256, hidden: int = 64):
+    The embeddings are drawn N(0, 1) and the layers as torch initialises them, all from
+    `generator`, in that order (the numbers torch's modules would draw from a global generator
+    in the same state), on `device` (None: torch's default device)."""
+
+    def __init__(self, n_tasks: int, n_out: int, *, generator: torch.Generator,
+                 device: torch.device | str | None = None, d_emb: int = 8,
+                 d_chunk_emb: int = 8, chunk: int = 256, hidden: int = 64):
         super().__init__()
         if min(n_tasks, n_out, d_emb, d_chunk_emb, chunk, hidden) < 1:
             raise SeqmemError("hypernetwork sizes must be >= 1")
+        device = torch.get_default_device() if device is None else torch.device(device)
         self.n_out, self.chunk = n_out, chunk
         self.n_chunks = math.ceil(n_out / chunk)
-        self.task_emb = nn.ParameterList(nn.Parameter(torch.randn(d_emb)) for _ in range(n_tasks))
-        self.chunk_emb = nn.Parameter(torch.randn(self.n_chunks, d_chunk_emb))
-        self.body = self._body(d_emb + d_chunk_emb, hidden)
-        self.out = nn.Linear(hidden, chunk)
+
+        def normal(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=generator).to(device))
+
+        self.task_emb = nn.ParameterList(normal(d_emb) for _ in range(n_tasks))
+        self.chunk_emb = normal(self.n_chunks, d_chunk_emb)  # (n_chunks, d_chunk_emb)
+        self.body = _torch_init(self._body(d_emb + d_chunk_emb, hidden), generator, device)
+        self.out = _torch_init(nn.Linear(hidden, chunk, device="meta"), generator, device)
         _small_output(self.out)
 
     def _body(self, d_in: int, hidden: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                             nn.ReLU())
+        """The layers before the output layer, on the meta device (the constructor draws
+        their numbers)."""
+        return nn.Sequential(nn.Linear(d_in, hidden, device="meta"), nn.ReLU(),
+                             nn.Linear(hidden, hidden, device="meta"), nn.ReLU())
 
     def inputs(self, t: int) -> Tensor:
         e = self.task_emb[t].expand(self.n_chunks, -1)  # (n_chunks, d_emb)
@@ -77,11 +89,31 @@ class RNNHyperNetwork(ChunkedHyperNetwork):
     depends on every chunk generated before it."""
 
     def _body(self, d_in: int, hidden: int) -> nn.Module:
-        return nn.LSTM(d_in, hidden, batch_first=True)
+        return nn.LSTM(d_in, hidden, batch_first=True, device="meta")
 
     def forward(self, t: int) -> Tensor:
         h, _ = self.body(self.inputs(t)[None])  # (1, n_chunks, hidden)
         return self.out(h[0]).reshape(-1)[: self.n_out]
+
+
+@torch.no_grad()
+def _torch_init(module: nn.Module, gen: torch.Generator, device: torch.device) -> nn.Module:
+    """`module`, built on the meta device, allocated on `device` with torch's default
+    initialisation of its nn.Linear and nn.LSTM layers drawn from `gen`: U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) for a Linear's weight and bias (kaiming uniform with a = sqrt(5)),
+    U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every LSTM parameter."""
+    module = module.to_empty(device=device)
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            bound = 1 / math.sqrt(layer.in_features)
+        elif isinstance(layer, nn.LSTM):
+            bound = 1 / math.sqrt(layer.hidden_size)
+        else:
+            continue
+        for p in layer.parameters(recurse=False):
+            # drawn on the CPU, where the generator is, whatever the module's device
+            p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+    return module
 
 
 def _small_output(layer: nn.Linear) -> None:
@@ -100,16 +132,17 @@ def output_regularizer(hnet: ChunkedHyperNetwork, stored: list[Tensor], beta: fl
     return beta / len(stored) * sum(((hnet(t) - w) ** 2).sum() for t, w in enumerate(stored))
 
 
+@register_method("hnet")
 class HNet(Method):
-    """Train a hypernetwork and the current task's embedding; the target's own weights stay at
-    their initialisation theta_0."""
+    """Train a hypernetwork and the current task's embedding (von Oswald et al. 2020); the
+    target's own weights stay at their initialisation theta_0. The hypernetwork's initial
+    numbers come from the method's generator stream 1."""
 
-    name = "hnet"
     network = ChunkedHyperNetwork
 
-    def __init__(self, model, protocol, *, hnet_beta: float = 0.01, hnet_emb: int = 8,
+    def __init__(self, model, protocol, seed=0, *, hnet_beta: float = 0.01, hnet_emb: int = 8,
                  hnet_chunk_emb: int = 8, hnet_chunk: int = 256, hnet_hidden: int = 64):
-        super().__init__(model, protocol)
+        super().__init__(model, protocol, seed)
         if not hnet_beta >= 0:
             raise SeqmemError(f"hnet_beta must be >= 0, got {hnet_beta!r}")
         self.beta = float(hnet_beta)
@@ -119,8 +152,10 @@ class HNet(Method):
         for p in model.parameters():
             p.requires_grad_(False)
         n_out = sum(math.prod(s) for s in self.shapes)
-        self.hnet = self.network(len(protocol), n_out, d_emb=hnet_emb, d_chunk_emb=hnet_chunk_emb,
-                                 chunk=hnet_chunk, hidden=hnet_hidden)
+        self.hnet = self.network(len(protocol), n_out, generator=self.generator(1),
+                                 device=next(model.parameters()).device, d_emb=hnet_emb,
+                                 d_chunk_emb=hnet_chunk_emb, chunk=hnet_chunk,
+                                 hidden=hnet_hidden)
         self.stored: list[Tensor] = []
 
     def weights(self, j: int) -> dict[str, Tensor]:
@@ -155,8 +190,8 @@ class HNet(Method):
         self.theta0 = state["theta0"]
 
 
+@register_method("rnn_hnet")
 class RNNHNet(HNet):
     """`hnet` with the LSTM hypernetwork of Chandra et al. 2023."""
 
-    name = "rnn_hnet"
     network = RNNHyperNetwork

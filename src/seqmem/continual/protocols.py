@@ -1,71 +1,47 @@
-"""Continual-learning protocols: a sequence of experiences, each a task to train on and a task
-to evaluate on, with the read-out head it uses.
+"""The registered continual-learning protocols: sequences of experiences, each a task to train
+on and a task to evaluate on, with the read-out head it uses, in the "task" or "domain" setting
+(see `seqmem.continual.base` for the contract and the settings).
 
-Settings (van de Ven & Tolias 2019, "Three scenarios for continual learning"):
-
-- "task" (task-incremental): a head per experience; the experience's identity picks the head.
-- "domain" (domain-incremental): one head shared by all experiences (as many classes as the
-  largest experience), the identity is not given.
-
-Protocols:
+Protocols (`PROTOCOLS`, in registration order):
 
 - `n_curriculum`: the N-curriculum of the flagship paper, N-parity or N-DMS with N = n_min, ...,
   n_max, one experience per N. Task-incremental is the multi-head read-out; domain-incremental
   the single-head one (Khajehabdollahi et al. 2024).
 - `split`: a classification task's classes in pairs (0/1, 2/3, ...), each pair an experience
-  with labels 0 and 1 ("split MNIST", Zenke et al. 2017), on mnist1d or seq_digits.
+  with labels 0 and 1 ("split MNIST", Zenke et al. 2017), on any task with `fixed_data = True`
+  (a fixed labelled data set: mnist1d, seq_digits).
 - `permuted`: the same classification task with the time steps of every input sequence
   permuted by a fixed random permutation per experience, the first the identity ("permuted
-  MNIST", Goodfellow et al. 2013, read as sequences); one shared label space.
+  MNIST", Goodfellow et al. 2013, read as sequences); one shared label space; on the same
+  tasks as `split`.
 - `tasks`: any list of task configs [{"task": name, **options}, ...] (their inputs must be of
   one kind: all token ids or all real-valued).
+
+A new protocol is a function `(setting=<default>, *, **options) -> Protocol` registered with
+`@register_protocol("name")`, in this module or in one imported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from seqmem import tasks
-from seqmem.errors import SeqmemError, check_choice
+from seqmem.continual.base import (
+    SETTINGS,
+    Experience,
+    Protocol,
+    build_protocol,
+    protocol_names,
+    register_protocol,
+)
+from seqmem.errors import SeqmemError, check_choice, check_int
 from seqmem.tasks.base import Batch, Task, check_sample_args
 
-PROTOCOLS = ("n_curriculum", "split", "permuted", "tasks")
-SETTINGS = ("task", "domain")
-SPLIT_TASKS = ("mnist1d", "seq_digits")
 
-
-@dataclass
-class Experience:
-    """One experience: train on `train`, evaluate on `test`, read out by head `head`."""
-
-    name: str
-    train: Task
-    test: Task
-    n_classes: int
-    head: int
-
-
-@dataclass
-class Protocol:
-    """A sequence of experiences in one setting, and what the model needs to read them."""
-
-    name: str
-    setting: str
-    experiences: list[Experience]
-    d_input: int
-    vocab_size: int | None
-
-    @property
-    def heads(self) -> list[int]:
-        """Classes of each read-out head of the model."""
-        if self.setting == "task":
-            return [e.n_classes for e in self.experiences]
-        return [max(e.n_classes for e in self.experiences)]
-
-    def __len__(self) -> int:
-        return len(self.experiences)
+def fixed_data_tasks() -> list[str]:
+    """The registered tasks that are fixed labelled data sets (class attribute
+    `fixed_data = True`): those `split` and `permuted` accept."""
+    return [n for n in tasks.names() if tasks.get(n).fixed_data]
 
 
 # ---- wrappers: a class subset, a time permutation ---------------------------------------------
@@ -74,9 +50,9 @@ class SplitTask(Task):
     by the class's position in `classes` (0, 1, ...)."""
 
     def __init__(self, base: Task, classes: list[int]):
-        if not hasattr(base, "_data"):
+        if not base.fixed_data:
             raise SeqmemError(f"split needs a fixed-data classification task; accepted: "
-                              f"{', '.join(SPLIT_TASKS)}")
+                              f"{', '.join(fixed_data_tasks())}")
         self.base, self.classes = base, list(classes)
         self.name = f"{base.name}[{','.join(map(str, self.classes))}]"
         self.d_input, self.heads, self.vocab = base.d_input, [len(self.classes)], None
@@ -113,7 +89,8 @@ class PermutedTask(Task):
         t = batch.mask.shape[1]
         if t != len(self.perm) or bool(batch.mask[:, :-1].any()):
             raise SeqmemError(f"permuted needs a task of fixed length {len(self.perm)} labelled "
-                              f"at the last step only; accepted: {', '.join(SPLIT_TASKS)}")
+                              f"at the last step only; accepted: "
+                              f"{', '.join(fixed_data_tasks())}")
         batch.inputs = batch.inputs[:, self.perm]  # (b, t, d)
         return batch
 
@@ -126,6 +103,7 @@ def _n_classes(task: Task) -> int:
     return task.heads[0]
 
 
+@register_protocol("n_curriculum")
 def n_curriculum(setting: str = "task", *, task: str = "n_parity", n_min: int = 2,
                  n_max: int = 6) -> Protocol:
     """One experience per N in n_min..n_max of N-parity or N-DMS (labels at the last step of
@@ -141,13 +119,17 @@ def n_curriculum(setting: str = "task", *, task: str = "n_parity", n_min: int = 
     return Protocol(f"{task}_curriculum", setting, exps, 1, None)
 
 
+@register_protocol("split")
 def split(setting: str = "task", *, task: str = "mnist1d", n_experiences: int = 5) -> Protocol:
-    """Classes (2i, 2i+1) of mnist1d or seq_digits as experience i, labels 0 and 1."""
-    check_choice("split task", task, SPLIT_TASKS)
-    if not isinstance(n_experiences, int) or not 1 <= n_experiences <= 5:
-        raise SeqmemError(f"split n_experiences must be an integer in [1, 5], got "
-                          f"{n_experiences!r}")
+    """Classes (2i, 2i+1) of a fixed-data classification task as experience i, labels 0 and 1
+    (n_experiences up to half its classes: 5 for mnist1d and seq_digits)."""
+    check_choice("split task", task, fixed_data_tasks())
     train, test = tasks.build(task, split="train"), tasks.build(task, split="test")
+    n_pairs = _n_classes(train) // 2
+    if isinstance(n_experiences, bool) or not isinstance(n_experiences, int) \
+            or not 1 <= n_experiences <= n_pairs:
+        raise SeqmemError(f"split n_experiences must be an integer in [1, {n_pairs}], got "
+                          f"{n_experiences!r}")
     exps = []
     for i in range(n_experiences):
         pair = [2 * i, 2 * i + 1]
@@ -156,25 +138,26 @@ def split(setting: str = "task", *, task: str = "mnist1d", n_experiences: int = 
     return Protocol(f"split_{task}", setting, exps, train.d_input, None)
 
 
+@register_protocol("permuted")
 def permuted(setting: str = "domain", *, task: str = "mnist1d", n_experiences: int = 3,
              seed: int = 0) -> Protocol:
-    """The task with the time steps permuted per experience (the first unpermuted)."""
-    check_choice("permuted task", task, SPLIT_TASKS)
-    if not isinstance(n_experiences, int) or n_experiences < 1:
-        raise SeqmemError(f"permuted n_experiences must be an integer >= 1, got "
-                          f"{n_experiences!r}")
+    """The task with the time steps permuted per experience (the first unpermuted), each
+    permutation drawn from a generator seeded by `seed`."""
+    check_choice("permuted task", task, fixed_data_tasks())
+    check_int("permuted n_experiences", n_experiences, low=1)
     train, test = tasks.build(task, split="train"), tasks.build(task, split="test")
     t = train._data()[0].shape[1]
     gen = torch.Generator().manual_seed(seed)
     exps = []
     for i in range(n_experiences):
-        perm = torch.arange(t) if i == 0 else torch.randperm(t, generator=gen)
+        perm = torch.arange(t) if i == 0 else torch.randperm(t, generator=gen)  # (t,)
         exps.append(Experience(f"perm{i}", PermutedTask(train, perm), PermutedTask(test, perm),
                                _n_classes(train), i if setting == "task" else 0))
     return Protocol(f"permuted_{task}", setting, exps, train.d_input, None)
 
 
-def from_tasks(setting: str = "task", *, configs: list[dict]) -> Protocol:
+@register_protocol("tasks")
+def from_tasks(setting: str = "task", *, configs: list[dict] | None = None) -> Protocol:
     """Experiences from task configs {"task": name, **options}; a task with a `split` option
     is evaluated on split="test"."""
     if not configs or not all(isinstance(c, dict) and "task" in c for c in configs):
@@ -200,14 +183,7 @@ def from_tasks(setting: str = "task", *, configs: list[dict]) -> Protocol:
     return Protocol("tasks", setting, exps, d_input, vocab or None)
 
 
-def build_protocol(name: str, setting: str | None = None, **options) -> Protocol:
-    """Build protocol `name` (see the module docstring) in `setting` (its default if None)."""
-    check_choice("protocol", name, PROTOCOLS)
-    default = "domain" if name == "permuted" else "task"
-    setting = check_choice("setting", setting or default, SETTINGS)
-    make = {"n_curriculum": n_curriculum, "split": split, "permuted": permuted,
-            "tasks": from_tasks}[name]
-    try:
-        return make(setting, **options)
-    except TypeError as e:  # an option the protocol does not have
-        raise SeqmemError(f"protocol {name}: {e}") from None
+PROTOCOLS = tuple(protocol_names())
+
+__all__ = ["PROTOCOLS", "SETTINGS", "Experience", "PermutedTask", "Protocol", "SplitTask",
+           "build_protocol", "fixed_data_tasks"]

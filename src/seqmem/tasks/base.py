@@ -77,6 +77,7 @@ class Task:
     heads: list[int]
     d_output: int | None = None  # target channels of a regression task
     vocab: list[str] | None = None
+    fixed_data: ClassVar[bool] = False  # True: a fixed labelled set, _data() -> x, y of its split
 
     def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
         """A batch of `batch_size` examples drawn with `generator` only."""

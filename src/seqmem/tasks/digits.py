@@ -120,6 +120,8 @@ def _split_of(key: tuple, build, split: str, n_train: int) -> tuple[Tensor, Tens
 class _FixedData(Task):
     """A fixed labelled data set with a train / test split, sampled with replacement."""
 
+    fixed_data = True  # continual protocols split / permuted read _data() (x (n, t, d), y (n,))
+
     def _data(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
