@@ -112,7 +112,8 @@ def test_si_accumulates_minus_gradient_times_step():
     si.before_experience(0, torch.Generator())
     p = next(si.model.parameters())
     name = next(n for n, _ in si.model.named_parameters())
-    g, step = torch.randn_like(p), torch.randn_like(p) * 0.01
+    gen = torch.Generator().manual_seed(0)
+    g, step = torch.randn(p.shape, generator=gen), torch.randn(p.shape, generator=gen) * 0.01
     p.grad = g.clone()
     with torch.no_grad():
         p.add_(step)
@@ -158,13 +159,14 @@ def test_hnet_regulariser_is_zero_first_and_pulls_back(name):
     cfg = ContinualConfig(method=name, method_options={"hnet_beta": 0.5, "hnet_chunk": 32},
                           **SMALL)
     _, m = build(cfg)
-    m.before_experience(0, torch.Generator())
+    gen = torch.Generator().manual_seed(0)
+    m.before_experience(0, gen)
     assert m.penalty(0) == 0.0
     m.before_experience(1, torch.Generator())  # stores f_h(e_0)
     assert abs(m.penalty(1).item()) < 1e-12  # the stored outputs are the current ones
     with torch.no_grad():
         for p in m.hnet.shared_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
     W, W_star = m.hnet(0).detach(), m.stored[0]
     pen = m.penalty(1)
     assert pen.item() == pytest.approx(float(0.5 * ((W - W_star) ** 2).sum()), rel=1e-6)

@@ -30,6 +30,7 @@ run's seed), never from torch's global generator.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -81,7 +82,20 @@ class Protocol:
         return len(self.experiences)
 
 
-register_protocol = _PROTOCOLS.register
+def register_protocol(name: str) -> Callable[[Callable[..., Protocol]], Callable[..., Protocol]]:
+    """Decorator: register a protocol function under a short name, after checking it begins
+    (setting=<one of SETTINGS>, *, ...options), as `build_protocol` calls it."""
+
+    def deco(make: Callable[..., Protocol]) -> Callable[..., Protocol]:
+        first = next(iter(inspect.signature(make).parameters.values()), None)
+        if first is None or first.name != "setting" or first.default not in SETTINGS:
+            raise TypeError(f"protocol {name!r}: the function must begin (setting=<one of "
+                            f"{', '.join(SETTINGS)}>, *, ...options)")
+        return _PROTOCOLS.register(name)(make)
+
+    return deco
+
+
 protocol_names = _PROTOCOLS.names
 
 
@@ -102,7 +116,22 @@ def experience_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     return F.cross_entropy(z, y), (z.argmax(-1) == y).float().mean()
 
 
-@_METHODS.register("finetune")
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a `Method` subclass under a short name, after checking its
+    constructor begins (model, protocol, seed), as `build_method` calls it."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        head = list(inspect.signature(cls.__init__).parameters)[1:4]
+        if head != ["model", "protocol", "seed"]:
+            raise TypeError(f"method {name!r}: the constructor must begin (self, model, "
+                            f"protocol, seed=0, *, ...options); {cls.__name__}'s begins "
+                            f"(self, {', '.join(head)})")
+        return _METHODS.register(name)(cls)
+
+    return deco
+
+
+@register_method("finetune")
 class Method:
     """Fine-tuning (the current experience only: the lower bound), and the base of every
     method."""
@@ -140,24 +169,24 @@ class Method:
 
     # ---- hooks ----------------------------------------------------------------------------
     def before_experience(self, i: int, gen: torch.Generator) -> None:
-        pass
+        """Called before the first step of experience i."""
 
     def after_step(self, i: int, batches: list[tuple[int, Batch]], gen: torch.Generator
                    ) -> None:
-        pass
+        """Called after each optimizer step of experience i with the step's batches."""
 
     def after_experience(self, i: int, gen: torch.Generator) -> None:
-        pass
+        """Called after the last step of experience i, before it is evaluated."""
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict:
+        """What a checkpoint holds to resume after an experience (`load_state` reads it)."""
         return {"model": self.model.state_dict()}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
 
 
-register_method = _METHODS.register
 method_names = _METHODS.names
 
 
