@@ -178,11 +178,12 @@ def train_parts(cfg: RunConfig) -> TrainParts:
 def build_continual(cfg: ContinualConfig) -> tuple[Protocol, Method]:
     """The protocol, the model and the method of a continual-learning config (the model's
     weights drawn from cfg.seed)."""
-    protocol = build_protocol(cfg.protocol, cfg.setting, **cfg.protocol_options)
+    protocol = build_protocol(cfg.protocol, cfg.setting, **cfg.protocol_options.options())
     with seeded(cfg.seed):  # the model's and the method's modules (e.g. a hypernetwork)
         model = SequenceModel(protocol.d_input, cfg.d_model, mixer=cfg.mixer,
-                              mixer_options=cfg.mixer_options, n_layers=cfg.n_layers,
-                              heads=protocol.heads, vocab_size=protocol.vocab_size)
+                              mixer_options=cfg.mixer_options.options(),
+                              n_layers=cfg.n_layers, heads=protocol.heads,
+                              vocab_size=protocol.vocab_size)
         method = build_method(cfg.method, model, protocol, seed=cfg.seed,
-                              **cfg.method_options)
+                              **cfg.method_options.options())
     return protocol, method

@@ -15,7 +15,15 @@ under 60 s).
 
 from __future__ import annotations
 
+from rich.console import Console
+
+from seqmem.analysis.analyze import QUICK
 from seqmem.config import RunConfig, load_config
+from seqmem.engine import Display, Job, Quiet, execute
+from seqmem.engine.api import job_for
+from seqmem.engine.jobs import AnalysisRequest
+from seqmem.report import load_entries, write_report
+from seqmem.store import RunStore
 
 #: The flagship's defaults (also in experiments/flagship/flagship.yaml).
 FLAGSHIP = {
@@ -79,3 +87,45 @@ def comparison_rows(summaries: dict[str, dict]) -> tuple[list[str], list[list[st
                        if stage and "tau_mean" in stage else "")
         rows.append(row)
     return header, rows
+
+
+def start_flagship(store: RunStore, source=None, overrides: list[str] | None = None, *,
+                   quick: bool = False) -> list[Job]:
+    """The flagship's two training runs, created in the store (single, multi)."""
+    return [job_for(store, cfg, kind="flagship", label=cfg.curriculum.kind)
+            for cfg in flagship_configs(source, overrides, quick=quick)]
+
+
+def train_flagship(store: RunStore, jobs: list[Job], *, parallel: bool = True,
+                   progress: bool = True, console: Console | None = None) -> dict[str, dict]:
+    """Train both runs (one process each if `parallel`); their end events by run id. Ctrl-C
+    records both as interrupted and re-raises KeyboardInterrupt."""
+    display = Display(jobs, console or Console(), enabled=progress) if progress else Quiet()
+    out = execute(jobs, store, backend="process" if parallel else "inline",
+                  workers=len(jobs) if parallel else 1, display=display)
+    if out.interrupted:
+        raise KeyboardInterrupt
+    return {rid: {**ev, "summary": out.summaries.get(rid, {})} for rid, ev in out.ended.items()}
+
+
+def analyse_and_report(store: RunStore, run_ids: list[str], *, quick: bool = False,
+                       parallel: bool = True) -> tuple[dict[str, dict], str]:
+    """Analyse every run (one process each if `parallel` and not `quick`), record the headline
+    numbers in the store, and write the report; (headline by run id, report path)."""
+    opts = dict(QUICK) if quick else {}
+    req = AnalysisRequest(**({"what": opts.pop("what")} if "what" in opts else {}),
+                          options=opts)
+    jobs = [Job(req, rid, str(store.open_run(rid).dir), label=rid, kind="analyze")
+            for rid in run_ids]
+    parallel = parallel and len(jobs) > 1 and not quick
+    out = execute(jobs, store, backend="process" if parallel else "inline",
+                  workers=len(jobs) if parallel else 1)
+    if out.interrupted:
+        raise KeyboardInterrupt
+    failed = [f"{rid}: {ev.get('reason')}" for rid, ev in out.ended.items()
+              if ev["status"] != "done"]
+    if failed:
+        raise RuntimeError("analysis failed: " + "; ".join(failed))
+    path = write_report(load_entries(store, run_ids), store.root / f"report-{run_ids[0]}",
+                        title="seqmem run: single- vs multi-head curriculum on N-parity")
+    return {rid: out.summaries[rid] for rid in run_ids}, str(path)

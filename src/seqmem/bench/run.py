@@ -16,13 +16,14 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from seqmem import mixers
+from seqmem.bench.config import BenchConfig
+from seqmem.build import seeded
 from seqmem.bench.measure import (
     count_flops,
     fwd_bwd,
@@ -34,27 +35,6 @@ from seqmem.bench.measure import (
 from seqmem.errors import SeqmemError
 
 TORCH_REFERENCES = {"torch.nn.RNN": nn.RNN, "torch.nn.GRU": nn.GRU, "torch.nn.LSTM": nn.LSTM}
-FULL_LENGTHS = (256, 1024, 4096, 16384, 65536)
-QUICK = {"mixers": ("leaky_rnn", "gru"), "references": ("torch.nn.GRU",), "lengths": (64, 128),
-         "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0}
-
-
-@dataclass
-class BenchConfig:
-    mixers: tuple[str, ...] = ()  # empty: every registered mixer
-    forms: tuple[str, ...] = ()  # empty: every form each mixer declares
-    references: tuple[str, ...] = tuple(TORCH_REFERENCES)
-    lengths: tuple[int, ...] = FULL_LENGTHS
-    batch: int = 4
-    d_model: int = 256
-    repeats: int = 3
-    budget_s: float = 20.0  # one run slower than this: no longer lengths for that form
-    step_repeats: int = 20
-    memory: bool = True
-    threads: int | None = None
-    seed: int = 0
-    memory_limit_mib: float | None = None  # None: 60 % of the memory available at the start
-    skipped: list[str] = field(default_factory=list)
 
 
 def available_mib() -> float | None:
@@ -152,8 +132,8 @@ def _step_ms(module, form, cfg: BenchConfig, T: int, gen) -> float | None:
 
 def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None,
               on_row: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
-    """Measure every subject x length; returns (context, rows). `on_row` receives each row as
-    it is measured. A length whose peak memory, extrapolated from the shorter ones, would pass
+    """Measure every subject x length; returns (context, rows); `context["skipped"]` lists
+    what was not measured and why. `on_row` receives each row as it is measured. A length whose peak memory, extrapolated from the shorter ones, would pass
     the memory limit is not run (the OS would kill the process), nor are longer ones."""
     progress = progress or (lambda msg: None)
     limit = cfg.memory_limit_mib
@@ -162,22 +142,23 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
         limit = 0.6 * avail if avail else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    skipped: list[str] = []
     subjects = list(_subjects(cfg))  # unknown names fail before anything is measured
     progress("matmul rate")
     ctx = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": machine(),
            "matmul_gflops": round(matmul_gflops(), 2), "batch": cfg.batch,
            "d_model": cfg.d_model, "dtype": "float32",
-           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped": skipped}
     rows = []
-    for name, form, build, call in subjects:
-        module = build()
+    for i, (name, form, build, call) in enumerate(subjects):
+        with seeded(cfg.seed + i):  # the module's initial weights
+            module = build()
         history: list[tuple[int, float | None]] = []
         for T in cfg.lengths:
             guess = predicted_peak_mib(history, T)
             if limit is not None and guess is not None and guess > limit:
-                cfg.skipped.append(f"{name} [{form}] from T={T}: about {guess:,.0f} MiB expected "
+                skipped.append(f"{name} [{form}] from T={T}: about {guess:,.0f} MiB expected "
                                    f"(from the shorter lengths) > limit {limit:,.0f} MiB")
                 break
             progress(f"{name} [{form}] T={T}")
@@ -188,7 +169,7 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
             try:
                 run()  # the warm-up, also the budget probe
             except (RuntimeError, MemoryError) as e:  # e.g. out of memory at a long T
-                cfg.skipped.append(f"{name} [{form}] T={T}: {str(e).splitlines()[0][:120]}")
+                skipped.append(f"{name} [{form}] T={T}: {str(e).splitlines()[0][:120]}")
                 break
             first = time.perf_counter() - t0
             slow = first > cfg.budget_s
@@ -219,10 +200,38 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
             if on_row is not None:
                 on_row(row)
             if slow:
-                cfg.skipped.append(f"{name} [{form}] beyond T={T}: one fwd+bwd took "
+                skipped.append(f"{name} [{form}] beyond T={T}: one fwd+bwd took "
                                    f"{first:.1f} s > budget {cfg.budget_s:g} s")
                 break
     return ctx, rows
+
+
+def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
+             progress: Callable[[str], None] | None = None, readme: bool = False
+             ) -> tuple[dict, list[dict], dict[str, Path]]:
+    """Run the bench and write its outputs to `out_dir` (bench.jsonl/csv/md/png, and
+    README.md if `readme`); every row also goes to bench.partial.jsonl as it is measured, so
+    a killed bench keeps them (a bench that measured nothing leaves no partial file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "bench.partial.jsonl"
+    partial.write_text("")
+
+    def keep(row: dict) -> None:
+        with partial.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    try:
+        ctx, rows = run_bench(cfg, progress=progress, on_row=keep)
+    except BaseException:
+        if partial.stat().st_size == 0:
+            partial.unlink()
+        raise
+    partial.unlink()
+    paths = write_outputs(ctx, rows, out, skipped=ctx["skipped"], command=command)
+    if readme:
+        (out / "README.md").write_text(paths["md"].read_text())
+    return ctx, rows, paths
 
 
 # ---- outputs ----------------------------------------------------------------------------------

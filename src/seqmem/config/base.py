@@ -48,22 +48,17 @@ class ComponentConfig(Strict):
         return {k: getattr(self, k) for k in type(self).model_fields if k != "kind"}
 
 
-def component_config_class(cls: type | typing.Callable, kind: str, family: str,
+def component_config_class(builder: type | typing.Callable, kind: str, family: str,
                            base: type[ComponentConfig] = ComponentConfig
                            ) -> type[ComponentConfig]:
-    """A ComponentConfig subclass mirroring the keyword-only hyperparameters of `cls` (a class
-    or a function), with `kind` fixed to `kind`."""
-    target = cls.__init__ if isinstance(cls, type) else cls
-    hints = typing.get_type_hints(target)
-    params = (hyperparameters(cls) if isinstance(cls, type) else
-              {n: p for n, p in inspect.signature(cls).parameters.items()
-               if p.kind is inspect.Parameter.KEYWORD_ONLY})
+    """A ComponentConfig subclass mirroring the keyword-only hyperparameters of `builder` (a
+    class or a function), with `kind` fixed to `kind`."""
+    hints = typing.get_type_hints(builder.__init__ if isinstance(builder, type) else builder)
     fields: dict[str, Any] = {"kind": (Literal[kind], kind)}
-    for name, p in params.items():
+    for name, p in hyperparameters(builder).items():
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[name] = (hints.get(name, Any), default)
-    name = getattr(cls, "__name__", kind)
-    model = create_model(f"{name}Config", __base__=base, **fields)
+    model = create_model(f"{getattr(builder, '__name__', kind)}Config", __base__=base, **fields)
     model.family = family
     return model
 

@@ -97,6 +97,7 @@ def register_protocol(name: str) -> Callable[[Callable[..., Protocol]], Callable
 
 
 protocol_names = _PROTOCOLS.names
+protocol_function = _PROTOCOLS.get  # the registered function of a protocol name
 
 
 def build_protocol(name: str, setting: str | None = None, **options) -> Protocol:
@@ -188,6 +189,7 @@ class Method:
 
 
 method_names = _METHODS.names
+method_class = _METHODS.get  # the registered class of a method name
 
 
 def build_method(name: str, model: SequenceModel, protocol: Protocol, *, seed: int = 0,

@@ -13,6 +13,7 @@ lets an interrupted or failed run resume from the last finished experience.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -95,7 +96,8 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
         record = {"experience": i, "name": protocol.experiences[i].name,
                   "loss": sum(losses) / len(losses), "acc": R[-1], "curve": curve,
                   "elapsed_s": round(elapsed, 3)}
-        emit({"event": "experience", **record})
+        emit({"event": "experience", **record,
+              "summary": {"experience": i, "acc_last_row": R[-1]}})
         if run is not None:
             run.log(record)
             run.save_checkpoint("last", {"method": method.state(), "gen": gen.get_state(),
@@ -111,3 +113,22 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
     if run is not None:
         run.write_summary(summary)
     return summary
+
+
+def aggregate(jobs, outcome) -> list[dict]:
+    """The continual table of a methods x seeds grid: per method, the mean ± sd over seeds of
+    the average accuracy, backward and forward transfer and LCA (text cells), and the runs."""
+    by_method: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_method.setdefault(j.cfg.method, []).append(
+            {"run": j.run_id, **(outcome.summaries.get(j.run_id) or {})})
+
+    def stat(rows, key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if not vals:
+            return ""
+        sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+        return f"{statistics.mean(vals):.3f}{sd}"
+
+    return [{"method": m, **{k: stat(rows, k) for k in ("avg_acc", "bwt", "fwt", "lca")},
+             "runs": ", ".join(r["run"] for r in rows)} for m, rows in by_method.items()]

@@ -15,12 +15,13 @@ that works on a run without changing its status (an analysis).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from seqmem import build
+from seqmem.analysis.analyze import ANALYSES, analyze_run, headline
 from seqmem.analysis.dynamics import free_run_metrics
 from seqmem.config import RunConfig
 from seqmem.continual.config import ContinualConfig
@@ -92,6 +93,31 @@ def continual_run(cfg: ContinualConfig, run, *, emit: Emit | None = None,
     resume = resume and "last" in run.checkpoints()
     summary = fit_continual(cfg, run, protocol, method, emit=emit, resume=resume)
     return {k: summary[k] for k in HEADLINE if k in summary}
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What an analyze job computes: the analyses `what`, their probe seed, and options of
+    `seqmem.analysis.analyze.analyze_run` (e.g. the lighter `QUICK` settings)."""
+
+    what: tuple[str, ...] = ANALYSES
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+    threads: int | None = 1
+
+
+@job_kind("analyze", owns_run=False)
+def analyze_job(cfg: AnalysisRequest, run, *, emit: Emit | None = None,
+                resume: bool = False) -> dict:
+    """The analyses of a stored training run (written to its analysis.json); the headline
+    numbers are the summary, added to the run's."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_cfg = RunConfig.model_validate(run.config())
+    say = (lambda msg: emit({"event": "analysis", "message": msg})) if emit else None
+    out = analyze_run(run_cfg, run, what=tuple(cfg.what), seed=cfg.seed, progress=say,
+                      **cfg.options)
+    return headline(out)
 
 
 def run_job(kind: str, cfg: Any, run, *, emit: Emit | None = None, resume: bool = False

@@ -229,6 +229,26 @@ class RunStore:
                 raise
         return Run(rid, run_dir)
 
+    def describe(self, run_id: str) -> dict:
+        """A run's row, resolved config and checkpoints (`seqmem show`)."""
+        run = self.open_run(run_id)
+        return {"row": self.get(run.id), "config": run.config(), "checkpoints": run.checkpoints()}
+
+    def update_config(self, run_id: str, config: dict) -> None:
+        """Replace a run's resolved config (e.g. a resumed run's extended budget): config.yaml
+        and meta.json are rewritten atomically and the row's config hash follows."""
+        config = json.loads(json.dumps(config, default=str))
+        run = self.open_run(run_id)
+        h = config_hash(config)
+        atomic_write(run.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        meta = run.meta()
+        if meta:
+            atomic_write(run.dir / "meta.json", json.dumps({**meta, "config_hash": h}, indent=1))
+        with self._db(create=True) as con:
+            assert con is not None
+            con.execute("UPDATE runs SET config_hash = ?, updated_at = ? WHERE id = ?",
+                        (h, now(), run.id))
+
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
         """Record the run's status (running, done, failed, interrupted) and why."""
         if status not in STATUSES:

@@ -93,6 +93,29 @@ def best_per_group(rows: list[dict], group: list[str], metric: str = "acc_mean",
     return [best[k][1] for k in sorted(best)]
 
 
+def select(store, *, status: str | None = None, sweep: str | None = None,
+           where: str | None = None, best: str | None = None, metric: str = "acc_mean",
+           limit: int | None = 50) -> list[dict]:
+    """The runs of `seqmem runs`, newest first: by status and sweep, filtered by a `where`
+    expression (see `parse_where`), reduced to the best run per group of the comma-separated
+    keys `best` by `metric` (a leading "-" minimises), at most `limit`. Rows that are
+    filtered carry their config (`row["config"]`)."""
+    conds = parse_where(where) if where else []
+    query = bool(conds or best)
+    rows = (store.list_runs(status=status, kind="sweep" if sweep else None, name=sweep,
+                            limit=None if query else limit) if store.root.exists() else [])
+    if query:
+        for r in rows:
+            r["config"] = store.open_run(r["id"]).config()
+        rows = [r for r in rows if matches(r, conds)]
+    if best:
+        rows = best_per_group(rows, [g.strip() for g in best.split(",") if g.strip()],
+                              metric.removeprefix("-"), maximize=not metric.startswith("-"))
+    if limit is not None and limit >= 0:
+        rows = rows[:limit]
+    return rows
+
+
 DEFAULT_COLUMNS = ("id", "name", "kind", "status", "mixer", "task", "epochs", "n_solved",
                    "acc_mean", "acc_scaled", "elapsed_s")
 

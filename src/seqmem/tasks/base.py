@@ -42,6 +42,7 @@ from torch import Tensor
 
 from seqmem.errors import SeqmemError
 from seqmem.registry import Registry, hyperparameters
+from seqmem.tasks.render import render
 
 _REGISTRY = Registry("task")
 
@@ -86,8 +87,6 @@ class Task:
     def render(self, batch: Batch, i: int) -> str:
         """Example i of `batch` as text, supervised targets marked `[->label]` (see
         `seqmem.tasks.render`; a task may override it)."""
-        from seqmem.tasks.render import render
-
         return render(self, batch, i)
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from seqmem.errors import SeqmemError, check_choice
 from seqmem.tasks.base import Batch, Task, check_int, check_sample_args, register
+from seqmem.tasks.render import check_index, facts
 
 # The ten hand-designed 12-point templates of MNIST-1D (Greydanus 2020, Fig. 1), digits 0..9.
 TEMPLATES = [
@@ -233,7 +234,6 @@ class SeqDigits(_FixedData):
 
     def render(self, batch: Batch, i: int) -> str:
         """Example i as an 8x8 character image (darker = higher), its class marked `[->c]`."""
-        from seqmem.tasks.render import check_index, facts
 
         check_index(batch, i)
         shades = " .:-=+*#%@"

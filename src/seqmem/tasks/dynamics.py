@@ -18,6 +18,7 @@ from torch import Tensor
 
 from seqmem.errors import SeqmemError, check_choice
 from seqmem.tasks.base import Batch, Task, check_int, check_sample_args, register
+from seqmem.tasks.render import check_index, facts, sparkline
 
 VectorField = Callable[[Tensor], Tensor]  # x (b, d) -> dx/dt (b, d)
 
@@ -186,7 +187,6 @@ class Dynamics(Task):
     def render(self, batch: Batch, i: int) -> str:
         """Example i: one sparkline per dimension (inputs), the first and last steps with
         their next-step targets `[->x_{t+1}]`, and the facts."""
-        from seqmem.tasks.render import check_index, facts, sparkline
 
         check_index(batch, i)
         x, y = batch.inputs[i], batch.targets[i]  # (t, 3)

@@ -100,3 +100,4 @@ def render(task, batch, i: int) -> str:
     if info:
         lines.append(info)
     return "\n".join(lines)
+

@@ -1,0 +1,53 @@
+"""The config of a bench: the same kind of model as a run's config (`seqmem.config`), loaded
+by `load_config(source, overrides, schema=BenchConfig)`; `seqmem bench`'s flags are
+overrides of it (`--lengths 512` is `lengths=[512]`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from seqmem.config import Strict
+
+TORCH_REFERENCE_NAMES = ("torch.nn.RNN", "torch.nn.GRU", "torch.nn.LSTM")
+FULL_LENGTHS = (256, 1024, 4096, 16384, 65536)
+QUICK = {"mixers": ("leaky_rnn", "gru"), "references": ("torch.nn.GRU",), "lengths": (64, 128),
+         "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0}
+
+
+class BenchConfig(Strict):
+    """What `seqmem bench` measures: mixers x forms x lengths beside torch's references."""
+
+    mixers: tuple[str, ...] = ()  # empty: every registered mixer
+    forms: tuple[str, ...] = ()  # empty: every form each mixer declares; ("default",): the first
+    references: tuple[str, ...] = TORCH_REFERENCE_NAMES
+    lengths: tuple[int, ...] = FULL_LENGTHS
+    batch: int = Field(4, ge=1)
+    d_model: int = Field(256, ge=1)
+    repeats: int = Field(3, ge=1)
+    budget_s: float = Field(20.0, gt=0)  # one run slower than this: no longer lengths
+    step_repeats: int = Field(20, ge=1)
+    memory: bool = True
+    threads: int | None = Field(None, ge=1)
+    seed: int = 0
+    memory_limit_mib: float | None = Field(None, gt=0)  # None: 60 % of the memory available
+
+    @field_validator("mixers", "forms", "references", "lengths", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        if isinstance(v, str):  # "gru,lstm" from the command line
+            return tuple(x.strip() for x in v.split(",") if x.strip())
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return (v,)
+        return v
+
+    @field_validator("references", mode="before")
+    @classmethod
+    def _none(cls, v):
+        return () if v in ("none", None) else v
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive(cls, v):
+        if not v or min(v) < 1:
+            raise ValueError(f"lengths must be positive integers, got {list(v)}")
+        return v

@@ -1,0 +1,195 @@
+"""The `seqmem` command line: argument definitions (`build_parser`) and the reading of dotted
+overrides (`split_overrides`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from seqmem import __version__
+from seqmem.analysis.analyze import ANALYSES
+from seqmem.errors import SeqmemError
+
+EPILOG = """examples:
+  seqmem run --quick                      the flagship in at most 60 s
+  seqmem run                              the flagship (at most 10 minutes)
+  seqmem train --mixer gru --task n_dms --curriculum multi train.max_epochs=20
+  seqmem train --resume RUN_ID            continue an interrupted run
+  seqmem runs                             list runs and their status
+  seqmem sweep experiments/sweeps/quick.yaml   a grid of runs; re-run to finish what is missing
+  seqmem runs --sweep quick --where 'acc>0.9' --best mixer --format csv
+  seqmem analyze RUN_ID                   timescales, tau_net, ablation, perturbation
+  seqmem list mixers                      registered mixers (also: tasks)
+  seqmem show-task mqar n_pairs=4         a few examples of a task, decoded, targets marked
+  seqmem train --mixer "gated_deltanet*3,attention" --task mqar --eval.lengths 128,256
+  seqmem continual --method finetune,ewc,replay,hnet --seeds 0,1,2   forgetting on N-parity
+
+Overrides are dotted keys, e.g. train.lr=3e-4 model.d_model=64 task.N=5 (a leading -- is
+optional). Runs live under --root (default runs/, database runs/seqmem.db)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqmem", description="Build, train and dissect sequence models that remember.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"seqmem {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="the flagship: single- vs multi-head curricula on N-parity",
+                       description="Train the leaky RNN on N-parity with the single-head and "
+                       "the multi-head curriculum side by side (same seed and budget), then "
+                       "print a comparison table. Extra arguments are dotted overrides.")
+    r.add_argument("config", nargs="?", help="YAML config replacing the flagship defaults")
+    r.add_argument("--quick", action="store_true", help="a budget of at most 60 s")
+    r.add_argument("--no-analysis", action="store_true",
+                   help="skip the analysis and the report after training")
+    r.add_argument("--sequential", action="store_true",
+                   help="train the two curricula one after the other in this process")
+    _common(r)
+
+    t = sub.add_parser("train", help="train any mixer on any task under a curriculum",
+                       description="Train one run. Extra arguments are dotted overrides of the "
+                       "config (e.g. train.lr=3e-4).")
+    t.add_argument("config", nargs="?", help="YAML run config (default: the defaults)")
+    t.add_argument("--mixer", help="mixer name (see `seqmem list mixers`)")
+    t.add_argument("--task", help="task name (see `seqmem list tasks`)")
+    t.add_argument("--curriculum", help="single, multi, sliding or none")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    _common(t)
+
+    cl = sub.add_parser("continual", help="continual learning: a protocol of experiences x "
+                        "methods against forgetting", description="Train on a protocol's "
+                        "experiences one after another with each method (and seed), evaluate "
+                        "every experience after each, and print average accuracy, backward and "
+                        "forward transfer (mean ± sd over seeds). Results go to the store; "
+                        "`seqmem report RUN_IDS` draws the accuracy matrices. Extra arguments "
+                        "are dotted overrides, e.g. steps=500 protocol_options.n_max=8 "
+                        "method_options.ewc_lambda=1000.")
+    cl.add_argument("config", nargs="?", help="YAML continual config (default: the defaults)")
+    cl.add_argument("--protocol", help="n_curriculum (default), split, permuted or tasks")
+    cl.add_argument("--setting", help="task (a head per experience) or domain (one head)")
+    cl.add_argument("--method", help="comma-separated: finetune, joint, multihead, replay, ewc, "
+                    "si, hnet, rnn_hnet (default finetune)")
+    cl.add_argument("--mixer", help="mixer name (default leaky_rnn)")
+    cl.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    cl.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    _common(cl)
+
+    sw = sub.add_parser("sweep", help="run a grid of configs, resumable, on Ray or processes",
+                        description="Expand a sweep file (YAML, or Python defining SWEEP; see "
+                        "seqmem.sweep.spec) into runs identified by their config hash. Done "
+                        "runs are skipped, interrupted or failed ones resumed, so re-running a "
+                        "sweep finishes only what is missing. Workers that die are recorded "
+                        "and retried.")
+    sw.add_argument("file", help="sweep file (.yaml or .py)")
+    sw.add_argument("--workers", type=int, help="runs at a time (default: the CPU count)")
+    sw.add_argument("--backend", default="auto", help="auto (Ray if installed, else "
+                    "processes; inline for --workers 1), ray, process or inline")
+    sw.add_argument("--address", help="join an existing Ray cluster (ray://host:port or auto)")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    _common(sw)
+
+    ru = sub.add_parser("runs", help="list and query runs in the store",
+                        description="List runs, newest first. --where filters by fields "
+                        "(row, summary, sweep point or dotted config keys), e.g. "
+                        "--where 'task=mqar and acc>0.9'.")
+    ru.add_argument("--status", help="only runs with this status")
+    ru.add_argument("--sweep", help="only the runs of this sweep")
+    ru.add_argument("--where", help="conditions joined by 'and': key=value, key>number, ...")
+    ru.add_argument("--best", metavar="KEYS", help="only the best run per group of these "
+                    "comma-separated keys (e.g. mixer,model.d_model), by --metric")
+    ru.add_argument("--metric", default="acc_mean", help="metric for --best (default "
+                    "acc_mean; prefix with - to minimise)")
+    ru.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ru.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    ru.add_argument("--mlflow", metavar="URI", help="export the selected runs to MLflow at "
+                    "this tracking URI (runs exported before are skipped)")
+    ru.add_argument("--mlflow-experiment", default="seqmem", help="MLflow experiment name "
+                    "(default seqmem)")
+    ru.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    s = sub.add_parser("show", help="a run's config, status and summary")
+    s.add_argument("run_id")
+    s.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    an = sub.add_parser("analyze", help="timescales, tau_net, ablation, perturbation, "
+                        "forgetting of a run", description="Analyse a run trained under an "
+                        "N-curriculum, stage by stage; results go to <run>/analysis.json and "
+                        "headline numbers to the store's summary.")
+    an.add_argument("run_id")
+    an.add_argument("--what", default=",".join(ANALYSES),
+                    help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
+    an.add_argument("--seed", type=int, default=0, help="seed of the probe inputs")
+    an.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page (and PNGs) for runs",
+                        description="Write report.html (figures embedded) and one PNG per "
+                        "figure for the given runs, using their analysis where present "
+                        "(see seqmem analyze).")
+    rp.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    rp.add_argument("--sweep", help="a dashboard of this sweep's runs instead (accuracy vs "
+                    "state size and length per mixer, timescales, speed)")
+    rp.add_argument("--bench", help="with --sweep: a bench.jsonl from seqmem bench to include")
+    rp.add_argument("-o", "--out", default=None, help="output: a .html path (PNGs beside "
+                    "it) or a folder (default <root>/report-<first run id>/)")
+    rp.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    ls = sub.add_parser("list", help="list registered mixers or tasks")
+    ls.add_argument("what", choices=("mixers", "tasks"))
+
+    b = sub.add_parser("bench", help="tokens/s, decode latency and memory of every mixer form",
+                       description="Measure forward and forward+backward tokens/s, decode "
+                       "latency per token, peak memory and the fraction of the matmul roofline "
+                       "for mixers x forms x sequence lengths, beside PyTorch's fused RNN/GRU/"
+                       "LSTM, in one process. Writes bench.jsonl, bench.csv, bench.png and "
+                       "bench.md (the full run also README.md) to --out.")
+    b.add_argument("--quick", action="store_true",
+                   help="a small grid that runs in well under a minute")
+    b.add_argument("--mixers", help="comma-separated mixer names (default: all)")
+    b.add_argument("--forms", help="comma-separated forms, e.g. chunk,recurrent, or default "
+                   "(each mixer's training form only); default: all")
+    b.add_argument("--references", help="comma-separated torch references, or none "
+                   "(default: torch.nn.RNN,torch.nn.GRU,torch.nn.LSTM)")
+    b.add_argument("--lengths", help="comma-separated T (default 256,1024,4096,16384,65536)")
+    b.add_argument("--batch", type=int, help="batch size (default 4)")
+    b.add_argument("--d-model", type=int, help="model width (default 256)")
+    b.add_argument("--repeats", type=int, help="measured runs per point (default 3)")
+    b.add_argument("--budget", type=float, help="seconds: a form whose one run is slower "
+                   "is not measured at longer T (default 20)")
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
+
+    st = sub.add_parser("show-task", help="print a few examples of a task, decoded to text",
+                        description="Build a task (extra arguments are its options, e.g. "
+                        "n_pairs=4 or task.n_pairs=4), draw a batch and print examples with "
+                        "the supervised targets marked, so you see what a model is asked.")
+    st.add_argument("task", help="task name (see `seqmem list tasks`)")
+    st.add_argument("-n", "--examples", type=int, default=3, help="examples (default 3)")
+    st.add_argument("--seed", type=int, default=0, help="seed of the batch (default 0)")
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default="runs", help="store root (default runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
+def split_overrides(extra: list[str]) -> list[str]:
+    out = []
+    extra = list(extra)
+    joined = []
+    while extra:  # "--eval.lengths 64,128" is read as "eval.lengths=64,128"
+        a = extra.pop(0)
+        if a.startswith("--") and "=" not in a and "." in a and extra \
+                and not extra[0].startswith("-"):
+            a = f"{a}={extra.pop(0)}"
+        joined.append(a)
+    for a in joined:
+        if "=" not in a or (a.startswith("-") and not a.startswith("--")):
+            raise SeqmemError(f"unrecognised argument {a!r}; overrides look like "
+                              f"train.lr=3e-4 (see seqmem --help)")
+        out.append(a.removeprefix("--"))
+    return out
+
+

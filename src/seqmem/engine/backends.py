@@ -1,0 +1,198 @@
+"""Where the engine's jobs run: in this process, in spawned processes, or on Ray.
+
+Every backend turns a job into the same stream of events `(run id, event)` and reports
+workers that have exited (with a reason when one died without reporting its end).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from seqmem.engine.jobs import get_kind
+from seqmem.errors import RunFailed, SeqmemError
+from seqmem.store import Run
+
+BACKENDS = ("auto", "ray", "process", "inline")
+
+
+@dataclass
+class Job:
+    """One job: its kind (train, continual, analyze), config, run in the store, label."""
+
+    cfg: Any
+    run_id: str
+    run_dir: str
+    label: str
+    resume: bool = False
+    kind: str = "train"
+
+
+def raise_interrupt(signum, frame):
+    """A signal handler that turns SIGTERM into KeyboardInterrupt (a clean interrupt)."""
+    raise KeyboardInterrupt
+
+
+def resume_hint(job: Job) -> str:
+    command = {"continual": "seqmem continual --resume"}.get(job.kind, "seqmem train --resume")
+    return f"interrupted; resume with `{command} {job.run_id}`"
+
+
+def guarded(job: Job, emit) -> None:
+    """Run one job in this process, turning every ending into a final event: done (with the
+    summary), failed (with the reason) or interrupted."""
+    run = Run(job.run_id, job.run_dir)
+    try:
+        summary = get_kind(job.kind).run(job.cfg, run, emit=emit, resume=job.resume)
+        emit({"event": "end", "status": "done", "summary": summary})
+    except RunFailed as e:  # deterministic (e.g. a non-finite loss): retrying would repeat it
+        emit({"event": "end", "status": "failed", "reason": str(e), "retriable": False})
+    except KeyboardInterrupt:
+        emit({"event": "end", "status": "interrupted", "reason": resume_hint(job)})
+    except SeqmemError as e:  # bad input found while building: retrying would repeat it
+        emit({"event": "end", "status": "failed", "reason": str(e), "retriable": False})
+    except Exception as e:  # recorded, never lost
+        emit({"event": "end", "status": "failed",
+              "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+
+
+def process_worker(job: Job, q) -> None:
+    """The body of a spawned worker process: the job's events go to the queue `q`."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    guarded(job, lambda ev: q.put((job.run_id, ev)))
+
+
+class Processes:
+    """One spawned process per job; events through a multiprocessing queue."""
+
+    name = "process"
+
+    def __init__(self, workers: int):
+        self.ctx = mp.get_context("spawn")
+        self.q = self.ctx.Queue()
+        self.procs: dict[str, mp.Process] = {}
+        self.slots = workers
+
+    def start(self, job: Job) -> int | None:
+        p = self.ctx.Process(target=process_worker, args=(job, self.q), daemon=True)
+        p.start()
+        self.procs[job.run_id] = p
+        return p.pid
+
+    def events(self, timeout: float) -> list[tuple[str, dict]]:
+        out = []
+        try:
+            out.append(self.q.get(timeout=timeout))
+            while True:
+                out.append(self.q.get_nowait())
+        except queue_mod.Empty:
+            pass
+        return out
+
+    def finished(self) -> list[tuple[str, str | None]]:
+        """(run id, reason if the worker died) for workers that have exited."""
+        out = []
+        for rid, p in list(self.procs.items()):
+            if not p.is_alive():
+                p.join(timeout=1)
+                del self.procs[rid]
+                out.append((rid, f"worker process ended with exit code {p.exitcode}"
+                            if p.exitcode else None))
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            p.join(timeout=5)
+
+
+def ray_worker(job: Job, q) -> None:
+    guarded(job, lambda ev: q.put((job.run_id, ev)))
+
+
+class Ray:
+    """One Ray task per job; events through a Ray queue actor."""
+
+    name = "ray"
+
+    def __init__(self, workers: int, address: str | None):
+        try:
+            import ray
+            from ray.util.queue import Queue
+        except ImportError:
+            raise SeqmemError("the ray backend needs Ray: pip install 'seqmem[scale]' (or use "
+                              "--backend process)") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            kw = {"address": address} if address else {"num_cpus": workers}
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         **kw)
+            except Exception as e:  # e.g. the raylet did not start in time on a loaded machine
+                raise SeqmemError(f"Ray did not start ({str(e).splitlines()[0][:200]}); run "
+                                  f"again, or use --backend process") from None
+        self.q = Queue()
+        self.slots = workers if not address else int(ray.cluster_resources().get("CPU", 1))
+        self.refs: dict = {}
+        self.remote = ray.remote(num_cpus=1, max_retries=0)(ray_worker)
+
+    def start(self, job: Job) -> int | None:
+        self.refs[self.remote.remote(job, self.q)] = job.run_id
+        return None  # the driver owns the row: a dead driver leaves the run stale
+
+    def events(self, timeout: float) -> list[tuple[str, dict]]:
+        out = []
+        try:
+            out.append(self.q.get(timeout=timeout))
+            while not self.q.empty():
+                out.append(self.q.get_nowait())
+        except Exception:  # ray.util.queue.Empty
+            pass
+        return out
+
+    def finished(self) -> list[tuple[str, str | None]]:
+        if not self.refs:
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0)
+        out = []
+        for ref in ready:
+            rid = self.refs.pop(ref)
+            try:
+                self.ray.get(ref)
+                out.append((rid, None))
+            except Exception as e:  # WorkerCrashedError, RayTaskError, ...
+                out.append((rid, f"Ray worker failed: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:300]}"))
+        return out
+
+    def stop(self) -> None:
+        for ref in list(self.refs):
+            self.ray.cancel(ref, force=False)  # KeyboardInterrupt inside the task
+
+    def close(self) -> None:
+        pass
+
+
+def choose_backend(backend: str, workers: int) -> str:
+    """The backend that runs: `auto` is inline for one worker, else Ray when installed, else
+    processes."""
+    if backend not in BACKENDS:
+        raise SeqmemError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if workers == 1:
+        return "inline"
+    try:
+        import ray  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        return "process"
+    return "ray"
