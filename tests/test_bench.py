@@ -71,7 +71,7 @@ def test_tiny_bench_rows_and_outputs(tmp_path):
     assert elman["flops_per_token"] == 12 * d * d - 2 * d * d / T
     assert elman["step_ms"] > 0 and rows[2]["step_ms"] is None
     assert ctx["matmul_gflops"] > 0 and ctx["threads"] >= 1
-    paths = write_outputs(ctx, rows, tmp_path, skipped=cfg.skipped, command="seqmem bench")
+    paths = write_outputs(ctx, rows, tmp_path, skipped=ctx["skipped"], command="seqmem bench")
     lines = [json.loads(x) for x in paths["jsonl"].read_text().splitlines()]
     assert len(lines) == 4 and lines[0]["context"]["torch"] == torch.__version__
     with paths["csv"].open() as f:
@@ -125,12 +125,12 @@ def test_bench_skips_lengths_over_the_memory_limit_and_streams_rows(tmp_path):
     cfg = BenchConfig(mixers=("elman",), references=(), lengths=(8, 16, 32, 64), batch=2,
                       d_model=8, repeats=1, step_repeats=2, memory=True, memory_limit_mib=1e-9)
     seen = []
-    _, rows = run_bench(cfg, on_row=seen.append)
+    ctx, rows = run_bench(cfg, on_row=seen.append)
     if any(r["peak_mib"] is None for r in rows):
         pytest.skip("this kernel does not let a process reset its peak RSS")
     # two lengths are measured, then the extrapolated peak passes the (tiny) limit
     assert [r["T"] for r in rows] == [8, 16] and seen == rows
-    assert len(cfg.skipped) == 1 and "elman [recurrent] from T=32" in cfg.skipped[0]
+    assert len(ctx["skipped"]) == 1 and "elman [recurrent] from T=32" in ctx["skipped"][0]
 
 
 def test_flops_per_token_counts_a_fixed_cost_directly():

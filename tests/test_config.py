@@ -14,14 +14,14 @@ def test_defaults_and_overrides():
                              "task.N=3", "curriculum.kind=single"])
     assert cfg.train.lr == 3e-4 and cfg.model.d_model == 64
     defaults = {k: p.default for k, p in mixers.hyperparameters(mixers.get("leaky_rnn")).items()}
-    assert cfg.model.mixer == {**defaults, "kind": "leaky_rnn", "rule": "mod"}
-    assert cfg.task["N"] == 3 and cfg.curriculum.kind == "single"
+    assert cfg.model.mixer.model_dump() == {**defaults, "kind": "leaky_rnn", "rule": "mod"}
+    assert cfg.task.N == 3 and cfg.curriculum.kind == "single"
 
 
 def test_changing_kind_drops_old_options():
     cfg = load_config({"model": {"mixer": {"kind": "leaky_rnn", "rule": "mod"}}},
                       ["model.mixer.kind=gru"])
-    assert cfg.model.mixer == {"kind": "gru", "bias": True}
+    assert cfg.model.mixer.model_dump() == {"kind": "gru", "bias": True}
 
 
 @pytest.mark.parametrize("family,names,config_class,get,hp", [
@@ -41,10 +41,10 @@ def test_config_classes_mirror_constructors(family, names, config_class, get, hp
 @pytest.mark.parametrize("override,message", [
     (["train.lrr=1"], "train.lrr: unknown key; accepted: optimizer, lr"),
     (["train.lr=-1"], "train.lr: Input should be greater than 0"),
-    (["model.mixer.kind=nope"], "model.mixer: unknown mixer 'nope'; accepted: "),
+    (["model.mixer.kind=nope"], "model.mixer.kind: unknown mixer 'nope'; accepted: "),
     (["model.mixer.rule=fancy"], "model.mixer: unknown leaky_rnn rule 'fancy'; accepted: default"),
     (["model.mixer.tau_nit=1"], "model.mixer.tau_nit: unknown key"),
-    (["task.kind=nope"], "task: unknown task 'nope'; accepted:"),
+    (["task.kind=nope"], "task.kind: unknown task 'nope'; accepted:"),
     (["task.N=1"], "task: N must be"),
     (["model.mixer.tau_init=[0.5, 1]"], "model.mixer: tau_init must be"),
     (["curriculum.kind=double"], "curriculum.kind: Input should be"),
@@ -79,7 +79,7 @@ def test_config_hash_ignores_key_order():
 # ---- hybrid patterns, curriculum auto, eval lengths -----------------------------------------
 def test_hybrid_mixer_config_validates_each_mixer():
     cfg = load_config(None, ["model.mixer.kind=gru*2,leaky_rnn", "model.mixer.leaky_rnn.rule=mod"])
-    m = cfg.model.mixer
+    m = cfg.model.mixer.model_dump()
     assert m["kind"] == "gru*2,leaky_rnn"
     assert m["leaky_rnn"]["rule"] == "mod" and m["leaky_rnn"]["phi"] == "leaky_relu"
     assert set(m) == {"kind", "gru", "leaky_rnn"}
@@ -91,9 +91,50 @@ def test_hybrid_mixer_config_validates_each_mixer():
         load_config(None, ["model.mixer.kind=gru,nosuch"])
     # one mixer repeated: flat options
     cfg = load_config(None, ["model.mixer.kind=leaky_rnn*2", "model.mixer.rule=mod"])
-    assert cfg.model.mixer["rule"] == "mod"
+    assert cfg.model.mixer.options()["rule"] == "mod"
 
 
 def test_curriculum_auto_resolves_by_task():
     assert load_config(None, []).curriculum.kind == "multi"
     assert load_config(None, ["curriculum.kind=single"]).curriculum.kind == "single"
+
+
+def test_configs_are_typed_all_the_way_down():
+    """After validation a task and a mixer are config models (attributes, options()), the
+    dump round-trips, and an error carries its dotted path as data."""
+    from seqmem.config import MixerConfig, TaskConfig
+
+    cfg = load_config(None, ["task.kind=mqar", "task.n_pairs=4", "model.mixer=gru*2,lstm",
+                             "model.mixer.lstm.bias=false", "curriculum.kind=none"])
+    assert isinstance(cfg.task, TaskConfig) and isinstance(cfg.model.mixer, MixerConfig)
+    assert cfg.task.kind == "mqar" and cfg.task.options()["n_pairs"] == 4
+    assert cfg.model.mixer.options() == {"gru": {"bias": True}, "lstm": {"bias": False}}
+    again = load_config(cfg.model_dump(mode="json"))
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.mixer=gru,lstm", "model.mixer.lstm.biass=1"])
+    assert e.value.path == "model.mixer.lstm.biass" and "accepted: bias" in e.value.problem
+
+
+def test_auto_is_resolved_by_the_loader_not_inside_a_validator():
+    from seqmem.config import RunConfig
+
+    raw = RunConfig.model_validate({})
+    assert raw.curriculum.kind == "auto" and raw.curriculum_kind() == "multi"
+    assert load_config({}).curriculum.kind == "multi"
+    assert load_config(None, ["task.kind=mqar"]).curriculum.kind == "none"
+
+
+def test_one_loader_for_every_kind_of_config():
+    from seqmem.bench import BenchConfig
+    from seqmem.continual import ContinualConfig
+
+    b = load_config(None, ["mixers=gru,lstm", "lengths=64"], schema=BenchConfig)
+    assert b.mixers == ("gru", "lstm") and b.lengths == (64,)
+    c = load_config(None, ["method=ewc", "method_options.ewc_lambda=5"], schema=ContinualConfig)
+    assert c.method_options.ewc_lambda == 5
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["method=ewc", "method_options.lam=5"], schema=ContinualConfig)
+    assert e.value.path == "method_options.lam" and "accepted: ewc_lambda" in str(e.value)
+    with pytest.raises(ConfigError, match=r"^batch: Input should be greater than or equal"):
+        load_config(None, ["batch=0"], schema=BenchConfig)

@@ -16,8 +16,8 @@ def test_flagship_configs_differ_only_in_curriculum():
         d["curriculum"].pop("kind")
         d.pop("name")
     assert a == b
-    assert single.train.max_time_s <= 20 and single.model.mixer["kind"] == "leaky_rnn"
-    assert single.model.mixer["input_proj"] is False and single.task["kind"] == "n_parity"
+    assert single.train.max_time_s <= 20 and single.model.mixer.kind == "leaky_rnn"
+    assert single.model.mixer.input_proj is False and single.task.kind == "n_parity"
 
 
 def test_comparison_rows_from_summaries():

@@ -59,7 +59,7 @@ def test_expand_grid_product_runs_and_python_file(tmp_path):
     pts = expand(spec)
     assert spec.name == "g" and len(pts) == 2 * 2 * 3 * 2
     assert {c.config_hash() for _, c in pts}.__len__() == 24
-    kinds = sorted({(p["model.mixer.kind"], c.model.mixer["kind"]) for p, c in pts})
+    kinds = sorted({(p["model.mixer.kind"], c.model.mixer.kind) for p, c in pts})
     assert kinds == [("gru", "gru"), ("lstm", "lstm")]
     assert all(c.name == "g" and c.model.d_model == p["model.d_model"] for p, c in pts)
     # the same resolved config twice is one run

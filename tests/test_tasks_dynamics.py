@@ -21,6 +21,7 @@ from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel, masked_mse_loss
 from seqmem.store import RunStore
 from seqmem.tasks.dynamics import SYSTEMS, lorenz63, rk4_step, rk4_trajectory
+from seqmem.engine import train_run
 from seqmem.train import loop
 
 
@@ -219,7 +220,7 @@ SMALL = ["task.kind=dynamics", "task.seq_len=20", "model.d_model=8", "train.batc
 def test_training_reports_mse_and_free_running_metrics(tmp_path, mixer, extra):
     cfg = load_config(None, [*SMALL, f"model.mixer.kind={mixer}", *extra])
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    s = loop.train(cfg, run)
+    s = train_run(cfg, run)
     assert "acc" not in s and "acc_mean" not in s
     assert math.isfinite(s["mse"]) and math.isfinite(s["eval_mse"])
     assert s["d_stsp"] >= 0 and 0 <= s["d_h"] <= 1 and s["free_run_steps"] == 200

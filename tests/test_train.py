@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import seqmem.train.loop as loop
+from seqmem import build
+from seqmem.engine import train_run
 from seqmem.config import load_config
 from seqmem.errors import ConfigError, RunFailed
 from seqmem.store import RunStore
@@ -26,8 +28,8 @@ def test_same_config_same_numbers(tmp_path, mixer):
     store = RunStore(tmp_path)
     a = store.create_run(cfg.model_dump(mode="json"))
     b = store.create_run(cfg.model_dump(mode="json"))
-    sa = loop.train(cfg, a)
-    sb = loop.train(cfg, b)
+    sa = train_run(cfg, a)
+    sb = train_run(cfg, b)
     assert _metrics(a) == _metrics(b)
     assert len(_metrics(a)) == 4
     assert sa["epochs_per_N"] == sb["epochs_per_N"]
@@ -39,7 +41,7 @@ def test_resume_continues_exactly(tmp_path):
     cfg = load_config(None, [*SMALL, "model.mixer.h0=random", "train.max_epochs=5"])
     store = RunStore(tmp_path)
     whole = store.create_run(cfg.model_dump(mode="json"))
-    loop.train(cfg, whole)
+    train_run(cfg, whole)
 
     cut = store.create_run(cfg.model_dump(mode="json"))
 
@@ -48,9 +50,9 @@ def test_resume_continues_exactly(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, cut, emit=interrupt_after_two)
+        train_run(cfg, cut, emit=interrupt_after_two)
     assert len(cut.metrics()) == 2
-    loop.train(cfg, cut, resume=True)
+    train_run(cfg, cut, resume=True)
     assert _metrics(cut) == _metrics(whole)
     assert [r["epoch"] for r in cut.metrics()] == [1, 2, 3, 4, 5]
 
@@ -61,7 +63,7 @@ def test_resume_restores_a_metrics_line_lost_after_its_checkpoint(tmp_path, monk
     cfg = load_config(None, [*SMALL, "train.max_epochs=3"])
     store = RunStore(tmp_path)
     whole = store.create_run(cfg.model_dump(mode="json"))
-    loop.train(cfg, whole)
+    train_run(cfg, whole)
     cut = store.create_run(cfg.model_dump(mode="json"))
     real_log = type(cut).log
 
@@ -72,10 +74,10 @@ def test_resume_restores_a_metrics_line_lost_after_its_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(type(cut), "log", log_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, cut)
+        train_run(cfg, cut)
     monkeypatch.setattr(type(cut), "log", real_log)
     assert [r["epoch"] for r in cut.metrics()] == [1]
-    loop.train(cfg, cut, resume=True)
+    train_run(cfg, cut, resume=True)
     assert [r["epoch"] for r in cut.metrics()] == [1, 2, 3]
     assert _metrics(cut) == _metrics(whole)
 
@@ -84,7 +86,7 @@ def test_curriculum_advances_and_checkpoints_each_step(tmp_path):
     cfg = load_config(None, [*SMALL, "curriculum.threshold=0.01", "curriculum.kind=multi",
                              "curriculum.n_max=4"])
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    s = loop.train(cfg, run)
+    s = train_run(cfg, run)
     # threshold 0.01: every epoch solves its N, so N = 2, 3, 4 take one epoch each
     assert s["n_solved"] == 4 and s["finished"] and s["epochs"] == 3
     assert s["stop_reason"] == "curriculum finished"
@@ -108,7 +110,7 @@ def test_non_finite_loss_fails_and_keeps_last_good(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "run_batch", poisoned)
     with pytest.raises(RunFailed, match=r"non-finite loss .* epoch 2, step 1"):
-        loop.train(cfg, run)
+        train_run(cfg, run)
     ck = run.load_checkpoint("last")
     assert ck["train"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
@@ -118,7 +120,7 @@ def test_non_finite_loss_fails_and_keeps_last_good(tmp_path, monkeypatch):
 def test_summary_is_json(tmp_path):
     cfg = load_config(None, SMALL)
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    s = loop.train(cfg, run)
+    s = train_run(cfg, run)
     assert json.loads(json.dumps(s)) == run.read_summary()
     assert s["stop_reason"] == "max_epochs" and s["epochs"] == 4
 
@@ -126,7 +128,7 @@ def test_summary_is_json(tmp_path):
 def test_lr_schedule_closed_form():
     cfg = load_config(None, ["task.kind=n_parity", "train.schedule=cosine", "train.max_epochs=2",
                              "train.steps_per_epoch=5", "train.warmup_steps=2"])
-    f = [loop.lr_factor(cfg, s) for s in range(12)]
+    f = [build.lr_schedule(cfg)(s) for s in range(12)]
     assert f[:2] == [0.5, 1.0]  # linear warm-up
     total = 2 * 5 - 2
     for s in range(2, 12):
@@ -135,19 +137,19 @@ def test_lr_schedule_closed_form():
     assert f[-1] == pytest.approx(0.0)
     # auto: the flagship tasks keep a constant rate with the paper's optimisers
     flag = load_config(None, [])
-    assert loop.schedule_choice(flag) == "constant" and loop.optimizer_choice(flag)[0] == "sgd"
-    assert loop.optimizer_choice(load_config(None, ["model.mixer.kind=gru"]))[0] == "adam"
+    assert build.schedule_choice(flag) == "constant" and build.optimizer_choice(flag)[0] == "sgd"
+    assert build.optimizer_choice(load_config(None, ["model.mixer.kind=gru"]))[0] == "adam"
 
 
 def test_logged_lr_follows_schedule(tmp_path):
     cfg = load_config(None, [*SMALL, "train.schedule=cosine", "train.max_epochs=3",
                              "curriculum.kind=none"])
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    loop.train(cfg, run)
-    base = loop.optimizer_choice(cfg)[1]
+    train_run(cfg, run)
+    base = build.optimizer_choice(cfg)[1]
     lrs = [r["lr"] for r in run.metrics()]
     # the lr of each epoch's last update
-    assert lrs == pytest.approx([base * loop.lr_factor(cfg, 3 * e + 2) for e in range(3)])
+    assert lrs == pytest.approx([base * build.lr_schedule(cfg)(3 * e + 2) for e in range(3)])
     assert lrs[0] > lrs[1] > lrs[2] > 0
 
 
@@ -155,7 +157,7 @@ def test_target_acc_stops_early(tmp_path):
     cfg = load_config(None, [*SMALL, "curriculum.kind=none", "train.target_acc=0.01",
                              "train.max_epochs=50"])
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    s = loop.train(cfg, run)
+    s = train_run(cfg, run)
     assert s["stop_reason"] == "target_acc" and s["epochs"] == 1
     assert s["acc_scaled"] == pytest.approx(2 * s["acc_mean"] - 1)  # two classes: chance 0.5
 
@@ -178,7 +180,7 @@ def test_knob_curriculum_grows_another_task_option(tmp_path, kind, monkeypatch):
 
     monkeypatch.setattr(loop, "run_batch", spy)
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    s = loop.train(cfg, run)
+    s = train_run(cfg, run)
     assert s["n_solved"] == 6 and s["finished"] and s["epochs"] == 3 and s["knob"] == "n_pairs"
     assert [st["N"] for st in s["stages"]] == [2, 4, 6]
     evaluated = [1, 1, 1] if kind == "single" else [1, 2, 3]

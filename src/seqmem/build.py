@@ -179,11 +179,10 @@ def build_continual(cfg: ContinualConfig) -> tuple[Protocol, Method]:
     """The protocol, the model and the method of a continual-learning config (the model's
     weights drawn from cfg.seed)."""
     protocol = build_protocol(cfg.protocol, cfg.setting, **cfg.protocol_options.options())
-    with seeded(cfg.seed):  # the model's and the method's modules (e.g. a hypernetwork)
+    with seeded(cfg.seed):  # the model's initial weights (methods seed their own generators)
         model = SequenceModel(protocol.d_input, cfg.d_model, mixer=cfg.mixer,
                               mixer_options=cfg.mixer_options.options(),
                               n_layers=cfg.n_layers, heads=protocol.heads,
                               vocab_size=protocol.vocab_size)
-        method = build_method(cfg.method, model, protocol, seed=cfg.seed,
-                              **cfg.method_options.options())
-    return protocol, method
+    return protocol, build_method(cfg.method, model, protocol, seed=cfg.seed,
+                                  **cfg.method_options.options())
