@@ -165,7 +165,7 @@ def test_hippo_n_is_the_normal_part_of_legs():
 
 
 def test_hippo_rejects_bad_sizes():
-    with pytest.raises(SeqmemError, match="positive integer"):
+    with pytest.raises(SeqmemError, match=r"HiPPO size n must be an integer >= 1, got 0"):
         hippo_legs(0)
     with pytest.raises(SeqmemError, match="theta"):
         hippo_legt(4, theta=0.0)

@@ -24,6 +24,7 @@ from seqmem.ops.linear_attention import (
     retention,
     retention_step,
 )
+from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
 from seqmem.ops.rnn import (
     LSTMState,
     activation,
@@ -35,6 +36,8 @@ from seqmem.ops.rnn import (
     leaky_rnn_step,
     lstm_recurrent,
     lstm_step,
+    plrnn_recurrent,
+    plrnn_step,
 )
 from seqmem.ops.scan import associative_scan, linear_recurrence, linear_recurrence_step
 from seqmem.ops.selective import (
@@ -91,6 +94,9 @@ __all__ = [
     "attention_own_key_banded",
     "attention_parallel",
     "attention_step",
+    "carry",
+    "causal_decay",
+    "chunk",
     "delta_rule",
     "delta_rule_step",
     "diag_recurrence",
@@ -126,6 +132,8 @@ __all__ = [
     "linear_recurrence_step",
     "lstm_recurrent",
     "lstm_step",
+    "plrnn_recurrent",
+    "plrnn_step",
     "retention",
     "retention_step",
     "rotary",
@@ -141,10 +149,12 @@ __all__ = [
     "ssm",
     "ssm_bilinear_step",
     "ssm_step",
+    "step_loop",
     "titans",
     "titans_chunk",
     "titans_init_state",
     "titans_recurrent",
     "titans_step",
+    "unchunk",
     "vandermonde",
 ]

@@ -33,11 +33,14 @@ def short_conv_step(x_t: Tensor, weight: Tensor, bias: Tensor | None, state: Ten
 
 def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, state: Tensor | None = None
                ) -> tuple[Tensor, Tensor]:
-    """The whole sequence at once: x (b, t, d) -> y (b, t, d), final state (b, k-1, d)."""
-    b, _, d = x.shape
+    """The whole sequence at once: x (b, t, d) -> y (b, t, d), final state (b, k-1, d). A
+    sequence of no tokens gives an empty output and keeps the state."""
+    b, t, d = x.shape
     k = weight.shape[1]
     if state is None:
         state = short_conv_init_state(b, d, k, device=x.device, dtype=x.dtype)
+    if t == 0:
+        return x.new_zeros(b, 0, d), state
     xp = torch.cat([state, x], dim=1)  # (b, k-1+t, d)
     y = F.conv1d(xp.transpose(1, 2), weight[:, None, :], bias, groups=d)  # (b, d, t)
     return y.transpose(1, 2), xp[:, xp.shape[1] - (k - 1):]

@@ -45,11 +45,14 @@ the delta rules is this algorithm with one chunk holding the whole sequence.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmem.errors import SeqmemError, check_choice
+from seqmem.errors import check_choice, check_int
+from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
 
@@ -59,8 +62,11 @@ def _scale(q: Tensor, scale: float | None) -> float:
     return q.shape[-1] ** -0.5 if scale is None else scale
 
 
-def _zero_state(k: Tensor, v: Tensor) -> Tensor:
-    """The zero state (b, h, d_k, d_v) for inputs k (b, [t,] h, d_k), v (b, [t,] h, d_v)."""
+def _initial(k: Tensor, v: Tensor, state: Tensor | None) -> Tensor:
+    """The state passed in, or when it is None the zero state (b, h, d_k, d_v) for inputs
+    k (b, [t,] h, d_k), v (b, [t,] h, d_v)."""
+    if state is not None:
+        return state
     return torch.zeros(k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1], device=v.device,
                        dtype=v.dtype)
 
@@ -75,65 +81,19 @@ def _read(q_t: Tensor, S: Tensor) -> Tensor:
     return (q_t[..., None, :] @ S)[..., 0, :]
 
 
-def _check_chunk_size(chunk_size: int) -> int:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    return chunk_size
-
-
-def _chunks(x: Tensor, size: int) -> Tensor:
-    """(b, t, h, ...) -> (b, h, n, size, ...), zero-padded at the end to n * size tokens.
-
-    A padded token has q = k = v = beta = 0 and log decay 0: it writes nothing and forgets
-    nothing, so the state after the padding is the state after the last real token."""
-    b, t, h = x.shape[:3]
-    n = -(-t // size)
-    x = x.movedim(1, 2)  # (b, h, t, ...)
-    if n * size > t:
-        x = F.pad(x, [0, 0] * (x.ndim - 3) + [0, n * size - t])
-    return x.reshape(b, h, n, size, *x.shape[3:]).contiguous()
-
-
-def _unchunk(o: Tensor, t: int) -> Tensor:
-    """(b, h, n, C, d) -> (b, t, h, d), dropping the padding."""
-    b, h, n, C, d = o.shape
-    return o.reshape(b, h, n * C, d)[:, :, :t].movedim(2, 1)
-
-
-def _causal_decay(b_cum: Tensor, *, strict: bool = False) -> Tensor:
-    """D[..., t, s] = exp(b_t - b_s) for s <= t (s < t if strict), exactly 0 elsewhere, from
-    cumulative log decays b_cum (..., C); the exponent is masked before the exponential (a
-    multiplicative mask: torch.where with a broadcast mask is far slower on CPU)."""
-    C = b_cum.shape[-1]
-    mask = torch.ones(C, C, dtype=b_cum.dtype, device=b_cum.device).tril(-1 if strict else 0)
-    diff = b_cum[..., :, None] - b_cum[..., None, :]  # (..., C, C)
-    return (diff * mask).exp() * mask  # masked exponents are 0 (finite), then zeroed
-
-
-def _carry(decay: Tensor, KV: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """Pass the state across chunks, S_i = decay_i * S_{i-1} + KV_i: decay (b, h, n, ...)
-    broadcasting against KV (b, h, n, d_k, d_v). Returns the state at the start of every chunk
-    (b, h, n, d_k, d_v) and the final state."""
-    starts = []
-    for a_i, KV_i in zip(decay.unbind(2), KV.unbind(2), strict=True):
-        starts.append(S)
-        S = a_i * S + KV_i  # (b, h, d_k, d_v)
-    return torch.stack(starts, dim=2), S
-
-
 def _dispatch(op: str, mode: str, t: int, chunk_size: int) -> int | None:
     """Check mode and chunk_size; the chunk length to use (t for "parallel"), None for
     "recurrent"."""
     mode = check_choice(f"{op} mode", mode, LINEAR_ATTENTION_MODES)
-    _check_chunk_size(chunk_size)
+    check_int("chunk_size", chunk_size)
     if mode == "recurrent":
         return None
     return max(t, 1) if mode == "parallel" else chunk_size
 
 
-def _empty(q: Tensor, v: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """The result for a sequence of no tokens: o (b, 0, h, d_v) and the state unchanged."""
-    return v.new_zeros(q.shape[0], 0, q.shape[2], v.shape[-1]), S
+def _empty(q: Tensor, v: Tensor) -> Tensor:
+    """The output o (b, 0, h, d_v) of a sequence of no tokens (the state stays as it is)."""
+    return v.new_zeros(q.shape[0], 0, q.shape[2], v.shape[-1])
 
 
 # ---- steps: the specification --------------------------------------------------------------
@@ -141,7 +101,7 @@ def linear_attention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor |
                           scale: float | None = None) -> tuple[Tensor, Tensor]:
     """S_t = S_{t-1} + k_t^T v_t, o_t = scale q_t S_t: q_t, k_t (b, h, d_k), v_t (b, h, d_v),
     state (b, h, d_k, d_v) -> o_t (b, h, d_v), S_t."""
-    S = _zero_state(k_t, v_t) if state is None else state
+    S = _initial(k_t, v_t, state)
     S = S + _outer(k_t, v_t)  # (b, h, d_k, d_v)
     return _read(q_t * _scale(q_t, scale), S), S
 
@@ -150,7 +110,7 @@ def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay: Tensor,
                    state: Tensor | None = None, *, scale: float | None = None
                    ) -> tuple[Tensor, Tensor]:
     """S_t = exp(log_decay) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t; log_decay (h,)."""
-    S = _zero_state(k_t, v_t) if state is None else state
+    S = _initial(k_t, v_t, state)
     S = log_decay.exp()[:, None, None] * S + _outer(k_t, v_t)  # (b, h, d_k, d_v)
     return _read(q_t * _scale(q_t, scale), S), S
 
@@ -158,7 +118,7 @@ def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay: Tensor,
 def gla_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, state: Tensor | None = None, *,
              scale: float | None = None) -> tuple[Tensor, Tensor]:
     """S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t; g_t (b, h, d_k)."""
-    S = _zero_state(k_t, v_t) if state is None else state
+    S = _initial(k_t, v_t, state)
     S = g_t.exp()[..., None] * S + _outer(k_t, v_t)  # (b, h, d_k, d_v)
     return _read(q_t * _scale(q_t, scale), S), S
 
@@ -168,7 +128,7 @@ def delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, beta_t: Tensor,
                     ) -> tuple[Tensor, Tensor]:
     """S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
     beta_t (b, h)."""
-    S = _zero_state(k_t, v_t) if state is None else state
+    S = _initial(k_t, v_t, state)
     u = beta_t[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
     S = S + _outer(k_t, u)  # (b, h, d_k, d_v)
     return _read(q_t * _scale(q_t, scale), S), S
@@ -179,7 +139,7 @@ def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, be
                           ) -> tuple[Tensor, Tensor]:
     """S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
     g_t, beta_t (b, h)."""
-    S = _zero_state(k_t, v_t) if state is None else state
+    S = _initial(k_t, v_t, state)
     S = g_t.exp()[..., None, None] * S  # (b, h, d_k, d_v)
     u = beta_t[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
     S = S + _outer(k_t, u)
@@ -187,44 +147,36 @@ def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, be
 
 
 # ---- recurrent: the loop of the step -------------------------------------------------------
-def _loop(step, q: Tensor, per_token: tuple, state: Tensor | None, scale: float | None,
-          *fixed) -> tuple[Tensor, Tensor]:
-    """Run step(q_t, k_t, v_t, [per-token gates], [fixed args], S) over time."""
-    S = _zero_state(per_token[0], per_token[1]) if state is None else state
-    outs = []
-    # unbind, not indexing: one backward node per input rather than one full-size gradient
-    # per token
-    for q_t, *inputs_t in zip(q.unbind(1), *(x.unbind(1) for x in per_token), strict=True):
-        o_t, S = step(q_t, *inputs_t, *fixed, S, scale=scale)
-        outs.append(o_t)
-    if not outs:
-        return _empty(q, per_token[1], S)
-    return torch.stack(outs, dim=1), S  # (b, t, h, d_v)
-
-
 def linear_attention_recurrent(q, k, v, *, scale=None, state=None):
     """The loop of `linear_attention_step`."""
-    return _loop(linear_attention_step, q, (k, v), state, scale)
+    return step_loop(partial(linear_attention_step, scale=scale), (q, k, v),
+                     _initial(k, v, state), empty=_empty(q, v))
 
 
 def retention_recurrent(q, k, v, log_decay, *, scale=None, state=None):
     """The loop of `retention_step`."""
-    return _loop(retention_step, q, (k, v), state, scale, log_decay)
+    def step(q_t, k_t, v_t, S):
+        return retention_step(q_t, k_t, v_t, log_decay, S, scale=scale)
+
+    return step_loop(step, (q, k, v), _initial(k, v, state), empty=_empty(q, v))
 
 
 def gla_recurrent(q, k, v, g, *, scale=None, state=None):
     """The loop of `gla_step`."""
-    return _loop(gla_step, q, (k, v, g), state, scale)
+    return step_loop(partial(gla_step, scale=scale), (q, k, v, g), _initial(k, v, state),
+                     empty=_empty(q, v))
 
 
 def delta_rule_recurrent(q, k, v, beta, *, scale=None, state=None):
     """The loop of `delta_rule_step`."""
-    return _loop(delta_rule_step, q, (k, v, beta), state, scale)
+    return step_loop(partial(delta_rule_step, scale=scale), (q, k, v, beta),
+                     _initial(k, v, state), empty=_empty(q, v))
 
 
 def gated_delta_rule_recurrent(q, k, v, g, beta, *, scale=None, state=None):
     """The loop of `gated_delta_rule_step`."""
-    return _loop(gated_delta_rule_step, q, (k, v, g, beta), state, scale)
+    return step_loop(partial(gated_delta_rule_step, scale=scale), (q, k, v, g, beta),
+                     _initial(k, v, state), empty=_empty(q, v))
 
 
 # ---- chunked forms -------------------------------------------------------------------------
@@ -237,20 +189,20 @@ def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
         o_t = exp(b_t) q_t S_0 + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s,  b the cumulative
         log decay since the chunk's start; the state is carried from chunk to chunk."""
     b, t, h, _ = q.shape
-    S = _zero_state(k, v) if state is None else state
+    S = _initial(k, v, state)
     if t == 0:
-        return _empty(q, v, S)
-    C = min(_check_chunk_size(chunk_size), t)
-    Q, K, V = _chunks(q * _scale(q, scale), C), _chunks(k, C), _chunks(v, C)  # (b, h, n, C, d)
+        return _empty(q, v), S
+    C = min(check_int("chunk_size", chunk_size), t)
+    Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
     if g is None:
         g = q.new_zeros(b, t, h)
-    b_cum = _chunks(g, C).cumsum(-1)  # (b, h, n, C)
-    intra = ((Q @ K.transpose(-1, -2)) * _causal_decay(b_cum)) @ V  # (b, h, n, C, d_v)
+    b_cum = chunk(g, C).cumsum(-1)  # (b, h, n, C)
+    intra = ((Q @ K.transpose(-1, -2)) * causal_decay(b_cum)) @ V  # (b, h, n, C, d_v)
     Q = Q * b_cum.exp()[..., None]  # (b, h, n, C, d_k): reads S_0 decayed to t
     b_last = b_cum[..., -1]  # (b, h, n)
     KV = (K * (b_last[..., None] - b_cum).exp()[..., None]).transpose(-1, -2) @ V  # (b,h,n,k,v)
-    starts, S = _carry(b_last.exp()[..., None, None], KV, S)  # (b, h, n, d_k, d_v)
-    return _unchunk(intra + Q @ starts, t), S
+    starts, S = carry(b_last.exp()[..., None, None], KV, S)  # (b, h, n, d_k, d_v)
+    return unchunk(intra + Q @ starts, t), S
 
 
 def _gla_intra(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:
@@ -287,12 +239,12 @@ def gla_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None
         o_t = (q_t * exp(B_t)) S_0 + intra_t,
         S_C = diag(exp(B_C)) S_0 + sum_s (k_s * exp(B_C - B_s))^T v_s."""
     t = q.shape[1]
-    S = _zero_state(k, v) if state is None else state
+    S = _initial(k, v, state)
     if t == 0:
-        return _empty(q, v, S)
-    C = min(_check_chunk_size(chunk_size), t)
+        return _empty(q, v), S
+    C = min(check_int("chunk_size", chunk_size), t)
     L = 1 << (C - 1).bit_length()  # C rounded up to a power of two
-    Q, K, V, G = (_chunks(z, C) for z in (q * _scale(q, scale), k, v, g))  # (b, h, n, C, d)
+    Q, K, V, G = (chunk(z, C) for z in (q * _scale(q, scale), k, v, g))  # (b, h, n, C, d)
     if L > C:  # identity tokens at the end of every chunk
         Q, K, V, G = (F.pad(z, (0, 0, 0, L - C)) for z in (Q, K, V, G))  # (b, h, n, L, d)
     B = G.cumsum(-2)  # (b, h, n, L, d_k)
@@ -300,9 +252,9 @@ def gla_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None
     B_last = B[..., -1, :]  # (b, h, n, d_k)
     Q = Q * B.exp()  # (b, h, n, L, d_k): reads S_0 decayed to t
     KV = (K * (B_last[..., None, :] - B).exp()).transpose(-1, -2) @ V  # (b, h, n, d_k, d_v)
-    starts, S = _carry(B_last.exp()[..., None], KV, S)  # (b, h, n, d_k, d_v)
+    starts, S = carry(B_last.exp()[..., None], KV, S)  # (b, h, n, d_k, d_v)
     o = intra + Q @ starts  # (b, h, n, L, d_v)
-    return _unchunk(o[..., :C, :] if L > C else o, t), S
+    return unchunk(o[..., :C, :] if L > C else o, t), S
 
 
 def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
@@ -312,9 +264,9 @@ def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | N
         o_t = (q_t * exp(B_t)) S_0 + sum_{s<=t} sum_c q_tc k_sc exp(B_tc - B_sc) v_s,
         S_t = diag(exp(B_t)) S_0 + sum_{s<=t} (k_s * exp(B_t - B_s))^T v_s,  B = cumsum(g)."""
     t = q.shape[1]
-    S = _zero_state(k, v) if state is None else state
+    S = _initial(k, v, state)
     if t == 0:
-        return _empty(q, v, S)
+        return _empty(q, v), S
     q = q * _scale(q, scale)
     B = g.cumsum(1)  # (b, t, h, d_k)
     tri = torch.ones(t, t, dtype=q.dtype, device=q.device).tril()[:, :, None, None]  # (t, s)
@@ -333,15 +285,15 @@ def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | 
     """The (gated) delta rule in chunks by the WY / UT transform (see the module docstring):
     beta (b, t, h), g (b, t, h) a log decay or None (no decay)."""
     b, t, h, _ = q.shape
-    S = _zero_state(k, v) if state is None else state
+    S = _initial(k, v, state)
     if t == 0:
-        return _empty(q, v, S)
-    C = min(_check_chunk_size(chunk_size), t)
+        return _empty(q, v), S
+    C = min(check_int("chunk_size", chunk_size), t)
     d_v = v.shape[-1]
-    Q, K, V = _chunks(q * _scale(q, scale), C), _chunks(k, C), _chunks(v, C)  # (b, h, n, C, d)
-    beta = _chunks(beta, C)  # (b, h, n, C)
-    b_cum = _chunks(g if g is not None else q.new_zeros(b, t, h), C).cumsum(-1)  # (b, h, n, C)
-    D = _causal_decay(b_cum)  # (b, h, n, C, C): gamma_t / gamma_s for s <= t
+    Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
+    beta = chunk(beta, C)  # (b, h, n, C)
+    b_cum = chunk(g if g is not None else q.new_zeros(b, t, h), C).cumsum(-1)  # (b, h, n, C)
+    D = causal_decay(b_cum)  # (b, h, n, C, C): gamma_t / gamma_s for s <= t
     gamma = b_cum.exp()  # (b, h, n, C)
     KK = K @ K.transpose(-1, -2)  # (b, h, n, C, C)
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
@@ -361,7 +313,7 @@ def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | 
         Us.append(U)
         S = a_i * S + K_i @ U  # (b, h, d_k, d_v)
     o = Q @ torch.stack(starts, dim=2) + QK @ torch.stack(Us, dim=2)  # (b, h, n, C, d_v)
-    return _unchunk(o, t), S
+    return unchunk(o, t), S
 
 
 # ---- the ops -------------------------------------------------------------------------------

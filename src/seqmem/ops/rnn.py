@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice
+from seqmem.ops.loops import step_loop
 
 PHIS = {
     "leaky_relu": F.leaky_relu,  # negative slope 0.01, as torch.nn.LeakyReLU()
@@ -92,13 +93,11 @@ def elman_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
     if u.shape[1] and _fused(u, h, W_hh, b_hh):
         H = _ElmanBPTT.apply(u if b_hh is None else u + b_hh, h, W_hh, phi)
         return H, H[:, -1]
-    hs = []
-    for u_t in u.unbind(1):
+    def step(u_t, h):
         h = elman_step(u_t, h, W_hh, b_hh, phi=phi)
-        hs.append(h)
-    if not hs:
-        return u.new_zeros(u.shape), h
-    return torch.stack(hs, dim=1), h
+        return h, h  # the output is the state
+
+    return step_loop(step, (u,), h)
 
 
 # ---- GRU ----------------------------------------------------------------------------------
@@ -201,6 +200,26 @@ def lstm_recurrent(u: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | Non
         empty = u.new_zeros(*u.shape[:2], d)
         return empty, LSTMState(h, c), (empty if gates else None)
     return torch.stack(hs, dim=1), LSTMState(h, c), (torch.stack(fs, dim=1) if gates else None)
+
+
+# ---- shallow PLRNN -------------------------------------------------------------------------
+def plrnn_step(u_t: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Tensor,
+               h2: Tensor) -> Tensor:
+    """One step of the shallow PLRNN (Hess, Monfared, Brenner & Durstewitz 2023, ICML),
+    z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + u_t, with the input drive u_t = C s_t
+    already applied: u_t, z (b, M), A (M,) the diagonal, W1 (M, L), W2 (L, M), h1 (M,),
+    h2 (L,)."""
+    return A * z + F.linear(torch.relu(F.linear(z, W2, h2)), W1, h1) + u_t
+
+
+def plrnn_recurrent(u: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Tensor,
+                    h2: Tensor) -> tuple[Tensor, Tensor]:
+    """Loop of `plrnn_step` over u (b, t, M). Returns (z_all (b, t, M), z_final (b, M))."""
+    def step(u_t, z):
+        z = plrnn_step(u_t, z, A, W1, W2, h1, h2)
+        return z, z  # the output is the state
+
+    return step_loop(step, (u,), z)
 
 
 # ---- hand-written backpropagation through time ---------------------------------------------

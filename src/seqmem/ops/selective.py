@@ -21,7 +21,7 @@ sign (a parity of the count of negative factors).
 
 Forms of `selective_scan`. Its decay differs per (d, n), so any exact form touches t * d * n
 transitions; a masked (L, L) quadratic form per d would multiply that work by the chunk length
-(and by log L for the dyadic trick of `ops.linear_attention._gla_intra`). On a CPU the step
+(and by log L for the dyadic blocks of `ops.linear_attention.gla_chunk`). On a CPU the step
 loop is already close to that floor, except for autograd's per-step bookkeeping, so "chunk"
 is Mamba's own hardware-aware algorithm written for the CPU: the scan runs chunk by chunk
 without recording a graph, keeping only the state at every chunk's start, and a hand-written
@@ -46,17 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmem.errors import SeqmemError, check_choice
-from seqmem.ops.linear_attention import _carry, _causal_decay, _chunks, _unchunk
+from seqmem.errors import check_choice, check_int
+from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
 
 SELECTIVE_SCAN_MODES = ("chunk", "recurrent")
 SSD_MODES = ("chunk", "quadratic", "recurrent")
-
-
-def _check_chunk_size(chunk_size: int) -> int:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    return chunk_size
 
 
 def _transition(log_decay: Tensor, signed: bool) -> Tensor:
@@ -194,20 +188,19 @@ class _ChunkedScan(torch.autograd.Function):
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
                     chunk_size, signed, op):
     check_choice(f"{op} mode", mode, SELECTIVE_SCAN_MODES)
-    _check_chunk_size(chunk_size)
+    check_int("chunk_size", chunk_size)
     b, t, d = u.shape
     if state is None:
         state = u.new_zeros(b, d, A.shape[-1])
     if t == 0:
         return u.new_zeros(b, 0, d), state
     if mode == "recurrent":
-        ys, h = [], state
-        for u_t, delta_t, B_t, C_t in zip(u.unbind(1), delta.unbind(1), B.unbind(1),
-                                          C.unbind(1), strict=True):
-            y_t, h = _selective_step(u_t, delta_t, A, B_t, C_t, None, None, delta_bias,
-                                     delta_softplus, h, signed)
-            ys.append(y_t)
-        return _finish(torch.stack(ys, dim=1), u, D, z), h
+        def step(u_t, delta_t, B_t, C_t, h):
+            return _selective_step(u_t, delta_t, A, B_t, C_t, None, None, delta_bias,
+                                   delta_softplus, h, signed)
+
+        y, h = step_loop(step, (u, delta, B, C), state)  # (b, t, d)
+        return _finish(y, u, D, z), h
     dt = _delta(delta, delta_bias, delta_softplus)  # (b, t, d)
     y, h = _ChunkedScan.apply(
         dt.transpose(0, 1).contiguous(), A.contiguous(), B.transpose(0, 1).contiguous(),
@@ -283,37 +276,33 @@ def _ssd_chunk(x: Tensor, a: Tensor, B: Tensor, C: Tensor, S: Tensor, L: int, si
         S_L = sg_L exp(c_L) S_0 + sum_s sg_L sg_s exp(c_L - c_s) x_s^T B_s."""
     t = x.shape[1]
     log_a, neg = _log_and_sign(a, signed)
-    X, Bc, Cc = _chunks(x, L), _chunks(B, L), _chunks(C, L)  # (b, h, nc, L, .)
-    c = _chunks(log_a, L).cumsum(-1)  # (b, h, nc, L); padding: log decay 0
-    decay = _causal_decay(c)  # (b, h, nc, L, L), exp(c_t - c_s) for s <= t
+    X, Bc, Cc = chunk(x, L), chunk(B, L), chunk(C, L)  # (b, h, nc, L, .)
+    c = chunk(log_a, L).cumsum(-1)  # (b, h, nc, L); padding: log decay 0
+    decay = causal_decay(c)  # (b, h, nc, L, L), exp(c_t - c_s) for s <= t
     c_last = c[..., -1:]  # (b, h, nc, 1)
     to_end, from_start, total = (c_last - c).exp(), c.exp(), c_last.exp()
     if neg is not None:
-        sg = 1 - 2 * torch.remainder(_chunks(neg, L).cumsum(-1), 2)  # (b, h, nc, L), +-1
+        sg = 1 - 2 * torch.remainder(chunk(neg, L).cumsum(-1), 2)  # (b, h, nc, L), +-1
         sg_last = sg[..., -1:]
         decay = decay * (sg[..., :, None] * sg[..., None, :])
         to_end, from_start, total = to_end * sg_last * sg, from_start * sg, total * sg_last
     intra = ((Cc @ Bc.transpose(-1, -2)) * decay) @ X  # (b, h, nc, L, p)
     KV = (X * to_end[..., None]).transpose(-1, -2) @ Bc  # (b, h, nc, p, n)
-    starts, S = _carry(total[..., None], KV, S)  # (b, h, nc, p, n)
+    starts, S = carry(total[..., None], KV, S)  # (b, h, nc, p, n)
     y = intra + (Cc * from_start[..., None]) @ starts.transpose(-1, -2)  # (b, h, nc, L, p)
-    return _unchunk(y, t), S
+    return unchunk(y, t), S
 
 
 def _ssd(x, a, B, C, state, chunk_size, mode, signed, op):
     check_choice(f"{op} mode", mode, SSD_MODES)
-    _check_chunk_size(chunk_size)
+    check_int("chunk_size", chunk_size)
     b, t, h, p = x.shape
     S = x.new_zeros(b, h, p, B.shape[-1]) if state is None else state
     if t == 0:
         return x.new_zeros(b, 0, h, p), S
     if mode == "recurrent":
-        ys = []
-        for x_t, a_t, B_t, C_t in zip(x.unbind(1), a.unbind(1), B.unbind(1), C.unbind(1),
-                                      strict=True):
-            y_t, S = _ssd_step(x_t, a_t, B_t, C_t, S, signed)
-            ys.append(y_t)
-        return torch.stack(ys, dim=1), S
+        return step_loop(lambda x_t, a_t, B_t, C_t, S: _ssd_step(x_t, a_t, B_t, C_t, S, signed),
+                         (x, a, B, C), S)
     L = t if mode == "quadratic" else min(chunk_size, t)
     return _ssd_chunk(x, a, B, C, S, L, signed)
 

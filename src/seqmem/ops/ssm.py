@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmem.errors import SeqmemError, check_choice
+from seqmem.errors import SeqmemError, check_choice, check_int
+from seqmem.ops.loops import step_loop
 from seqmem.ops.scan import linear_recurrence
 
 SSM_MODES = ("conv", "recurrent")
@@ -49,12 +50,6 @@ SCAN_MODES = ("parallel", "chunk", "recurrent")
 
 
 # ---- HiPPO matrices ------------------------------------------------------------------------
-def _check_n(n: int) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise SeqmemError(f"HiPPO size n must be a positive integer, got {n!r}")
-    return n
-
-
 def hippo_legs(n: int, *, dtype=torch.float64, device=None) -> tuple[Tensor, Tensor]:
     """HiPPO-LegS (Gu et al. 2020, eq. (2.1) / Thm 2): A (n, n), B (n,) with
 
@@ -62,7 +57,7 @@ def hippo_legs(n: int, *, dtype=torch.float64, device=None) -> tuple[Tensor, Ten
 
     Time-invariant, x' = A x + B u holds in x(tau) the coefficients of u(e^s), s <= tau, in the
     orthonormal Legendre basis of the uniform measure on [0, e^tau] (LegS in log time)."""
-    q = torch.arange(_check_n(n), dtype=dtype, device=device)
+    q = torch.arange(check_int("HiPPO size n", n), dtype=dtype, device=device)
     r = (2 * q + 1).sqrt()  # (n,)
     A = -(r[:, None] * r[None, :]).tril(-1) - torch.diag(q + 1)  # (n, n)
     return A, r.clone()
@@ -80,7 +75,7 @@ def hippo_legt(n: int, *, theta: float = 1.0, dtype=torch.float64, device=None
     u(s - theta) enters through its reconstruction from x."""
     if not theta > 0:
         raise SeqmemError(f"hippo_legt theta must be > 0, got {theta!r}")
-    q = torch.arange(_check_n(n), dtype=dtype, device=device)
+    q = torch.arange(check_int("HiPPO size n", n), dtype=dtype, device=device)
     r = (2 * q + 1).sqrt()  # (n,)
     diff = q[:, None] - q[None, :]  # n - k
     sign = torch.where(diff >= 0, torch.ones_like(diff), 1 - 2 * (diff.abs() % 2))
@@ -97,7 +92,7 @@ def hippo_fout(n: int, *, dtype=torch.float64, device=None) -> tuple[Tensor, Ten
 
     The rank-one term is the window's far end u(s - 1) read back from x (B^T x); exact for
     1-periodic inputs of bandwidth below n/2."""
-    j = torch.arange(_check_n(n), device=device)
+    j = torch.arange(check_int("HiPPO size n", n), device=device)
     k = (j + 1) // 2  # frequency of basis function j
     is_cos = (j % 2 == 1)
     B = is_cos.to(dtype) * math.sqrt(2)  # (n,)
@@ -365,11 +360,7 @@ def ssm(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, *, state: Tensor | N
     b, t, h = u.shape
     n = B_bar.shape[-1]
     if mode == "recurrent" or t == 0:
-        ys = []
-        for u_t in u.unbind(1):
-            y_t, x = ssm_step(u_t, A_bar, B_bar, C, x)
-            ys.append(y_t)
-        return (torch.stack(ys, 1) if ys else u.new_zeros(u.shape)), x
+        return step_loop(lambda u_t, x: ssm_step(u_t, A_bar, B_bar, C, x), (u,), x)
     L0, J = _blocks(t)
     A_pows = _squarings(A_bar, L0.bit_length() - 1)  # A_bar^(2^k), up to P = A_bar^L0
     P_pows = _squarings(A_pows[-1], _ceil_log2(J) - 1) if J > 1 else []  # P^(2^k)
@@ -419,11 +410,7 @@ def diag_ssm(u: Tensor, a: Tensor, b: Tensor, C: Tensor, *, state: Tensor | None
         else state
     t = u.shape[1]
     if mode == "recurrent" or t == 0:
-        ys = []
-        for u_t in u.unbind(1):
-            y_t, x = diag_ssm_step(u_t, a, b, C, x)
-            ys.append(y_t)
-        return (torch.stack(ys, 1) if ys else u.new_zeros(u.shape)), x
+        return step_loop(lambda u_t, x: diag_ssm_step(u_t, a, b, C, x), (u,), x)
     lo, hi, L0 = _power_blocks(a, t)  # a^{j L0 + l} = hi[..., j] lo[..., l]
     J = hi.shape[-1]
     y = fft_conv(u, _power_sum(C * b, lo, hi, t).real)  # the kernel = s4d_kernel(a, b, C, t)
@@ -453,18 +440,17 @@ def diag_recurrence(a: Tensor, v: Tensor, *, state: Tensor | None = None,
     diagonal before the exponential), the state carried from chunk to chunk;
     "recurrent": the loop of `diag_recurrence_step`."""
     mode = _check_mode("diag_recurrence", mode, SCAN_MODES)
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     b, t, n = v.shape
     x0 = v.new_zeros(b, n) if state is None else state
     if t == 0:
         return v.clone(), x0
     if mode == "recurrent":
-        xs, x = [], x0
-        for v_t in v.unbind(1):
+        def step(v_t, x):
             x = diag_recurrence_step(a, v_t, x)
-            xs.append(x)
-        return torch.stack(xs, 1), x
+            return x, x  # every state is an output
+
+        return step_loop(step, (v,), x0)
     if mode == "parallel":
         x = linear_recurrence(a.expand(1, t, n), v, x0, dim=1)  # (b, t, n)
         return x, x[:, -1]

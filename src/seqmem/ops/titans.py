@@ -39,13 +39,15 @@ d_v); `scale` defaults to d_k^-0.5, as in every op of the linear-attention famil
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmem.errors import check_choice
+from seqmem.errors import check_choice, check_int
+from seqmem.ops.loops import chunk, step_loop
 
 TITANS_MODES = ("chunk", "recurrent")
 
@@ -85,13 +87,9 @@ def titans_recurrent(q, k, v, alpha, eta, theta, *, scale=None, state=None
     b, _, h, d_k = k.shape
     if state is None:
         state = titans_init_state(b, h, d_k, v.shape[-1], device=v.device, dtype=v.dtype)
-    outs = []
-    for inputs_t in zip(*(z.unbind(1) for z in (q, k, v, alpha, eta, theta)), strict=True):
-        o_t, state = titans_step(*inputs_t, state, scale=scale)  # unbind: see titans_chunk
-        outs.append(o_t)
-    if not outs:
-        return v.new_zeros(b, 0, h, v.shape[-1]), TitansState(*state)
-    return torch.stack(outs, dim=1), TitansState(*state)
+    o, state = step_loop(partial(titans_step, scale=scale), (q, k, v, alpha, eta, theta), state,
+                         empty=v.new_zeros(b, 0, h, v.shape[-1]))
+    return o, TitansState(*state)
 
 
 def _decay_matrix(a: Tensor) -> Tensor:
@@ -112,21 +110,16 @@ def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_si
     scale = d_k ** -0.5 if scale is None else scale
     if state is None:
         state = titans_init_state(b, h, d_k, d_v, device=v.device, dtype=v.dtype)
+    check_int("chunk_size", chunk_size)
+    if t == 0:
+        return v.new_zeros(b, 0, h, d_v), TitansState(*state)
     C = min(chunk_size, t)
     n = -(-t // C)
-    pad = n * C - t
     r = t - (n - 1) * C  # length of the last chunk
-
-    def chunks(x: Tensor, fill: float) -> Tensor:  # (b, t, h, ...) -> (b, h, n, C, ...)
-        x = x.movedim(1, 2)  # (b, h, t, ...)
-        if pad:
-            widths = [0, 0] * (x.ndim - 3) + [0, pad]
-            x = F.pad(x, widths, value=fill)  # padded tokens come after the last real one
-        return x.reshape(b, h, n, C, *x.shape[3:])
-
-    Q, K, V = chunks(q * scale, 0.0), chunks(k, 0.0), chunks(v, 0.0)  # (b, h, n, C, d)
-    a, e = chunks(1 - alpha, 1.0), chunks(eta, 1.0)  # (b, h, n, C)
-    c = chunks(2 * theta, 0.0)  # (b, h, n, C)
+    # padded tokens come after the last real one: no input, decay factors 1
+    Q, K, V = chunk(q * scale, C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
+    a, e = chunk(1 - alpha, C, fill=1.0), chunk(eta, C, fill=1.0)  # (b, h, n, C)
+    c = chunk(2 * theta, C)  # (b, h, n, C)
 
     A = _decay_matrix(a)  # (b, h, n, C, C): A[t, j] = prod_{j<l<=t} a_l
     E = _decay_matrix(e)  # (b, h, n, C, C)
@@ -150,10 +143,10 @@ def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_si
 
     M, S = state
     # the final state is read at the last real token: row r - 1 of the last chunk
-    chunk, last = torch.arange(n, device=v.device), torch.full((n,), C - 1, device=v.device)
+    chunks, last = torch.arange(n, device=v.device), torch.full((n,), C - 1, device=v.device)
     last[-1] = r - 1
-    G_last, E_last = G[:, :, chunk, last], E[:, :, chunk, last]  # (b, h, n, C)
-    a0_last, g0_last, e0_last = (z[:, :, chunk, last][..., None, None] for z in (a0, g0, e0))
+    G_last, E_last = G[:, :, chunks, last], E[:, :, chunks, last]  # (b, h, n, C)
+    a0_last, g0_last, e0_last = (z[:, :, chunks, last][..., None, None] for z in (a0, g0, e0))
     # per chunk by unbind (one backward node each; indexing [:, :, i] costs O(t) per chunk)
     per_chunk = zip(*(z.unbind(2) for z in (U, W_M, W_S, Q, K, QK, a0[..., None],
                                             g0[..., None], G_last[..., None], E_last[..., None],

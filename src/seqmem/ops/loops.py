@@ -1,0 +1,90 @@
+"""Loops over time shared by the ops: the loop of a step function, and the pieces of every
+chunked form (cutting a sequence into chunks, the causal decay matrix inside a chunk, the state
+carried from chunk to chunk).
+
+    step_loop     (y_t, S_t) = step(x_t, ..., S_{t-1}) for t = 1..T, outputs stacked on time
+    chunk         (b, t, h, ...) -> (b, h, n, C, ...), padded at the end to n C tokens
+    causal_decay  D[t, s] = exp(b_t - b_s) for s <= t, exactly 0 above the diagonal
+    carry         S_i = a_i S_{i-1} + KV_i across the chunks i = 1..n
+
+Every `<family>_recurrent` form that is "the loop of `<family>_step`" is `step_loop` of that
+step; forms whose loop is written by hand for speed (the RNNs' fused loops and hand-written
+backward passes in `ops.rnn`, the chunked selective scan) keep their own. Time slices are taken
+by `unbind`, never by indexing: indexing x[:, t] gives one backward node per token, each
+writing a gradient the size of the whole input, so the backward grows quadratically in T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def step_loop(step: Callable[..., tuple[Tensor, Any]], inputs: Sequence[Tensor], state: Any, *,
+              empty: Tensor | None = None) -> tuple[Tensor, Any]:
+    """The loop of a step over time: y_t, state = step(*inputs_t, state) for every t, where
+    inputs_t are the time slices inputs[i][:, t]. Returns (y (b, t, ...) the stacked y_t, the
+    final state).
+
+    inputs: tensors with time on axis 1 (b, t, ...), all of the same length t; anything the
+    step needs that is not per token (weights, a scale) is bound into `step` by the caller.
+    state: any state `step` accepts (a tensor, a NamedTuple of tensors). empty: the output for
+    t = 0 (then `step` is never called and the state is returned as it came); None means zeros
+    shaped like inputs[0], right wherever y_t has the shape of the first input's slice."""
+    ys = []
+    for inputs_t in zip(*(x.unbind(1) for x in inputs), strict=True):
+        y_t, state = step(*inputs_t, state)
+        ys.append(y_t)
+    if not ys:
+        return (inputs[0].new_zeros(inputs[0].shape) if empty is None else empty), state
+    return torch.stack(ys, dim=1), state
+
+
+def chunk(x: Tensor, size: int, *, fill: float = 0.0) -> Tensor:
+    """(b, t, h, ...) -> (b, h, n, size, ...) with n = ceil(t / size): consecutive chunks of
+    `size` tokens, heads moved before the chunks, padded at the end with `fill` to n * size
+    tokens; contiguous (a strided batch of matrix products is slow on a CPU).
+
+    The fill is chosen by the caller so that a padded token changes nothing: 0 for inputs,
+    keys, values and log decays (it writes nothing and forgets nothing), 1 for a decay factor;
+    the state after the padding is then the state after the last real token."""
+    b, t, h = x.shape[:3]
+    n = -(-t // size)
+    x = x.movedim(1, 2)  # (b, h, t, ...)
+    if n * size > t:
+        x = F.pad(x, [0, 0] * (x.ndim - 3) + [0, n * size - t], value=fill)
+    return x.reshape(b, h, n, size, *x.shape[3:]).contiguous()
+
+
+def unchunk(o: Tensor, t: int) -> Tensor:
+    """The inverse of `chunk` for a per-token output: (b, h, n, C, d) -> (b, t, h, d), the
+    padding dropped."""
+    b, h, n, C, d = o.shape
+    return o.reshape(b, h, n * C, d)[:, :, :t].movedim(2, 1)
+
+
+def causal_decay(b_cum: Tensor, *, strict: bool = False) -> Tensor:
+    """D[..., t, s] = exp(b_t - b_s) for s <= t (s < t if strict), exactly 0 elsewhere, from
+    cumulative log decays b_cum (..., C). The exponent is masked before the exponential, so no
+    positive exponent is ever formed when the log decays are <= 0; the mask is multiplicative
+    (torch.where with a broadcast mask is far slower on a CPU)."""
+    C = b_cum.shape[-1]
+    mask = torch.ones(C, C, dtype=b_cum.dtype, device=b_cum.device).tril(-1 if strict else 0)
+    diff = b_cum[..., :, None] - b_cum[..., None, :]  # (..., C, C)
+    return (diff * mask).exp() * mask  # masked exponents are 0 (finite), then zeroed
+
+
+def carry(decay: Tensor, KV: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """Pass a state across chunks, S_i = decay_i * S_{i-1} + KV_i: decay (b, h, n, ...)
+    broadcasting against KV (b, h, n, d_k, d_v), S (b, h, d_k, d_v) the state before the first
+    chunk. Returns the state at the start of every chunk (b, h, n, d_k, d_v) and the final
+    state."""
+    starts = []
+    for a_i, KV_i in zip(decay.unbind(2), KV.unbind(2), strict=True):
+        starts.append(S)
+        S = a_i * S + KV_i  # (b, h, d_k, d_v)
+    return torch.stack(starts, dim=2), S
