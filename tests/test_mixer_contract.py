@@ -36,7 +36,7 @@ VARIANTS: dict[str, list[dict]] = {
             {"n_memories": 1, "top_k": 1, "n_heads": 1}],
     "titans": [{"n_heads": 1, "conv_size": 2}],
     "mamba": [{"negative_eigenvalues": True, "d_state": 3, "dt_rank": 2}],
-    "mamba2": [{"negative_eigenvalues": True, "headdim": 4}, {"headdim": 8, "d_conv": 2}],
+    "mamba2": [{"negative_eigenvalues": True, "headdim": 4}, {"headdim": 8, "conv_size": 2}],
     "plrnn": [{"d_hidden": 3, "input_proj": False, "a_init": (-0.9, 0.9)}],
     "lssl": [{"train_A": True, "d_state": 8, "activation": "glu"}],
     "s4d": [{"init": "inv", "d_state": 6, "activation": "none"}],

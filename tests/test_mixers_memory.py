@@ -188,7 +188,7 @@ def test_mom_memory_sees_only_its_tokens(memory, shared_memory):
     with torch.no_grad():
         for mode in m.modes:
             _, s = m(x, s0, mode=mode, chunk_size=2)
-            u, _ = short_conv(torch.cat([m.q_proj(x), m.kv_proj(x)], -1), m.conv_weight, None,
+            u, _ = short_conv(torch.cat([m.q_proj(x), m.kv_proj(x)], -1), m.conv.weight, None,
                               s0.conv)
             u = F.silu(u)
             k, v = u[..., 8:].reshape(b, t, 2, m.n_slots, h, e).unbind(2)  # (b, t, s, h, e)

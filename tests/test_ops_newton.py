@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from seqmem import mixers
+from seqmem.mixers.parts import NewtonInfo
 from seqmem.ops.newton import linear_scan, newton_recurrent
 from seqmem.ops.rnn import gru_step
 
@@ -50,12 +51,27 @@ def test_newton_converges_to_the_loop_and_counts_iterations():
     torch.testing.assert_close(H3[:, :3], torch.stack(ref, 1)[:, :3], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["leaky_rnn", "gru", "lstm"])
-def test_mixer_newton_mode_reports_iterations(name):
+def _leaves(state) -> list[torch.Tensor]:
+    return [state] if isinstance(state, torch.Tensor) else list(state)
+
+
+@pytest.mark.parametrize("name", ["leaky_rnn", "gru", "lstm", "plrnn"])
+def test_mixer_newton_mode_returns_its_diagnostics(name):
     torch.manual_seed(0)
     m = mixers.build(name, 8).double()
     x = torch.randn(2, 30, 8, dtype=torch.float64)
-    y, _ = m(x, mode="newton")
-    y_ref, _ = m(x, mode="recurrent")
+    s0 = m.init_state(2)
+    y, s = m(x, s0, mode="newton")
+    y_ref, s_ref = m(x, s0, mode="recurrent")
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
-    assert 1 <= m.newton_iterations <= 31
+    y_info, s_info, info = m.newton(x, s0)  # the same forward, with its diagnostics
+    torch.testing.assert_close(y_info, y, rtol=0, atol=0)
+    for a, b in zip(_leaves(s_info), _leaves(s), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert isinstance(info, NewtonInfo) and 1 <= info.iterations <= 31
+    assert not hasattr(m, "newton_iterations")  # nothing is kept on the module
+    # max_iter caps the iterations; after k of them the first k steps are exact
+    y3, _, info3 = m.newton(x, s0, max_iter=3)
+    assert info3.iterations == 3
+    torch.testing.assert_close(y3[:, :3], y_ref[:, :3], rtol=0, atol=1e-10)
+    assert m.newton(x[:, :0], s0)[2].iterations == 0  # no tokens: no iteration

@@ -329,7 +329,7 @@ def test_bad_input_shapes_and_dtypes(name):
         m.step(torch.zeros(2, D, dtype=torch.float32), s0)
     with pytest.raises(SeqmemError, match=r"expected a Tensor"):
         m(np.zeros((2, 3, D)))
-    with pytest.raises(SeqmemError, match=r"chunk_size must be a positive integer, got 0"):
+    with pytest.raises(SeqmemError, match=r"chunk_size must be an integer >= 1, got 0"):
         m(torch.zeros(2, 3, D, dtype=torch.float64), chunk_size=0)
     for msg in (f"{name}:", "(batch, time, d_model)"):
         with pytest.raises(SeqmemError) as info:
@@ -347,9 +347,9 @@ def test_bad_names_and_options():
     with pytest.raises(SeqmemError, match=r"unknown option\(s\) tau for mixer 'leaky_rnn'; "
                        r"accepted: rule, phi, zero_diagonal, .*tau_init, h0"):
         mixers.build("leaky_rnn", D, tau=2.0)
-    with pytest.raises(SeqmemError, match=r"d_model must be a positive integer, got 0"):
+    with pytest.raises(SeqmemError, match=r"d_model must be an integer >= 1, got 0"):
         mixers.build("gru", 0)
-    with pytest.raises(SeqmemError, match=r"d_model must be a positive integer, got 2.5"):
+    with pytest.raises(SeqmemError, match=r"d_model must be an integer >= 1, got 2.5"):
         mixers.build("leaky_rnn", 2.5)
 
 

@@ -21,8 +21,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.parts import check_heads, merge_heads
 from seqmem.ops.attention import (
     EMPTY,
     AarenState,
@@ -33,30 +34,6 @@ from seqmem.ops.attention import (
     is_filled,
     rotary,
 )
-
-
-def check_heads(name: str, d_model: int, n_heads: int) -> int:
-    """The head width d_model // n_heads, or a one-line error."""
-    if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
-        raise SeqmemError(f"{name}: n_heads must be a positive divisor of d_model={d_model}, "
-                          f"got {n_heads!r}")
-    return d_model // n_heads
-
-
-def chunk_phase(who: str, log_m: Tensor) -> int:
-    """Tokens already in the current chunk, read from a chunk buffer's log-weights (b, n): the
-    filled slots, which must be the same for every sequence of the batch."""
-    filled = is_filled(log_m).sum(dim=-1).tolist()  # (b,)
-    if len(set(filled)) > 1:
-        raise SeqmemError(f"{who}: the sequences of a batch must be at the same position in "
-                          f"their chunk; got positions {sorted(set(filled))}")
-    return filled[0] if filled else 0
-
-
-def check_positive(name: str, what: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SeqmemError(f"{name}: {what} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class AttentionState(NamedTuple):
@@ -95,8 +72,8 @@ class Attention(Mixer):
         super().__init__(d_model)
         self.n_heads = n_heads
         self.d_head = check_heads("attention", d_model, n_heads)
-        self.window = check_positive("attention", "window", window, minimum=0)
-        self.max_len = check_positive("attention", "max_len", max_len)
+        self.window = check_int("attention: window (0: full attention)", window, low=0)
+        self.max_len = check_int("attention: max_len", max_len)
         if not rotary_base > 1:
             raise SeqmemError(f"attention: rotary_base must be > 1, got {rotary_base!r}")
         self.rotary, self.rotary_base = bool(rotary), float(rotary_base)
@@ -123,7 +100,7 @@ class Attention(Mixer):
         y = attention_parallel(self._rotate(q, 0), self._rotate(k, 0), v, window=self.span)
         fresh = self.init_state(b, device=x.device, dtype=x.dtype)
         log_m = torch.zeros(b, t, device=x.device, dtype=x.dtype)
-        return self.out(rearrange(y, "b t h d -> b t (h d)")), self._keep(fresh, k, v, log_m)
+        return self.out(merge_heads(y)), self._keep(fresh, k, v, log_m)
 
     def _keep(self, state: AttentionState, k: Tensor, v: Tensor, log_m: Tensor
               ) -> AttentionState:
@@ -154,7 +131,7 @@ class Attention(Mixer):
             y = attention_parallel(q, self._rotate(keys, first), values, log_m,
                                    window=self.span)  # (b, t, h, d)
         new = self._keep(state, k, v, x.new_zeros(b, t))
-        return self.out(rearrange(y, "b t h d -> b t (h d)")), new
+        return self.out(merge_heads(y)), new
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
@@ -165,7 +142,7 @@ class Attention(Mixer):
         q = self._rotate(q[:, None], self.n_cache)[:, 0]  # the query sits after the cache
         y = attention_step(q, self._rotate(keys, 0), values, log_m)  # (b, h, d)
         new = AttentionState(keys[:, 1:], values[:, 1:], log_m[:, 1:])
-        return self.out(rearrange(y, "b h d -> b (h d)")), new
+        return self.out(merge_heads(y)), new
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         dtype = dtype or self.out.weight.dtype
@@ -221,13 +198,13 @@ class Aaren(Mixer):
             return step_loop(self, x, state)
         s, v = self._scores_values(x)  # (b, t, h), (b, t, h, d)
         y, state = aaren_scan(s, v, state)
-        return self.out(rearrange(y, "b t h d -> b t (h d)")), state
+        return self.out(merge_heads(y)), state
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
         s, v = self._scores_values(x_t)  # (b, h), (b, h, d)
         y, state = aaren_step(s, v, state)
-        return self.out(rearrange(y, "b h d -> b (h d)")), state
+        return self.out(merge_heads(y)), state
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         dtype = dtype or self.query.dtype

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_int
+from seqmem.ops.loops import step_loop as ops_step_loop
 from seqmem.registry import Registry, hyperparameters  # noqa: F401  (re-exported)
 
 State = Any  # a Tensor or a NamedTuple of Tensors
@@ -38,23 +39,27 @@ class Mixer(nn.Module):
     # to the mixer (the flagship paper's: SGD for its RNNs); None: the recipe's own choice.
     recipe_optimizer: ClassVar[str | None] = None
 
+    # parameters renamed since earlier checkpoints, {old state_dict key: new key}: an old
+    # checkpoint still loads (`_load_from_state_dict`)
+    legacy_names: ClassVar[dict[str, str]] = {}
+
     def __init__(self, d_model: int):
         super().__init__()
-        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
-            raise SeqmemError(f"d_model must be a positive integer, got {d_model!r}")
-        self.d_model = d_model
+        self.d_model = check_int(f"{self.name or type(self).__name__}: d_model", d_model)
 
     # ---- the contract -------------------------------------------------------------------
     def forward(
         self, x: Tensor, state: State = None, *, mode: str | None = None, chunk_size: int = 64
     ) -> tuple[Tensor, State]:
-        """Map x (b, t, d_model) to y (b, t, d_model), starting from `state` (zeros if None)."""
+        """Map x (b, t, d_model) to y (b, t, d_model), starting from `state` (zeros if None).
+        A sequence of no tokens (t = 0) gives an empty y and leaves the state as it is."""
         mode = self.check_mode(mode)
         self.check_input(x, ndim=3)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise SeqmemError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        check_int(f"{self.name or type(self).__name__}: chunk_size", chunk_size)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape), state
         return self._forward(x, state, mode, chunk_size)
 
     def _forward(self, x: Tensor, state: State, mode: str, chunk_size: int):
@@ -111,16 +116,17 @@ class Mixer(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.legacy_names.items():  # keys of earlier checkpoints
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def step_loop(mixer: Mixer, x: Tensor, state: State) -> tuple[Tensor, State]:
-    """The reference: run `mixer.step` over time. Returns (y (b, t, d), final state)."""
-    ys = []
-    for x_t in x.unbind(1):  # unbind: one backward node (indexing x[:, t] costs O(t) each)
-        y_t, state = mixer.step(x_t, state)
-        ys.append(y_t)
-    if not ys:
-        return x.new_zeros(x.shape), state
-    return torch.stack(ys, dim=1), state
+    """The reference: run `mixer.step` over time (`seqmem.ops.loops.step_loop`). Returns
+    (y (b, t, d), final state)."""
+    return ops_step_loop(mixer.step, (x,), state)
 
 
 def checkpointed_segments(forward: Callable[[Tensor, State], tuple[Tensor, State]], x: Tensor,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from seqmem.errors import check_choice
 from seqmem.mixers.base import Mixer, register
-from seqmem.ops.newton import newton_recurrent
+from seqmem.mixers.parts import NewtonForm
 from seqmem.ops.rnn import (
     LSTMState,
     elman_recurrent,
@@ -107,7 +107,7 @@ class Elman(_TorchLikeRNN):
 
 
 @register("gru")
-class GRU(_TorchLikeRNN):
+class GRU(NewtonForm, _TorchLikeRNN):
     """Gated recurrent unit (Cho et al. 2014), as torch.nn.GRU.
 
     h_t = (1 - z_t) n_t + z_t h_{t-1}; the update gate z keeps a fraction z of the state, so
@@ -120,17 +120,18 @@ class GRU(_TorchLikeRNN):
         super().__init__(d_model, bias=bias)
 
     modes = ("recurrent", "newton")  # newton: all steps at once by Newton iterations
-    newton_iterations: int = 0  # iterations of the last newton-mode forward (a diagnostic)
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "newton":
-            def cell(u_t, h):
-                return gru_step(u_t, h, self.weight_hh, self.bias_hh)[0]
-
-            y, h, self.newton_iterations = newton_recurrent(cell, self.drive(x), state)
-            return y, h
+            return self._newton(x, state)[:2]
         y, h, _ = gru_recurrent(self.drive(x), state, self.weight_hh, self.bias_hh)
         return y, h
+
+    def newton_system(self, x, state):
+        def cell(u_t, h):
+            return gru_step(u_t, h, self.weight_hh, self.bias_hh)[0]
+
+        return cell, self.drive(x), state
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
@@ -155,7 +156,7 @@ class GRU(_TorchLikeRNN):
 
 
 @register("lstm")
-class LSTM(_TorchLikeRNN):
+class LSTM(NewtonForm, _TorchLikeRNN):
     """Long short-term memory (Hochreiter & Schmidhuber 1997), as torch.nn.LSTM.
 
     State (h, c); c_t = f_t c_{t-1} + i_t g_t. The unit timescale is 1 / (1 - f), averaged over
@@ -171,7 +172,6 @@ class LSTM(_TorchLikeRNN):
     # default; recurrent: seqmem's loop with its hand-written backward; newton: all steps at
     # once by Newton iterations
     modes = ("fused", "recurrent", "newton")
-    newton_iterations: int = 0  # iterations of the last newton-mode forward (a diagnostic)
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "fused" and x.shape[1]:
@@ -182,20 +182,25 @@ class LSTM(_TorchLikeRNN):
             y, h, c = torch.lstm(x, (h0[None], c0[None]), params, self.bias_ih is not None,
                                  1, 0.0, self.training, False, True)  # 1 layer, batch first
             return y, LSTMState(h[0], c[0])
-        if mode == "newton":  # one state vector (h, c) of size 2d
-            d = self.d_model
-
-            def cell(u_t, s):
-                st, _ = lstm_step(u_t, LSTMState(s[:, :d], s[:, d:]), self.weight_hh,
-                                  self.bias_hh)
-                return torch.cat([st.h, st.c], dim=-1)
-
-            S, s_T, self.newton_iterations = newton_recurrent(
-                cell, self.drive(x), torch.cat([state[0], state[1]], dim=-1))
-            return S[..., :d], LSTMState(s_T[:, :d], s_T[:, d:])
+        if mode == "newton":
+            return self._newton(x, state)[:2]
         y, state, _ = lstm_recurrent(self.drive(x, fold_hh=True), LSTMState(*state),
                                      self.weight_hh, None)
         return y, state
+
+    def newton_system(self, x, state):
+        """Newton iterates on one state vector s = [h, c] of size 2 d_model."""
+        d = self.d_model
+
+        def cell(u_t, s):
+            st, _ = lstm_step(u_t, LSTMState(s[:, :d], s[:, d:]), self.weight_hh, self.bias_hh)
+            return torch.cat([st.h, st.c], dim=-1)
+
+        return cell, self.drive(x), torch.cat([state[0], state[1]], dim=-1)
+
+    def newton_result(self, H, h_T):
+        d = self.d_model
+        return H[..., :d], LSTMState(h_T[:, :d], h_T[:, d:])
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmem.mixers.attention import check_positive, chunk_phase
+from seqmem.errors import check_int
 from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.parts import chunk_phase
 from seqmem.ops.attention import EMPTY, attention_parallel, attention_step, is_filled
 from seqmem.ops.tcn import dilated_conv, dilated_conv_init_state, dilated_conv_step
 
@@ -47,9 +48,9 @@ class TCN(Mixer):
     def __init__(self, d_model: int, *, n_layers: int = 4, kernel_size: int = 3,
                  dilation_base: int = 2):
         super().__init__(d_model)
-        self.n_layers = check_positive("tcn", "n_layers", n_layers, 1)
-        self.kernel_size = check_positive("tcn", "kernel_size", kernel_size, 1)
-        self.dilation_base = check_positive("tcn", "dilation_base", dilation_base, 1)
+        self.n_layers = check_int("tcn: n_layers", n_layers)
+        self.kernel_size = check_int("tcn: kernel_size", kernel_size)
+        self.dilation_base = check_int("tcn: dilation_base", dilation_base)
         self.dilations = [dilation_base ** i for i in range(n_layers)]
         self.convs = nn.ModuleList(
             nn.Conv1d(d_model, d_model, kernel_size) for _ in range(2 * n_layers)
@@ -126,8 +127,8 @@ class TCNCA(Mixer):
     def __init__(self, d_model: int, *, d_attn: int = 0, attn_chunk: int = 16,
                  n_layers: int = 4, kernel_size: int = 3, dilation_base: int = 2):
         super().__init__(d_model)
-        self.d_attn = check_positive("tcnca", "d_attn", d_attn, 0) or d_model
-        self.attn_chunk = check_positive("tcnca", "attn_chunk", attn_chunk, 1)
+        self.d_attn = check_int("tcnca: d_attn (0: d_model)", d_attn, low=0) or d_model
+        self.attn_chunk = check_int("tcnca: attn_chunk", attn_chunk)
         self.n_buffer = attn_chunk - 1
         self.tcn = TCN(d_model, n_layers=n_layers, kernel_size=kernel_size,
                        dilation_base=dilation_base)

@@ -17,18 +17,26 @@ Negative Eigenvalues").
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
 from seqmem.mixers.base import Mixer, register
-from seqmem.mixers.linear_attention import check_eps, head_dims, rms_norm, spread_over_channels
-from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
+from seqmem.mixers.parts import (
+    SHORT_CONV_LEGACY_NAMES,
+    A_log_init,
+    ShortConv,
+    check_conv_size,
+    check_eps,
+    dt_bias_init,
+    gated_rms_norm,
+    head_dims,
+    merge_heads,
+    split_heads,
+    spread_over_channels,
+)
 from seqmem.ops.linear_attention import (
     delta_rule,
     delta_rule_step,
@@ -50,38 +58,35 @@ class _DeltaLayer(Mixer):
 
     modes = ("chunk", "parallel", "recurrent")
     gated = False
+    legacy_names = SHORT_CONV_LEGACY_NAMES
 
     def __init__(self, d_model: int, *, n_heads: int = 2, expand_k: float = 1.0,
                  expand_v: float = 1.0, conv_size: int = 4, negative_eigenvalues: bool = False,
                  norm_eps: float = 1e-5):
         super().__init__(d_model)
         self.d_k, self.d_v = head_dims(self.name, d_model, n_heads, expand_k, expand_v)
-        if not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 2:
-            raise SeqmemError(f"{self.name}: conv_size must be an integer >= 2, "
-                              f"got {conv_size!r}")
-        self.n_heads, self.conv_size = n_heads, conv_size
+        self.n_heads, self.conv_size = n_heads, check_conv_size(self.name, conv_size)
         self.negative_eigenvalues = bool(negative_eigenvalues)
         self.norm_eps = check_eps(self.name, norm_eps)
         h, dk, dv = n_heads, self.d_k, self.d_v
-        self.d_conv = h * (2 * dk + dv)
-        self.qkv = nn.Linear(d_model, self.d_conv, bias=False)
-        bound = 1 / math.sqrt(conv_size)  # torch.nn.Conv1d's default range
-        self.conv_weight = nn.Parameter(torch.empty(self.d_conv, conv_size).uniform_(-bound, bound))
+        d_qkv = h * (2 * dk + dv)  # the convolved channels: q, k and v of every head
+        self.qkv = nn.Linear(d_model, d_qkv, bias=False)
+        self.conv = ShortConv(d_qkv, conv_size)
         self.gates = nn.Linear(d_model, (2 if self.gated else 1) * h, bias=False)  # b (and a)
         self.out_gate = nn.Linear(d_model, h * dv, bias=False)
         self.norm_weight = nn.Parameter(torch.ones(dv))
         self.out = nn.Linear(h * dv, d_model, bias=False)
         if self.gated:
             # Gated DeltaNet's initialisation: A ~ U(1, 16), dt log-uniform in [1e-3, 1e-1]
-            self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))
-            dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.A_log = nn.Parameter(A_log_init(h))
+            self.dt_bias = nn.Parameter(dt_bias_init(h))  # softplus^-1(dt)
 
     def _inputs(self, x: Tensor, u: Tensor):
         """q, k (..., h, d_k), v (..., h, d_v), beta and the log decay g (..., h) (None
-        without gate) from x (..., d_model) and the convolved projections u (..., d_conv)."""
-        q, k, v = rearrange(F.silu(u), "... (h e) -> ... h e", h=self.n_heads).split(
-            [self.d_k, self.d_k, self.d_v], dim=-1)
+        without gate) from x (..., d_model) and the convolved projections u (..., h (2 d_k +
+        d_v))."""
+        q, k, v = split_heads(F.silu(u), self.n_heads).split([self.d_k, self.d_k, self.d_v],
+                                                             dim=-1)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         gates = self.gates(x)  # (..., h) or (..., 2 h)
         beta = gates[..., :self.n_heads].sigmoid()  # (..., h)
@@ -93,12 +98,12 @@ class _DeltaLayer(Mixer):
         return q, k, v, beta, g
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
-        gate = rearrange(self.out_gate(x), "... (h e) -> ... h e", h=self.n_heads)
-        o = rms_norm(o, self.norm_weight, self.norm_eps) * F.silu(gate)  # (..., h, d_v)
-        return self.out(rearrange(o, "... h e -> ... (h e)"))
+        gate = split_heads(self.out_gate(x), self.n_heads)  # (..., h, d_v)
+        o = gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)  # (..., h, d_v)
+        return self.out(merge_heads(o))
 
     def _forward(self, x, state, mode, chunk_size):
-        u, conv = short_conv(self.qkv(x), self.conv_weight, None, state.conv)  # (b, t, d_conv)
+        u, conv = self.conv(self.qkv(x), state.conv)  # (b, t, h (2 d_k + d_v))
         q, k, v, beta, g = self._inputs(x, u)  # (b, t, h, .)
         kw = {"state": state.S, "mode": mode, "chunk_size": chunk_size}
         if self.gated:
@@ -109,7 +114,7 @@ class _DeltaLayer(Mixer):
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
-        u, conv = short_conv_step(self.qkv(x_t), self.conv_weight, None, state.conv)
+        u, conv = self.conv.step(self.qkv(x_t), state.conv)
         q, k, v, beta, g = self._inputs(x_t, u)  # (b, h, .)
         if self.gated:
             o, S = gated_delta_rule_step(q, k, v, g, beta, state.S)
@@ -122,10 +127,10 @@ class _DeltaLayer(Mixer):
         kw = {"device": device or w.device, "dtype": dtype or w.dtype}
         return DeltaNetState(
             torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v, **kw),
-            short_conv_init_state(batch_size, self.d_conv, self.conv_size, **kw))
+            self.conv.init_state(batch_size, **kw))
 
     def state_size(self):
-        return self.n_heads * self.d_k * self.d_v + (self.conv_size - 1) * self.d_conv
+        return self.n_heads * self.d_k * self.d_v + self.conv.state_size()
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, d_k={self.d_k}, "

@@ -19,14 +19,14 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_choice
 from seqmem.mixers.base import Mixer, register
-from seqmem.ops.newton import newton_recurrent
+from seqmem.mixers.parts import NewtonForm
 from seqmem.ops.rnn import LEAKY_RULES, PHIS, leaky_rnn_recurrent, leaky_rnn_step
 
 H0_CHOICES = ("zeros", "random")
 
 
 @register("leaky_rnn")
-class LeakyRNN(Mixer):
+class LeakyRNN(NewtonForm, Mixer):
     """Leaky RNN with per-neuron trainable timescales tau (the flagship paper's network).
 
     Args:
@@ -46,7 +46,6 @@ class LeakyRNN(Mixer):
     recipe_optimizer: ClassVar[str | None] = "sgd"
 
     modes = ("recurrent", "newton")  # newton: all steps at once by Newton iterations
-    newton_iterations: int = 0  # iterations of the last newton-mode forward (a diagnostic)
 
     def __init__(
         self,
@@ -95,14 +94,18 @@ class LeakyRNN(Mixer):
         return x + self.b if self.b is not None else x
 
     def _forward(self, x, state, mode, chunk_size):
-        W, a = self.recurrent_weight(), self.inv_tau()
         if mode == "newton":
-            def cell(u_t, h):
-                return leaky_rnn_step(u_t, h, W, a, rule=self.rule, phi=self.phi)
+            return self._newton(x, state)[:2]
+        return leaky_rnn_recurrent(self.drive(x), state, self.recurrent_weight(), self.inv_tau(),
+                                   rule=self.rule, phi=self.phi)
 
-            y, h, self.newton_iterations = newton_recurrent(cell, self.drive(x), state)
-            return y, h
-        return leaky_rnn_recurrent(self.drive(x), state, W, a, rule=self.rule, phi=self.phi)
+    def newton_system(self, x, state):
+        W, a = self.recurrent_weight(), self.inv_tau()
+
+        def cell(u_t, h):
+            return leaky_rnn_step(u_t, h, W, a, rule=self.rule, phi=self.phi)
+
+        return cell, self.drive(x), state
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seqmem.mixers.attention import check_heads, check_positive
+from seqmem.errors import check_int
 from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.parts import check_heads, gated_rms_norm, merge_heads, split_heads
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
 
@@ -38,8 +39,9 @@ class LightNet(Mixer):
         super().__init__(d_model)
         self.n_heads = n_heads
         self.d_head = check_heads("lightnet", d_model, n_heads)
-        self.d_key = check_positive("lightnet", "d_key", d_key, minimum=0) or self.d_head
-        self.d_gate = check_positive("lightnet", "d_gate", d_gate)
+        self.d_key = check_int("lightnet: d_key (0: d_model // n_heads)", d_key, low=0) \
+            or self.d_head
+        self.d_gate = check_int("lightnet: d_gate", d_gate)
         self.qk = nn.Linear(d_model, 2 * n_heads * self.d_key, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.gate = nn.Sequential(nn.Linear(d_model, d_gate, bias=False),
@@ -49,13 +51,12 @@ class LightNet(Mixer):
 
     def _inputs(self, x):
         q, k = rearrange(self.qk(x), "... (n h d) -> n ... h d", n=2, h=self.n_heads)
-        v = rearrange(self.v(x), "... (h d) -> ... h d", h=self.n_heads)
+        v = split_heads(self.v(x), self.n_heads)  # (..., h, d_head)
         return F.silu(q), k, v
 
     def _output(self, x, o):
-        o = rearrange(o, "... h d -> ... (h d)")
-        o = o * torch.rsqrt(o.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * self.norm_weight
-        return self.out(o * F.silu(self.gate(x)))
+        """W_o (RMSNorm(o) * SiLU(W_g2 W_g1 x)) over the merged heads, o (..., h, d_head)."""
+        return self.out(gated_rms_norm(merge_heads(o), self.norm_weight, self.gate(x), 1e-6))
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":

@@ -16,8 +16,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register
+from seqmem.mixers.parts import (
+    check_eps,
+    head_dims,
+    merge_heads,
+    rms_norm,
+    split_heads,
+    spread_over_channels,
+)
 from seqmem.ops.attention import rotary
 from seqmem.ops.linear_attention import (
     gla,
@@ -27,42 +35,6 @@ from seqmem.ops.linear_attention import (
     retention,
     retention_step,
 )
-
-MAX_TIMESCALE = 1e12  # timescales() caps a decay indistinguishable from 1 here
-
-
-def head_dims(name: str, d_model: int, n_heads: int, expand_k: float, expand_v: float
-              ) -> tuple[int, int]:
-    """(d_k, d_v) per head: expand_k * d_model and expand_v * d_model split over n_heads, each
-    a whole positive number, or a one-line SeqmemError."""
-    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
-        raise SeqmemError(f"{name}: n_heads must be a positive integer, got {n_heads!r}")
-    dims = []
-    for what, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
-        width = float(expand) * d_model if isinstance(expand, int | float) else float("nan")
-        if not (width >= n_heads and width == int(width) and int(width) % n_heads == 0):
-            raise SeqmemError(f"{name}: {what} * d_model must be a positive multiple of "
-                              f"n_heads={n_heads}, got {what}={expand!r} with d_model={d_model}")
-        dims.append(int(width) // n_heads)
-    return dims[0], dims[1]
-
-
-def check_eps(name: str, eps: float) -> float:
-    if not (isinstance(eps, int | float) and 0 < eps < 1):
-        raise SeqmemError(f"{name}: norm_eps must be in (0, 1), got {eps!r}")
-    return float(eps)
-
-
-def rms_norm(o: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm over the last (head) axis: o (..., d) -> (..., d)."""
-    return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
-def spread_over_channels(ts: Tensor, d_model: int) -> Tensor:
-    """Timescales of n head-major channels (n,) spread over d_model head-major channels:
-    channel c takes entry floor(c n / d_model) (so a head's channels keep its head)."""
-    index = torch.arange(d_model, device=ts.device) * ts.shape[0] // d_model  # (d_model,)
-    return ts[index].clamp(max=MAX_TIMESCALE)
 
 
 class LinearAttnState(NamedTuple):
@@ -103,14 +75,14 @@ class LinearAttn(Mixer):
 
     def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """phi(q), phi(k) (..., h, d_k) and v extended by a 1 (..., h, d_v + 1)."""
-        q, k, v = rearrange(self.qkv(x), "... (h e) -> ... h e", h=self.n_heads).split(
-            [self.d_k, self.d_k, self.d_v], dim=-1)
+        q, k, v = split_heads(self.qkv(x), self.n_heads).split([self.d_k, self.d_k, self.d_v],
+                                                               dim=-1)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (..., h, d_v + 1)
         return F.elu(q) + 1, F.elu(k) + 1, v
 
     def _output(self, o: Tensor) -> Tensor:
         y = o[..., :-1] / (o[..., -1:] + self.eps)  # (..., h, d_v)
-        return self.out(rearrange(y, "... h e -> ... (h e)"))
+        return self.out(merge_heads(y))
 
     def _forward(self, x, state, mode, chunk_size):
         q, k, v = self._inputs(x)  # (b, t, h, .)
@@ -205,14 +177,14 @@ class RetNet(MatrixStateMixer):
 
     def _inputs(self, x: Tensor):
         """q, k (..., h, d_k), v and the gate's input (..., h, d_v)."""
-        qkvg = rearrange(self.qkvg(x), "... (h e) -> ... h e", h=self.n_heads)
+        qkvg = split_heads(self.qkvg(x), self.n_heads)  # (..., h, 2 d_k + 2 d_v)
         return qkvg.split([self.d_k, self.d_k, self.d_v, self.d_v], dim=-1)
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         mean = o.mean(-1, keepdim=True)
         o = (o - mean) * torch.rsqrt(o.var(-1, unbiased=False, keepdim=True) + self.norm_eps)
-        o = rearrange(o, "... h e -> ... (h e)") * self.norm_weight + self.norm_bias
-        return self.out(F.silu(rearrange(gate, "... h e -> ... (h e)")) * o)
+        o = merge_heads(o) * self.norm_weight + self.norm_bias
+        return self.out(F.silu(merge_heads(gate)) * o)
 
     def _forward(self, x, state, mode, chunk_size):
         q, k, v, gate = self._inputs(x)  # (b, t, h, .)
@@ -270,8 +242,7 @@ class GLA(MatrixStateMixer):
                  norm_eps: float = 1e-5):
         super().__init__(d_model)
         self.d_k, self.d_v = head_dims("gla", d_model, n_heads, expand_k, expand_v)
-        if not isinstance(gate_rank, int) or isinstance(gate_rank, bool) or gate_rank < 1:
-            raise SeqmemError(f"gla: gate_rank must be a positive integer, got {gate_rank!r}")
+        check_int("gla: gate_rank", gate_rank)
         if not (isinstance(gate_temperature, int | float) and gate_temperature > 0):
             raise SeqmemError(f"gla: gate_temperature must be > 0, got {gate_temperature!r}")
         self.n_heads, self.gate_rank = n_heads, gate_rank
@@ -287,13 +258,13 @@ class GLA(MatrixStateMixer):
 
     def _inputs(self, x: Tensor):
         """q, k, the log forget gate g (..., h, d_k) and v (..., h, d_v)."""
-        q, k, v = rearrange(self.qkv(x), "... (h e) -> ... h e", h=self.n_heads).split(
-            [self.d_k, self.d_k, self.d_v], dim=-1)
+        q, k, v = split_heads(self.qkv(x), self.n_heads).split([self.d_k, self.d_k, self.d_v],
+                                                               dim=-1)
         g = F.logsigmoid(self.gate_up(self.gate_down(x))) / self.gate_temperature
-        return q, k, v, rearrange(g, "... (h e) -> ... h e", h=self.n_heads)
+        return q, k, v, split_heads(g, self.n_heads)
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
-        o = rearrange(rms_norm(o, self.norm_weight, self.norm_eps), "... h e -> ... (h e)")
+        o = merge_heads(rms_norm(o, self.norm_weight, self.norm_eps))  # (..., h d_v)
         return self.out(F.silu(self.out_gate(x)) * o)
 
     def _forward(self, x, state, mode, chunk_size):

@@ -21,13 +21,23 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register
-from seqmem.mixers.linear_attention import MAX_TIMESCALE, check_eps, rms_norm, spread_over_channels
-from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
+from seqmem.mixers.parts import (
+    MAX_TIMESCALE,
+    SHORT_CONV_LEGACY_NAMES,
+    A_log_init,
+    ShortConv,
+    check_conv_size,
+    check_eps,
+    dt_bias_init,
+    merge_heads,
+    rms_norm,
+    split_heads,
+    spread_over_channels,
+)
 from seqmem.ops.selective import (
     selective_scan,
     selective_scan_signed,
@@ -41,26 +51,12 @@ from seqmem.ops.selective import (
 
 
 class MambaState(NamedTuple):
-    """conv (b, d_conv - 1, conv width) the short convolution's last inputs; ssm the state
-    space's state ((b, d_inner, d_state) for Mamba, (b, n_heads, headdim, d_state) for
-    Mamba-2)."""
+    """conv (b, conv_size - 1, channels) the short convolution's last inputs (channels: x for
+    Mamba, x, B, C for Mamba-2); ssm the state space's state ((b, d_inner, d_state) for Mamba,
+    (b, n_heads, headdim, d_state) for Mamba-2)."""
 
     conv: Tensor
     ssm: Tensor
-
-
-def _positive_int(name: str, what: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SeqmemError(f"{name}: {what} must be a positive integer, got {value!r}")
-    return value
-
-
-def _dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> Tensor:
-    """Mamba's dt initialisation: dt log-uniform in [dt_min, dt_max] (floored at 1e-4), stored
-    as the bias softplus^-1(dt) = dt + log(1 - exp(-dt))."""
-    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=1e-4)
-    return dt + torch.log(-torch.expm1(-dt))
 
 
 def _log_timescale(log_decay: Tensor, signed: bool) -> Tensor:
@@ -72,13 +68,15 @@ def _log_timescale(log_decay: Tensor, signed: bool) -> Tensor:
 
 
 class _MambaBase(Mixer):
-    """The plumbing shared by the two blocks: the short convolution over `d_xbc` channels."""
+    """What the two blocks share: the sizes' checks and the device and dtype of a state."""
 
-    def _conv_setup(self, d_xbc: int, d_conv: int) -> None:
-        self.d_xbc = d_xbc
-        bound = 1 / math.sqrt(d_conv)  # torch.nn.Conv1d's default range
-        self.conv_weight = nn.Parameter(torch.empty(d_xbc, d_conv).uniform_(-bound, bound))
-        self.conv_bias = nn.Parameter(torch.empty(d_xbc).uniform_(-bound, bound))
+    legacy_names = SHORT_CONV_LEGACY_NAMES
+
+    def _sizes(self, d_model: int, d_state: int, conv_size: int, expand: int) -> tuple[int, int]:
+        """(d_state, d_inner = expand * d_model), after checking d_state, conv_size, expand."""
+        d_state = check_int(f"{self.name}: d_state", d_state)
+        check_conv_size(self.name, conv_size)
+        return d_state, d_model * check_int(f"{self.name}: expand", expand)
 
     def _state_kw(self, device, dtype) -> dict:
         w = self.out_proj.weight
@@ -93,7 +91,7 @@ class Mamba(_MambaBase):
     Args:
         d_model: model width.
         d_state: state size per channel (n).
-        d_conv: width of the short causal convolution (>= 2).
+        conv_size: width of the short causal convolution (>= 2).
         expand: inner width d_inner = expand * d_model.
         dt_rank: rank of the dt projection; None: ceil(d_model / 16).
         negative_eigenvalues: transitions 2 exp(dt A) - 1 in (-1, 1] (Grazzi et al. 2025).
@@ -101,25 +99,22 @@ class Mamba(_MambaBase):
 
     modes = ("chunk", "recurrent")
 
-    def __init__(self, d_model: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+    def __init__(self, d_model: int, *, d_state: int = 16, conv_size: int = 4, expand: int = 2,
                  dt_rank: int | None = None, negative_eigenvalues: bool = False):
         super().__init__(d_model)
-        n = _positive_int("mamba", "d_state", d_state)
-        if _positive_int("mamba", "d_conv", d_conv) < 2:
-            raise SeqmemError(f"mamba: d_conv must be an integer >= 2, got {d_conv!r}")
-        d_inner = d_model * _positive_int("mamba", "expand", expand)
+        n, d_inner = self._sizes(d_model, d_state, conv_size, expand)
         dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
-        self.dt_rank = _positive_int("mamba", "dt_rank", dt_rank)
-        self.d_state, self.d_conv, self.d_inner = n, d_conv, d_inner
+        self.dt_rank = check_int("mamba: dt_rank (null: ceil(d_model / 16))", dt_rank)
+        self.d_state, self.conv_size, self.d_inner = n, conv_size, d_inner
         self.negative_eigenvalues = bool(negative_eigenvalues)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)  # x, z
-        self._conv_setup(d_inner, d_conv)
+        self.conv = ShortConv(d_inner, conv_size, bias=True)  # over x
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * n, bias=False)  # dt, B, C
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
         bound = self.dt_rank ** -0.5
         with torch.no_grad():
             self.dt_proj.weight.uniform_(-bound, bound)
-            self.dt_proj.bias.copy_(_dt_bias(d_inner))
+            self.dt_proj.bias.copy_(dt_bias_init(d_inner))
         # S4D-real: A[d, n] = -(n + 1), stored as log(-A)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1.0)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
@@ -135,8 +130,7 @@ class Mamba(_MambaBase):
 
     def _forward(self, x, state, mode, chunk_size):
         xz = self.in_proj(x)  # (b, t, 2 d_inner)
-        u, conv = short_conv(xz[..., :self.d_inner], self.conv_weight, self.conv_bias,
-                             state.conv)  # (b, t, d_inner)
+        u, conv = self.conv(xz[..., :self.d_inner], state.conv)  # (b, t, d_inner)
         xs, delta, B, C, z = self._scan_inputs(xz, u)
         scan = selective_scan_signed if self.negative_eigenvalues else selective_scan
         y, h = scan(xs, delta, -self.A_log.exp(), B, C, self.D, z, delta_bias=self.dt_proj.bias,
@@ -146,8 +140,7 @@ class Mamba(_MambaBase):
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
         xz = self.in_proj(x_t)  # (b, 2 d_inner)
-        u, conv = short_conv_step(xz[..., :self.d_inner], self.conv_weight, self.conv_bias,
-                                  state.conv)
+        u, conv = self.conv.step(xz[..., :self.d_inner], state.conv)
         xs, delta, B, C, z = self._scan_inputs(xz, u)
         step = selective_scan_signed_step if self.negative_eigenvalues else selective_scan_step
         y, h = step(xs, delta, -self.A_log.exp(), B, C, self.D, z,
@@ -156,11 +149,11 @@ class Mamba(_MambaBase):
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         kw = self._state_kw(device, dtype)
-        return MambaState(short_conv_init_state(batch_size, self.d_inner, self.d_conv, **kw),
+        return MambaState(self.conv.init_state(batch_size, **kw),
                           torch.zeros(batch_size, self.d_inner, self.d_state, **kw))
 
     def state_size(self):
-        return (self.d_conv - 1) * self.d_inner + self.d_inner * self.d_state
+        return self.conv.state_size() + self.d_inner * self.d_state
 
     def timescales(self):
         """Per d_model channel: the e-folding time -1 / log|transition| of the slowest of the
@@ -186,7 +179,7 @@ class Mamba2(_MambaBase):
     Args:
         d_model: model width.
         d_state: state size per head dimension (n).
-        d_conv: width of the short causal convolution over x, B, C (>= 2).
+        conv_size: width of the short causal convolution over x, B, C (>= 2).
         expand: inner width d_inner = expand * d_model.
         headdim: head dimension p; d_inner must be a multiple of it (n_heads = d_inner / p).
         negative_eigenvalues: transitions 2 exp(dt A) - 1 in (-1, 1] (Grazzi et al. 2025).
@@ -195,38 +188,35 @@ class Mamba2(_MambaBase):
 
     modes = ("chunk", "quadratic", "recurrent")
 
-    def __init__(self, d_model: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+    def __init__(self, d_model: int, *, d_state: int = 16, conv_size: int = 4, expand: int = 2,
                  headdim: int = 16, negative_eigenvalues: bool = False, norm_eps: float = 1e-5):
         super().__init__(d_model)
-        n = _positive_int("mamba2", "d_state", d_state)
-        if _positive_int("mamba2", "d_conv", d_conv) < 2:
-            raise SeqmemError(f"mamba2: d_conv must be an integer >= 2, got {d_conv!r}")
-        d_inner = d_model * _positive_int("mamba2", "expand", expand)
-        p = _positive_int("mamba2", "headdim", headdim)
+        n, d_inner = self._sizes(d_model, d_state, conv_size, expand)
+        p = check_int("mamba2: headdim", headdim)
         if d_inner % p:
             raise SeqmemError(f"mamba2: expand * d_model = {d_inner} must be a multiple of "
                               f"headdim, got headdim={headdim!r}")
-        self.d_state, self.d_conv, self.d_inner, self.headdim = n, d_conv, d_inner, p
+        self.d_state, self.conv_size, self.d_inner, self.headdim = n, conv_size, d_inner, p
         self.n_heads = h = d_inner // p
         self.negative_eigenvalues = bool(negative_eigenvalues)
         self.norm_eps = check_eps("mamba2", norm_eps)
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * n + h, bias=False)  # z, x, B, C, dt
-        self._conv_setup(d_inner + 2 * n, d_conv)
-        self.dt_bias = nn.Parameter(_dt_bias(h))
-        self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))  # A = -exp(A_log)
+        self.conv = ShortConv(d_inner + 2 * n, conv_size, bias=True)  # over x, B, C
+        self.dt_bias = nn.Parameter(dt_bias_init(h))
+        self.A_log = nn.Parameter(A_log_init(h))  # A = -exp(A_log)
         self.D = nn.Parameter(torch.ones(h))
         self.norm_weight = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def _split(self, zxbcdt: Tensor):
-        z, xbc, dt = zxbcdt.split([self.d_inner, self.d_xbc, self.n_heads], dim=-1)
+        z, xbc, dt = zxbcdt.split([self.d_inner, self.conv.channels, self.n_heads], dim=-1)
         return z, xbc, dt
 
     def _ssd_inputs(self, xbc: Tensor, dt: Tensor):
         """Per head: x (..., h, p) dt-scaled, log decays a (..., h), B, C (..., h, n), and the
         unscaled x for the D skip."""
         x, B, C = F.silu(xbc).split([self.d_inner, self.d_state, self.d_state], dim=-1)
-        x = rearrange(x, "... (h p) -> ... h p", p=self.headdim)  # (..., h, p)
+        x = split_heads(x, self.n_heads)  # (..., h, p)
         dt = F.softplus(dt + self.dt_bias)  # (..., h)
         a = -self.A_log.exp() * dt  # (..., h)
         B, C = (m[..., None, :].expand(*dt.shape, self.d_state) for m in (B, C))  # (..., h, n)
@@ -234,12 +224,12 @@ class Mamba2(_MambaBase):
 
     def _output(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:
         y = y + self.D[:, None] * x  # (..., h, p)
-        y = rearrange(y, "... h p -> ... (h p)") * F.silu(z)  # (..., d_inner)
+        y = merge_heads(y) * F.silu(z)  # (..., d_inner)
         return self.out_proj(rms_norm(y, self.norm_weight, self.norm_eps))
 
     def _forward(self, x, state, mode, chunk_size):
         z, xbc, dt = self._split(self.in_proj(x))
-        xbc, conv = short_conv(xbc, self.conv_weight, self.conv_bias, state.conv)
+        xbc, conv = self.conv(xbc, state.conv)
         xs, a, B, C, x_skip = self._ssd_inputs(xbc, dt)  # (b, t, h, .)
         op = ssd_signed if self.negative_eigenvalues else ssd
         y, S = op(xs, a, B, C, state=state.ssm, chunk_size=chunk_size, mode=mode)
@@ -248,7 +238,7 @@ class Mamba2(_MambaBase):
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
         z, xbc, dt = self._split(self.in_proj(x_t))
-        xbc, conv = short_conv_step(xbc, self.conv_weight, self.conv_bias, state.conv)
+        xbc, conv = self.conv.step(xbc, state.conv)
         xs, a, B, C, x_skip = self._ssd_inputs(xbc, dt)  # (b, h, .)
         step = ssd_signed_step if self.negative_eigenvalues else ssd_step
         y, S = step(xs, a, B, C, state.ssm)
@@ -257,11 +247,11 @@ class Mamba2(_MambaBase):
     def init_state(self, batch_size, *, device=None, dtype=None):
         kw = self._state_kw(device, dtype)
         return MambaState(
-            short_conv_init_state(batch_size, self.d_xbc, self.d_conv, **kw),
+            self.conv.init_state(batch_size, **kw),
             torch.zeros(batch_size, self.n_heads, self.headdim, self.d_state, **kw))
 
     def state_size(self):
-        return (self.d_conv - 1) * self.d_xbc + self.n_heads * self.headdim * self.d_state
+        return self.conv.state_size() + self.n_heads * self.headdim * self.d_state
 
     def timescales(self):
         """-1 / log|transition| of each head at zero input (dt = softplus(dt_bias)), for the

@@ -17,9 +17,20 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError, check_choice
+from seqmem.errors import SeqmemError, check_choice, check_int
 from seqmem.mixers.base import Mixer, checkpointed_segments, register
-from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
+from seqmem.mixers.parts import (
+    SHORT_CONV_LEGACY_NAMES,
+    A_log_init,
+    ShortConv,
+    check_conv_size,
+    check_eps,
+    check_heads,
+    dt_bias_init,
+    gated_rms_norm,
+    merge_heads,
+    split_heads,
+)
 from seqmem.ops.linear_attention import (
     gated_delta_rule,
     gated_delta_rule_step,
@@ -29,27 +40,6 @@ from seqmem.ops.linear_attention import (
 from seqmem.ops.titans import TitansState, titans, titans_init_state, titans_step
 
 PROBE_BATCH, PROBE_SEED = 4096, 0
-
-
-def _check_heads(what: str, d_model: int, n_heads: int, conv_size: int) -> int:
-    """The head width d_model // n_heads, after checking the sizes."""
-    if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
-        raise SeqmemError(f"{what} n_heads must be a positive divisor of d_model={d_model}, "
-                          f"got {n_heads!r}")
-    if not isinstance(conv_size, int) or conv_size < 2:
-        raise SeqmemError(f"{what} conv_size must be an integer >= 2, got {conv_size!r}")
-    return d_model // n_heads
-
-
-def _conv_weight(channels: int, conv_size: int) -> nn.Parameter:
-    """Depthwise conv weight (channels, conv_size), torch.nn.Conv1d's default range."""
-    k = 1 / math.sqrt(conv_size)
-    return nn.Parameter(torch.empty(channels, conv_size).uniform_(-k, k))
-
-
-def _gated_rms_norm(o: Tensor, weight: Tensor, gate: Tensor, eps: float) -> Tensor:
-    """RMSNorm over the head width times SiLU(gate): o, gate (..., h, d) -> (..., h, d)."""
-    return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * weight * F.silu(gate)
 
 
 def _probe(d_model: int, like: Tensor) -> Tensor:
@@ -96,19 +86,20 @@ class Titans(Mixer):
     """
 
     modes = ("chunk", "recurrent")
+    legacy_names = SHORT_CONV_LEGACY_NAMES
 
     def __init__(self, d_model: int, *, n_heads: int = 2, conv_size: int = 4,
                  theta_max: float = 0.5, norm_eps: float = 1e-5):
         super().__init__(d_model)
-        self.d_head = _check_heads("titans", d_model, n_heads, conv_size)
+        self.d_head = check_heads("titans", d_model, n_heads)
+        self.conv_size = check_conv_size("titans", conv_size)
         if not (isinstance(theta_max, int | float) and 0 < theta_max < math.inf):
-            raise SeqmemError(f"titans theta_max must be a finite number > 0, got {theta_max!r}")
-        if not (isinstance(norm_eps, int | float) and 0 < norm_eps < 1):
-            raise SeqmemError(f"titans norm_eps must be in (0, 1), got {norm_eps!r}")
-        self.n_heads, self.conv_size = n_heads, conv_size
-        self.theta_max, self.norm_eps = float(theta_max), float(norm_eps)
+            raise SeqmemError(f"titans: theta_max must be a finite number > 0, got "
+                              f"{theta_max!r}")
+        self.n_heads, self.theta_max = n_heads, float(theta_max)
+        self.norm_eps = check_eps("titans", norm_eps)
         self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.conv_weight = _conv_weight(3 * d_model, conv_size)  # (3 d, k)
+        self.conv = ShortConv(3 * d_model, conv_size)  # over q, k, v
         self.gate_proj = nn.Linear(d_model, 3 * n_heads)  # alpha, eta, theta logits
         # forgetting rates alpha log-spaced over [1e-3, 1e-1] across heads, momentum 0.9,
         # learning rate theta_max / 2
@@ -135,13 +126,13 @@ class Titans(Mixer):
 
     def _out(self, o: Tensor, x: Tensor) -> Tensor:
         """W_o (RMSNorm(o) * SiLU(W_g x)): o (..., h, d_head), x (..., d) -> (..., d)."""
-        gate = rearrange(self.g_proj(x), "... (h d) -> ... h d", h=self.n_heads)
-        o = _gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)
-        return self.o_proj(rearrange(o, "... h d -> ... (h d)"))
+        gate = split_heads(self.g_proj(x), self.n_heads)  # (..., h, d_head)
+        o = gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)
+        return self.o_proj(merge_heads(o))
 
     # ---- the contract ---------------------------------------------------------------------
     def _forward(self, x, state, mode, chunk_size):
-        u, conv = short_conv(self.qkv_proj(x), self.conv_weight, None, state.conv)  # (b, t, 3d)
+        u, conv = self.conv(self.qkv_proj(x), state.conv)  # (b, t, 3d)
         q, k, v = self._qkv(u)  # (b, t, h, d_head)
         alpha, eta, theta = self._gates(x)  # (b, t, h)
         o, (M, S) = titans(q, k, v, alpha, eta, theta, state=TitansState(state.M, state.S),
@@ -150,7 +141,7 @@ class Titans(Mixer):
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
-        u, conv = short_conv_step(self.qkv_proj(x_t), self.conv_weight, None, state.conv)
+        u, conv = self.conv.step(self.qkv_proj(x_t), state.conv)
         q, k, v = self._qkv(u)  # (b, h, d_head)
         alpha, eta, theta = self._gates(x_t)  # (b, h)
         o, (M, S) = titans_step(q, k, v, alpha, eta, theta, TitansState(state.M, state.S))
@@ -161,12 +152,11 @@ class Titans(Mixer):
         device, dtype = device or w.device, dtype or w.dtype
         M, S = titans_init_state(batch_size, self.n_heads, self.d_head, self.d_head,
                                  device=device, dtype=dtype)
-        conv = short_conv_init_state(batch_size, 3 * self.d_model, self.conv_size,
-                                     device=device, dtype=dtype)
+        conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
         return TitansMixerState(M, S, conv)
 
     def state_size(self):
-        return 2 * self.n_heads * self.d_head ** 2 + (self.conv_size - 1) * 3 * self.d_model
+        return 2 * self.n_heads * self.d_head ** 2 + self.conv.state_size()
 
     @torch.no_grad()
     def timescales(self) -> Tensor:
@@ -233,40 +223,33 @@ class MoM(Mixer):
     """
 
     modes = ("chunk", "recurrent")
+    legacy_names = SHORT_CONV_LEGACY_NAMES
 
     def __init__(self, d_model: int, *, n_heads: int = 2, n_memories: int = 4, top_k: int = 2,
                  shared_memory: bool = True, memory: str = "gated_delta", conv_size: int = 4,
                  norm_eps: float = 1e-5, checkpoint_segment: int = 8192):
         super().__init__(d_model)
-        self.d_head = _check_heads("mom", d_model, n_heads, conv_size)
-        if not isinstance(n_memories, int) or n_memories < 1:
-            raise SeqmemError(f"mom n_memories must be a positive integer, got {n_memories!r}")
-        if not isinstance(top_k, int) or not 1 <= top_k <= n_memories:
-            raise SeqmemError(f"mom top_k must be an integer in [1, n_memories={n_memories}], "
-                              f"got {top_k!r}")
-        if not (isinstance(norm_eps, int | float) and 0 < norm_eps < 1):
-            raise SeqmemError(f"mom norm_eps must be in (0, 1), got {norm_eps!r}")
+        self.d_head = check_heads("mom", d_model, n_heads)
+        self.conv_size = check_conv_size("mom", conv_size)
+        self.n_memories = check_int("mom: n_memories", n_memories)
+        if check_int("mom: top_k", top_k) > n_memories:
+            raise SeqmemError(f"mom: top_k must be <= n_memories={n_memories}, got {top_k!r}")
+        self.norm_eps = check_eps("mom", norm_eps)
         self.memory = check_choice("mom memory", memory, MEMORY_KINDS)
-        self.n_heads, self.n_memories, self.top_k = n_heads, n_memories, top_k
-        self.shared_memory, self.conv_size = bool(shared_memory), conv_size
-        self.norm_eps = float(norm_eps)
-        if not isinstance(checkpoint_segment, int) or isinstance(checkpoint_segment, bool) \
-                or checkpoint_segment < 0:
-            raise SeqmemError("mom checkpoint_segment must be a non-negative integer (0: never),"
-                              f" got {checkpoint_segment!r}")
-        self.checkpoint_segment = checkpoint_segment
+        self.n_heads, self.top_k, self.shared_memory = n_heads, top_k, bool(shared_memory)
+        self.checkpoint_segment = check_int("mom: checkpoint_segment (0: never)",
+                                            checkpoint_segment, low=0)
         self.n_slots = n_memories + int(self.shared_memory)  # memories in the state
         d, h, s = d_model, n_heads, self.n_slots
         self.router = nn.Linear(d, n_memories, bias=False)
         self.q_proj = nn.Linear(d, d, bias=False)
         self.kv_proj = nn.Linear(d, 2 * s * d, bias=False)  # every memory's keys and values
-        self.conv_weight = _conv_weight(d + 2 * s * d, conv_size)  # (d + 2 s d, k)
+        self.conv = ShortConv(d + 2 * s * d, conv_size)  # over q and every memory's k, v
         if self.memory == "gated_delta":
             self.ab_proj = nn.Linear(d, 2 * s * h, bias=False)  # every memory's a and b
-            # Gated DeltaNet's initialisation: A ~ U(1, 16) and dt log-spaced in [1e-3, 1e-1]
-            self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))
-            dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            # Gated DeltaNet's initialisation: A ~ U(1, 16) and dt log-uniform in [1e-3, 1e-1]
+            self.A_log = nn.Parameter(A_log_init(h))
+            self.dt_bias = nn.Parameter(dt_bias_init(h))  # softplus^-1(dt)
         self.g_proj = nn.Linear(d, d, bias=False)
         self.norm_weight = nn.Parameter(torch.ones(self.d_head))
         self.o_proj = nn.Linear(d, d, bias=False)
@@ -287,7 +270,7 @@ class MoM(Mixer):
         read-out weights (..., s)."""
         d, s, h = self.d_model, self.n_slots, self.n_heads
         u = F.silu(u)
-        q = F.normalize(rearrange(u[..., :d], "... (h e) -> ... h e", h=h), dim=-1)
+        q = F.normalize(split_heads(u[..., :d], h), dim=-1)
         k, v = rearrange(u[..., d:], "... (two s h e) -> two ... s h e", two=2, s=s, h=h)
         k = F.normalize(k, dim=-1)  # (..., s, h, e)
         w, routed = self.route(x)  # (..., M)
@@ -312,9 +295,9 @@ class MoM(Mixer):
         project to (..., d)."""
         o = torch.einsum("...she,...s->...he",
                          rearrange(o, "... (s h) e -> ... s h e", s=self.n_slots), w)
-        gate = rearrange(self.g_proj(x), "... (h e) -> ... h e", h=self.n_heads)
-        o = _gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)  # (..., h, e)
-        return self.o_proj(rearrange(o, "... h e -> ... (h e)"))
+        gate = split_heads(self.g_proj(x), self.n_heads)  # (..., h, e)
+        o = gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)  # (..., h, e)
+        return self.o_proj(merge_heads(o))
 
     def _projections(self, x: Tensor) -> Tensor:
         return torch.cat([self.q_proj(x), self.kv_proj(x)], dim=-1)  # (..., d + 2 s d)
@@ -328,7 +311,7 @@ class MoM(Mixer):
         return self._forward_all(x, state, mode, chunk_size)
 
     def _forward_all(self, x, state, mode, chunk_size):
-        u, conv = short_conv(self._projections(x), self.conv_weight, None, state.conv)
+        u, conv = self.conv(self._projections(x), state.conv)
         q, k, v, g, beta, w = self._inputs(x, u)
         S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")
         if self.memory == "gated_delta":
@@ -340,7 +323,7 @@ class MoM(Mixer):
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)
-        u, conv = short_conv_step(self._projections(x_t), self.conv_weight, None, state.conv)
+        u, conv = self.conv.step(self._projections(x_t), state.conv)
         q, k, v, g, beta, w = self._inputs(x_t, u)
         S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")
         if self.memory == "gated_delta":
@@ -356,13 +339,11 @@ class MoM(Mixer):
         e = self.d_head
         memories = torch.zeros(batch_size, self.n_slots, self.n_heads, e, e, device=device,
                                dtype=dtype)
-        conv = short_conv_init_state(batch_size, self.conv_weight.shape[0], self.conv_size,
-                                     device=device, dtype=dtype)
+        conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
         return MoMState(memories, conv)
 
     def state_size(self):
-        return (self.n_slots * self.n_heads * self.d_head ** 2
-                + (self.conv_size - 1) * self.conv_weight.shape[0])
+        return self.n_slots * self.n_heads * self.d_head ** 2 + self.conv.state_size()
 
     @torch.no_grad()
     def timescales(self) -> Tensor | None:

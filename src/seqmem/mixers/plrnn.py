@@ -15,25 +15,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register
-from seqmem.ops.newton import newton_recurrent
+from seqmem.mixers.parts import NewtonForm
+from seqmem.ops.rnn import plrnn_recurrent, plrnn_step
 
 TAU_MAX = 1e6  # timescale reported for |a| >= 1 (a unit that does not decay)
 
 
-def plrnn_step(u_t: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Tensor,
-               h2: Tensor) -> Tensor:
-    """One shPLRNN step z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + u_t, with the input
-    drive u_t = C s_t already applied: u_t, z (b, M), A (M,), W1 (M, L), W2 (L, M)."""
-    return A * z + F.linear(torch.relu(F.linear(z, W2, h2)), W1, h1) + u_t
-
-
 @register("plrnn")
-class PLRNN(Mixer):
+class PLRNN(NewtonForm, Mixer):
     """Shallow PLRNN: z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + C s_t (Hess et al. 2023).
 
     Args:
@@ -51,14 +44,12 @@ class PLRNN(Mixer):
     """
 
     modes = ("recurrent", "newton")
-    newton_iterations: int = 0
 
     def __init__(self, d_model: int, *, d_hidden: int | None = None, input_proj: bool = True,
                  a_init: tuple[float, float] = (0.5, 0.95)):
         super().__init__(d_model)
-        L = 2 * d_model if d_hidden is None else d_hidden
-        if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-            raise SeqmemError(f"d_hidden must be a positive integer or null, got {d_hidden!r}")
+        L = check_int("plrnn: d_hidden (null: 2 d_model)",
+                      2 * d_model if d_hidden is None else d_hidden)
         try:
             lo, hi = (float(v) for v in a_init)
         except (TypeError, ValueError):
@@ -83,17 +74,12 @@ class PLRNN(Mixer):
         return plrnn_step(u_t, z, self.A, self.W1, self.W2, self.h1, self.h2)
 
     def _forward(self, x, state, mode, chunk_size):
-        u = self.drive(x)  # (b, t, M)
         if mode == "newton":
-            y, z, self.newton_iterations = newton_recurrent(self._cell, u, state)
-            return y, z
-        z, ys = state, []
-        for u_t in u.unbind(1):  # unbind: one backward node (indexing u[:, t] costs O(t) each)
-            z = self._cell(u_t, z)
-            ys.append(z)
-        if not ys:
-            return u.new_zeros(u.shape), z
-        return torch.stack(ys, dim=1), z  # (b, t, M)
+            return self._newton(x, state)[:2]
+        return plrnn_recurrent(self.drive(x), state, self.A, self.W1, self.W2, self.h1, self.h2)
+
+    def newton_system(self, x, state):
+        return self._cell, self.drive(x), state
 
     def step(self, x_t, state):
         self.check_input(x_t, ndim=2)

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqmem.mixers.attention import check_heads, check_positive, chunk_phase
+from seqmem.errors import check_int
 from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.parts import check_heads, chunk_phase, merge_heads, split_heads
 from seqmem.ops.attention import EMPTY, attention_own_key_banded, attention_step, is_filled
 from seqmem.ops.scan import linear_recurrence
 
@@ -65,8 +66,8 @@ class RAT(Mixer):
         super().__init__(d_model)
         self.n_heads = n_heads
         self.d_head = check_heads("rat", d_model, n_heads)
-        self.rat_chunk = check_positive("rat", "rat_chunk", rat_chunk)
-        self.max_len = check_positive("rat", "max_len", max_len)
+        self.rat_chunk = check_int("rat: rat_chunk", rat_chunk)
+        self.max_len = check_int("rat: max_len", max_len)
         self.n_cache = max(1, max_len // rat_chunk)
         self.proj = nn.Linear(d_model, 5 * d_model, bias=False)  # q, k, v, g, z
         # forget-gate bias: sigmoid(b) = u / (1 + u), u ~ U(1, L-1): memory 2..L tokens at init
@@ -78,7 +79,7 @@ class RAT(Mixer):
         """q, k, v, g (..., h, d) and the output gate z (..., d_model)."""
         q, k, v, g, z = self.proj(x).chunk(5, dim=-1)
         g = torch.sigmoid(g + self.gate_logit_bias)
-        q, k, v, g = (rearrange(a, "... (h d) -> ... h d", h=self.n_heads) for a in (q, k, v, g))
+        q, k, v, g = (split_heads(a, self.n_heads) for a in (q, k, v, g))  # (..., h, d_head)
         return q, k, v, g, torch.sigmoid(z)
 
     def _forward(self, x, state, mode, chunk_size):
@@ -111,7 +112,7 @@ class RAT(Mixer):
         # a query in chunk c (c = 0: the current one) sees the summaries c .. C + c - 1
         y = attention_own_key_banded(q, keys, values, log_m, k_run, v_run, group=L, span=C)
         y = y[:, p0:p0 + t]  # (b, t, h, d)
-        y = self.out(z[:, p0:p0 + t] * rearrange(y, "b t h d -> b t (h d)"))
+        y = self.out(z[:, p0:p0 + t] * merge_heads(y))
         done = (p0 + t) // L * L - p0  # tokens up to the last chunk boundary
         clock = torch.cat([state.clock if done <= 0 else torch.full_like(state.clock, EMPTY),
                            x.new_zeros(b, t - max(done, 0))], dim=1)
@@ -140,7 +141,7 @@ class RAT(Mixer):
             k_run, v_run,
             torch.where(complete, EMPTY, clock),
         )
-        return self.out(z * rearrange(y, "b h d -> b (h d)")), new
+        return self.out(z * merge_heads(y)), new
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         device = device or self.out.weight.device

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem import mixers
-from seqmem.errors import SeqmemError, check_choice
+from seqmem.errors import SeqmemError, check_choice, check_int
 
 BLOCKS = ("plain", "residual")
 
@@ -104,11 +104,9 @@ class SequenceModel(nn.Module):
         d_output: int | None = None,
     ):
         super().__init__()
-        if n_layers < 1:
-            raise SeqmemError(f"n_layers must be >= 1, got {n_layers}")
-        if d_output is not None and (isinstance(d_output, bool) or not isinstance(d_output, int)
-                                     or d_output < 1):
-            raise SeqmemError(f"d_output must be a positive integer or None, got {d_output!r}")
+        check_int("n_layers", n_layers)
+        if d_output is not None:
+            check_int("d_output (None: no regression head)", d_output)
         if (not heads and d_output is None) or any(c < 2 for c in heads):
             raise SeqmemError(f"heads must be a non-empty list of class counts >= 2 (or empty "
                               f"with a regression head, d_output), got {heads}")
