@@ -18,7 +18,7 @@ TIERS = [
     ("registry", "store"),
     ("ops",),
     ("mixers",),
-    ("models", "tasks"),
+    ("models", "tasks", "curricula"),
     ("config",),
     ("train", "continual"),
     ("build",),

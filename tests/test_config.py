@@ -49,7 +49,7 @@ def test_config_classes_mirror_constructors(family, names, config_class, get, hp
     (["model.mixer.tau_init=[0.5, 1]"], "model.mixer: tau_init must be"),
     (["curriculum.kind=double"], "curriculum.kind: Input should be"),
     (["curriculum.n_start=1"], "curriculum.n_start: N starts at 2 or more, got 1"),
-    (["curriculum.n_start=5", "curriculum.n_max=3"], "curriculum.n_max (3) must be >="),
+    (["curriculum.n_start=5", "curriculum.n_max=3"], "curriculum.n_max: must be >= curriculum.n_start (5), got 3"),
     (["bogus=1"], "bogus: unknown key"),
     (["train.lr"], "is not of the form key.path=value"),
 ])

@@ -3,7 +3,7 @@
 import pytest
 
 from seqmem.errors import SeqmemError
-from seqmem.train.curricula import Curriculum
+from seqmem.curricula import Curriculum
 
 
 def test_single_moves_one_head_forward():

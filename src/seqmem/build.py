@@ -28,7 +28,7 @@ from seqmem.continual.protocols import Protocol, build_protocol
 from seqmem.errors import SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
-from seqmem.train.curricula import Curriculum
+from seqmem.curricula import Curriculum
 from seqmem.train.loop import TrainParts, is_regression
 from seqmem.train.schedules import lr_factor
 

@@ -30,6 +30,7 @@ from pydantic import (
 
 from seqmem import mixers, tasks
 from seqmem.config.base import ComponentConfig, Strict, component_config_class, validate_component
+from seqmem.curricula import KINDS as CURRICULUM_KINDS
 from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models.sequence import SequenceModel, parse_pattern
 
@@ -235,7 +236,7 @@ class CurriculumConfig(Strict):
     The curriculum ends when N = n_max is solved.
     """
 
-    kind: Literal["auto", "single", "multi", "sliding", "none"] = "auto"
+    kind: Literal[("auto", *CURRICULUM_KINDS)] = "auto"  # type: ignore[valid-type]
     n_start: int = Field(2, ge=1)
     n_max: int = Field(100, ge=1)
     threshold: float = Field(0.98, gt=0, le=1)
@@ -322,7 +323,7 @@ class RunConfig(Strict):
             if c.n_start < 2:
                 raise ConfigError(f"N starts at 2 or more, got {c.n_start}", "curriculum.n_start")
         if kind != "none" and c.n_max < c.n_start:
-            raise ConfigError(f"({c.n_max}) must be >= curriculum.n_start ({c.n_start})",
+            raise ConfigError(f"must be >= curriculum.n_start ({c.n_start}), got {c.n_max}",
                               "curriculum.n_max")
         regression = getattr(task_cls, "loss", "ce") == "mse"
         if self.train.target_acc is not None and regression:
