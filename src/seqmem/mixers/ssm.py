@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmem.errors import SeqmemError, check_choice
+from seqmem.errors import SeqmemError, check_choice, check_int
 from seqmem.mixers.base import Mixer, register
 from seqmem.ops.ssm import (
     diag_recurrence,
@@ -49,13 +49,12 @@ def _here(x: Tensor) -> Tensor:
 
 
 def _check(name: str, d_state: int, dt_min: float, dt_max: float, *, even: int = 1) -> None:
-    if not isinstance(d_state, int) or isinstance(d_state, bool) or d_state < even \
-            or d_state % even:
-        what = f"a positive multiple of {even}" if even > 1 else "a positive integer"
-        raise SeqmemError(f"{name} d_state must be {what}, got {d_state!r}")
+    """d_state a positive multiple of `even`, 0 < dt_min <= dt_max, or a one-line error."""
+    if check_int(f"{name}: d_state", d_state, low=even) % even:
+        raise SeqmemError(f"{name}: d_state must be a multiple of {even}, got {d_state!r}")
     if not (isinstance(dt_min, int | float) and isinstance(dt_max, int | float)
             and 0 < dt_min <= dt_max):
-        raise SeqmemError(f"{name} needs 0 < dt_min <= dt_max, got dt_min={dt_min!r}, "
+        raise SeqmemError(f"{name}: needs 0 < dt_min <= dt_max, got dt_min={dt_min!r}, "
                           f"dt_max={dt_max!r}")
 
 
@@ -284,8 +283,7 @@ class S5(Mixer):
                  dt_min: float = 1e-3, dt_max: float = 1e-1, discretization: str = "zoh",
                  activation: str = "glu"):
         super().__init__(d_model)
-        if not isinstance(n_blocks, int) or isinstance(n_blocks, bool) or n_blocks < 1:
-            raise SeqmemError(f"s5 n_blocks must be a positive integer, got {n_blocks!r}")
+        check_int("s5: n_blocks", n_blocks)
         _check("s5", d_state, dt_min, dt_max, even=2 * n_blocks)
         self.discretization = check_choice("s5 discretization", discretization, DISCRETIZATIONS)
         self.activation = check_choice("s5 activation", activation, ACTIVATIONS)

@@ -40,7 +40,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_int  # check_int: the tasks take it from here too
 from seqmem.registry import Registry, hyperparameters
 from seqmem.tasks.render import render
 
@@ -100,8 +100,7 @@ class Task:
 def check_sample_args(task: Task, batch_size: int, generator: torch.Generator) -> None:
     """Raise a one-line SeqmemError unless batch_size >= 1 and generator is a CPU Generator."""
     who = task.name or type(task).__name__
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise SeqmemError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int(f"{who}: batch_size", batch_size)
     if not isinstance(generator, torch.Generator):
         raise SeqmemError(
             f"{who}: generator must be a torch.Generator (e.g. "
@@ -109,13 +108,6 @@ def check_sample_args(task: Task, batch_size: int, generator: torch.Generator) -
         )
     if generator.device.type != "cpu":
         raise SeqmemError(f"{who}: generator must be on the CPU, got one on {generator.device}")
-
-
-def check_int(what: str, value, *, low: int) -> int:
-    """Return `value` if it is an integer >= low (bool excluded), else raise a SeqmemError."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise SeqmemError(f"{what} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 # ---- registry ---------------------------------------------------------------------------

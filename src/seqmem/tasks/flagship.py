@@ -33,14 +33,13 @@ from seqmem.tasks.base import Batch, Task, check_int, check_sample_args, registe
 
 def check_N(N) -> list[int]:
     """N as a list of distinct integers >= 2 (an int is a list of one), else a SeqmemError."""
-    values = [N] if isinstance(N, int) and not isinstance(N, bool) else N
-    if not isinstance(values, (list, tuple)) or len(values) == 0:
+    if isinstance(N, int) and not isinstance(N, bool):
+        return [check_int("N", N, low=2)]
+    if not isinstance(N, (list, tuple)) or len(N) == 0:
         raise SeqmemError(
             f"N must be an integer >= 2 or a non-empty list of integers >= 2, got {N!r}"
         )
-    values = list(values)
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in values):
-        raise SeqmemError(f"N must be integers >= 2, got {N!r}")
+    values = [check_int(f"every N of {N!r}", n, low=2) for n in N]
     repeated = sorted({n for n in values if values.count(n) > 1})
     if repeated:
         raise SeqmemError(
