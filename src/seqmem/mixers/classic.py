@@ -60,6 +60,15 @@ class _TorchLikeRNN(Mixer):
             self.weight_hh
         )
 
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        """The zero state h (b, d_model) (the LSTM's is a pair)."""
+        w = self.weight_hh
+        return torch.zeros(batch_size, self.d_model, device=device or w.device,
+                           dtype=dtype or w.dtype)
+
+    def state_size(self):
+        return self.d_model
+
     def load_torch(self, module: nn.RNNBase) -> None:
         """Copy the weights of a one-layer torch.nn.RNN / GRU / LSTM of the same size."""
         with torch.no_grad():
@@ -97,14 +106,6 @@ class Elman(_TorchLikeRNN):
         h = elman_step(self.drive(x_t), state, self.weight_hh, self.bias_hh, phi=self.phi)
         return h, h
 
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.weight_hh
-        return torch.zeros(batch_size, self.d_model, device=device or w.device,
-                           dtype=dtype or w.dtype)
-
-    def state_size(self):
-        return self.d_model
-
 
 @register("gru")
 class GRU(NewtonForm, _TorchLikeRNN):
@@ -137,14 +138,6 @@ class GRU(NewtonForm, _TorchLikeRNN):
         self.check_input(x_t, ndim=2)
         h, _ = gru_step(self.drive(x_t), state, self.weight_hh, self.bias_hh)
         return h, h
-
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.weight_hh
-        return torch.zeros(batch_size, self.d_model, device=device or w.device,
-                           dtype=dtype or w.dtype)
-
-    def state_size(self):
-        return self.d_model
 
     @torch.no_grad()
     def timescales(self, probe: Tensor | None = None) -> Tensor:
@@ -208,9 +201,7 @@ class LSTM(NewtonForm, _TorchLikeRNN):
         return state.h, state
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.weight_hh
-        z = torch.zeros(batch_size, self.d_model, device=device or w.device,
-                        dtype=dtype or w.dtype)
+        z = super().init_state(batch_size, device=device, dtype=dtype)
         return LSTMState(z, z.clone())
 
     def state_size(self):
