@@ -4,9 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from seqmem.analysis.probes import features_silenced, perturbed, stream_accuracy
+from seqmem import tasks
+from seqmem.analysis.probes import (
+    features_silenced,
+    forgetting_matrix,
+    head_for,
+    load_stage,
+    perturbed,
+    stream_accuracy,
+)
+from seqmem.config import load_config
+from seqmem.engine.jobs import train_run
 from seqmem.errors import SeqmemError
 from seqmem.models import SequenceModel
+from seqmem.store import RunStore
 
 
 def _model(d=6, heads=(2, 2), seed=0):
@@ -54,8 +65,6 @@ def test_stream_accuracy_matches_an_oracle_for_a_constant_readout():
     acc = stream_accuracy(m, "n_dms", [3], [0], n_trials=3, stream_len=200, burn_in=10,
                           generator=torch.Generator().manual_seed(5))
     # the same stream, labelled by hand: DMS label at t is x[t-2] == x[t]
-    from seqmem import tasks
-
     b = tasks.build("n_dms", N=[3], streaming=True, stream_len=200, burn_in=10).sample(
         3, generator=torch.Generator().manual_seed(5))
     x = b.inputs[..., 0].numpy()
@@ -108,16 +117,11 @@ def test_probe_errors():
 
 @pytest.mark.parametrize("kind", ["single", "multi"])
 def test_forgetting_matrix_from_stage_checkpoints(tmp_path, kind):
-    from seqmem.analysis.probes import forgetting_matrix, head_for, load_stage
-    from seqmem.config import load_config
-    from seqmem.store import RunStore
-    from seqmem.train.loop import train
-
     cfg = load_config(None, ["model.d_model=8", "train.batch_size=16", "train.steps_per_epoch=1",
                              "train.eval_batches=1", "curriculum.threshold=0.01",
                              f"curriculum.kind={kind}", "curriculum.n_max=4"])
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
-    train(cfg, run)
+    train_run(cfg, run)
     out = forgetting_matrix(cfg, run, generator=torch.Generator().manual_seed(0), n_trials=2,
                             stream_len=120, burn_in=10)
     assert out["N"] == [2, 3, 4]

@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from seqmem.dashboard import fig_state_size, write_dashboard
+from seqmem.dashboard import fig_state_size, sweep_dashboard, write_dashboard
+from seqmem.errors import SeqmemError
+from seqmem.store import RunStore
 from test_report import _chromium, _render
 
 
@@ -40,6 +42,23 @@ def test_dashboard_page_has_figures_numbers_and_runs(tmp_path):
     assert page.count("<img class='figure'") == 3
     assert "0.950" in page and "r6" in page and "train.lr" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_sweep_dashboard_of_a_stored_sweep(tmp_path):
+    store = RunStore(tmp_path)
+    for r in _rows():
+        run = store.create_run({"model": {"mixer": {"kind": r["summary"]["mixer"]}}},
+                               kind="sweep", name="zoo")
+        store.update_summary(run.id, r["summary"])
+        store.set_status(run.id, "done")
+    store.create_run({}, kind="train", name="zoo")  # not a sweep's run
+    path = sweep_dashboard(store, "zoo")
+    assert path == tmp_path / "dashboard-zoo" / "dashboard.html"
+    page = path.read_text()
+    assert "<title>seqmem sweep zoo</title>" in page and "6 runs, 6 done." in page
+    assert "0.950" in page
+    with pytest.raises(SeqmemError, match="no sweep named 'nope' .*; sweeps there: zoo"):
+        sweep_dashboard(store, "nope")
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium here: install Debian's chromium")

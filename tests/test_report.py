@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from seqmem.report import Entry, write_report
+from seqmem.analysis import registry
+from seqmem.analysis.registry import analysis, figure
+from seqmem.report import Entry, load_entries, summary_table, write_report
+from seqmem.store import RunStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,6 +63,72 @@ def test_report_to_a_named_html_file(tmp_path):
     path = write_report(_entries(), tmp_path / "out" / "my.html")
     assert path == tmp_path / "out" / "my.html" and path.exists()
     assert (tmp_path / "out" / "ablation.png").exists()
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registries as they are, restored after the test (its registrations dropped)."""
+    monkeypatch.setattr(registry, "ANALYSIS_REGISTRY", dict(registry.ANALYSIS_REGISTRY))
+    monkeypatch.setattr(registry, "FIGURE_REGISTRY", dict(registry.FIGURE_REGISTRY))
+
+
+def test_a_registered_figure_draws_the_entries_that_have_its_key(tmp_path, scratch_registry):
+    drawn = []
+
+    @figure("spectral_radius", analysis="radius")
+    def radius_figure(entries, canvas):
+        drawn.extend(e.run_id for e in entries)
+        fig, ax = canvas.subplots(figsize=(3, 2))
+        ax.bar(range(len(entries)), [e.analysis["radius"] for e in entries])
+        return fig, ["run", "radius"], [[e.label, e.analysis["radius"]] for e in entries]
+
+    entries = _entries()
+    path = write_report(entries, tmp_path)
+    assert drawn == [] and not (tmp_path / "spectral_radius.png").exists()
+    entries[1].analysis["radius"] = 0.8125
+    page = write_report(entries, tmp_path).read_text()
+    assert drawn == ["run-b"]
+    png = (tmp_path / "spectral_radius.png").read_bytes()
+    assert png.startswith(PNG) and base64.b64encode(png).decode()[:200] in page
+    assert page.count("<img class='figure'") == 6 and "0.8125" in page
+    assert path == tmp_path / "report.html"
+
+
+def test_summary_table_shows_every_analysis_headline(scratch_registry):
+    @analysis("radius", needs="last_stage", writes=("radius",),
+              headline={"radius": "spectral radius (last N)"})
+    def radius(ctx):
+        return {"radius": 0.0}
+
+    entries = _entries()
+    entries[1].analysis["radius"] = 0.8125
+    entries[0].summary["perturb_tau_0.1_rel"] = 0.5  # recorded, analysis gives the number
+    header, rows = summary_table(entries)
+    assert header == ["measure", "single", "multi"]
+    table = {r[0]: r[1:] for r in rows}
+    assert table["spectral radius (last N)"] == ["", "0.812"]
+    assert table["ablate longest-tau unit (rel. acc)"] == ["0.437", "0.991"]
+    assert table["perturb tau, eps 0.1 (rel. acc)"] == [f"{1 - 0.1 * 0.437:.3f}",
+                                                       f"{1 - 0.1 * 0.991:.3f}"]
+    assert table["tau_net mean (last N)"] == ["2.400", "2.500"]
+    assert "perturb W, eps 0.1 (rel. acc)" not in table  # no run measured it
+
+
+def test_load_entries_reads_summaries_and_analyses_of_stored_runs(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.create_run({"seed": 0}, name="first")
+    b = store.create_run({"seed": 1}, kind="continual", name="cl")
+    store.update_summary(a.id, {"curriculum": "multi", "n_solved": 5, "ablate_longest_rel": 0.9})
+    a.write_summary({"curriculum": "multi", "n_solved": 5})
+    (a.dir / "analysis.json").write_text('{"N": [2, 3], "curriculum": "multi"}')
+    store.update_summary(b.id, {"avg_acc": 0.7})
+    b.write_summary({"avg_acc": 0.7, "R": [[1.0]]})
+    ea, eb = load_entries(store, [a.id, b.id[:-1]])
+    assert (ea.label, ea.run_id, ea.analysis) == ("multi", a.id, {"N": [2, 3],
+                                                                  "curriculum": "multi"})
+    assert ea.summary == {"curriculum": "multi", "n_solved": 5, "ablate_longest_rel": 0.9}
+    assert (eb.label, eb.run_id, eb.analysis) == ("cl", b.id, {})
+    assert eb.summary == {"avg_acc": 0.7, "R": [[1.0]]}
 
 
 def _chromium():

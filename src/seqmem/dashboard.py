@@ -13,15 +13,14 @@ embedded, no external resources) plus one PNG per figure:
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import statistics
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
-from seqmem.report import CSS, SCRIPT, _png, _table
+from seqmem.errors import SeqmemError
+from seqmem.report.render import CANVAS, figure_section, html_page, html_table
+from seqmem.store import RunStore
 from seqmem.store.query import run_field
 
 
@@ -44,7 +43,7 @@ def fig_state_size(rows: list[dict]):
         best[key] = max(best.get(key, -1.0), a)
     if not best:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = CANVAS.subplots(figsize=(6, 4))
     for m in sorted({k[0] for k in best}):
         pts = sorted((s, a) for (mm, s), a in best.items() if mm == m)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
@@ -68,7 +67,7 @@ def fig_length(rows: list[dict]):
             best[m] = r
     if not best:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = CANVAS.subplots(figsize=(6, 4))
     table = []
     for m, r in sorted(best.items()):
         pts = sorted((int(k), float(v)) for k, v in run_field(r, "acc_by_length").items())
@@ -93,7 +92,7 @@ def fig_timescales(rows: list[dict]):
     names = sorted(per)
     means = [statistics.median(v[0] for v in per[m]) for m in names]
     maxes = [statistics.median(v[1] for v in per[m]) for m in names]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = CANVAS.subplots(figsize=(6, 4))
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], means, width=0.4, label="mean over units")
     ax.bar([i + 0.2 for i in x], maxes, width=0.4, label="max over units")
@@ -145,27 +144,34 @@ def write_dashboard(rows: list[dict], out_dir: str | Path, *, title: str,
         if res is None:
             parts.append(f"<h2>{name.replace('_', ' ')}</h2><p class='empty'>no run of this "
                          f"sweep measured it</p>")
-            continue
-        fig, header, table = res
-        png = _png(fig)
-        (out / f"{name}.png").write_bytes(png)
-        b64 = base64.b64encode(png).decode()
-        parts.append(f"<h2>{name.replace('_', ' ')}</h2><div class='fig'>"
-                     f"<img class='figure' alt='{name}' src='data:image/png;base64,{b64}'>"
-                     f"<div class='numbers'>{_table(header, table)}</div></div>")
-    parts.append("<h2>speed</h2>" + _table(*speed_table(rows)))
+        else:
+            parts.append(figure_section(name, *res, out))
+    parts.append("<h2>speed</h2>" + html_table(*speed_table(rows)))
     if bench:
         recs = [json.loads(x) for x in Path(bench).read_text().splitlines() if x.strip()]
         header = ["subject", "form", "T", "fwd+bwd tokens/s", "step ms", "roofline"]
         body = [[b["subject"], b["form"], b["T"], f"{b['fwdbwd_tok_s']:,.0f}",
                  "" if b.get("step_ms") is None else f"{b['step_ms']:.3g}",
                  f"{100 * b['roofline_frac']:.1f} %"] for b in recs]
-        parts.append(f"<h3>seqmem bench ({html.escape(str(bench))})</h3>" + _table(header,
-                                                                                    body))
-    parts.append("<h2>runs</h2><div class='numbers'>" + _table(*runs_table(rows)) + "</div>")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            + "".join(parts) + f"<script>{SCRIPT}</script></body></html>")
+        parts.append(f"<h3>seqmem bench ({html.escape(str(bench))})</h3>"
+                     + html_table(header, body))
+    parts.append("<h2>runs</h2><div class='numbers'>" + html_table(*runs_table(rows))
+                 + "</div>")
     path = out / "dashboard.html"
-    path.write_text(page)
+    path.write_text(html_page(title, parts))
     return path
+
+
+def sweep_dashboard(store: RunStore, sweep: str, *, out: str | Path | None = None,
+                    bench: str | Path | None = None) -> Path:
+    """The dashboard of the runs of sweep `sweep` in `store` (their rows and configs), written
+    to `out` (default <root>/dashboard-<sweep>/); return the page's path."""
+    rows = store.list_runs(kind="sweep", name=sweep)
+    if not rows:
+        names = sorted({str(r.get("name")) for r in store.list_runs(kind="sweep")})
+        raise SeqmemError(f"no sweep named {sweep!r} in {str(store.root)!r}; sweeps there: "
+                          f"{', '.join(names) or '(none)'}")
+    for r in rows:
+        r["config"] = store.open_run(r["id"]).config()
+    return write_dashboard(rows, out or store.root / f"dashboard-{sweep}",
+                           title=f"seqmem sweep {sweep}", bench=bench)

@@ -1,1 +1,12 @@
-"""Analysis of trained models: timescales, ablation, perturbation, forgetting."""
+"""Analysis of trained models: timescales, ablation, perturbation, forgetting, dynamics.
+
+- `registry`: `@analysis` and `@figure`, how an analysis and its report figure are declared;
+- `analyze`: `analyze_run` runs the registered analyses of a stored run (analysis.json), and
+  `headline` picks the numbers the store indexes;
+- `context`: what an analysis sees (the run's stage models, its options, its own generator);
+- the built-in analyses: `stages` (timescales, tau_net, dimensionality), `ablation`,
+  `perturbation`, `forgetting`;
+- the measures they use: `probes` (streaming accuracy, silencing, perturbing, forgetting
+  matrix), `timescales` (autocorrelation fits, tau_net, dimensionality) and `dynamics`
+  (D_stsp, D_H and free running for dynamical-systems reconstruction).
+"""

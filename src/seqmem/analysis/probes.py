@@ -21,8 +21,11 @@ import torch
 from torch import Tensor
 
 from seqmem import tasks
+from seqmem.build import build_curriculum, build_model
+from seqmem.config import RunConfig
 from seqmem.errors import SeqmemError
 from seqmem.models import SequenceModel
+from seqmem.store import Run
 
 
 def _leaves(state):
@@ -48,7 +51,7 @@ def features_silenced(model: SequenceModel, x: Tensor, units, *, generator=None)
     output and state (every state tensor whose last dimension is d_model) are set to zero.
     """
     d = model.d_model
-    keep = torch.ones(d, dtype=x.dtype)
+    keep = torch.ones(d, dtype=x.dtype, device=x.device)  # (d,)
     idx = torch.as_tensor(list(units), dtype=torch.long)
     if idx.numel() and (idx.min() < 0 or idx.max() >= d):
         raise SeqmemError(f"units must lie in [0, {d}), got {idx.tolist()}")
@@ -81,16 +84,18 @@ def stream_accuracy(model: SequenceModel, task: str, N: list[int], heads: list[i
         raise SeqmemError(f"N and heads must pair up, got {len(N)} N and {len(heads)} heads")
     t = tasks.build(task, N=list(N), streaming=True, stream_len=stream_len, burn_in=burn_in)
     batch = t.sample(n_trials, generator=generator)
-    x = batch.inputs.to(next(model.parameters()).dtype)
+    p = next(model.parameters())
+    x = batch.inputs.to(device=p.device, dtype=p.dtype)  # (b, t, d_input)
     if len(silence):
         h = features_silenced(model, x, silence, generator=generator)
     else:
         h, _ = model.features(x, model.init_state(n_trials, dtype=x.dtype, generator=generator))
-    m = batch.mask
+    m = batch.mask.to(p.device)  # (b, t)
+    targets = batch.targets.to(p.device)[m]  # (n, len(N))
     accs = []
     for j, i in enumerate(heads):
         pred = model.heads[i](h[m]).argmax(-1)  # (n,)
-        accs.append((pred == batch.targets[m][:, j]).double().mean().item())
+        accs.append((pred == targets[:, j]).double().mean().item())
     return np.array(accs)
 
 
@@ -123,7 +128,7 @@ def perturbed(model: SequenceModel, what: str, eps: float, *, generator: torch.G
     return out
 
 
-def stage_checkpoints(run) -> list[int]:
+def stage_checkpoints(run: Run) -> list[int]:
     """The N solved at each curriculum step of a run, from its checkpoints N<k>."""
     out = []
     for tag in run.checkpoints():
@@ -132,21 +137,19 @@ def stage_checkpoints(run) -> list[int]:
     return sorted(out)
 
 
-def load_stage(cfg, run, N: int) -> SequenceModel:
-    """The model of `run` as saved when it solved N (checkpoint N<k>)."""
-    from seqmem.train.loop import build_model, make_curriculum
-
-    model = build_model(cfg, make_curriculum(cfg))
+def load_stage(cfg: RunConfig, run: Run, N: int) -> SequenceModel:
+    """The model of `run` as saved when it solved N (checkpoint N<k>), in eval mode."""
+    model = build_model(cfg, build_curriculum(cfg))
     model.load_state_dict(run.load_checkpoint(f"N{N:03d}")["model"])
     return model.eval()
 
 
-def head_for(cfg, N: int) -> int:
+def head_for(cfg: RunConfig, N: int) -> int:
     """The model head that reads out N under the run's curriculum."""
-    return 0 if cfg.curriculum.kind == "single" else N - cfg.curriculum.n_start
+    return 0 if cfg.curriculum_kind() == "single" else N - cfg.curriculum.n_start
 
 
-def forgetting_matrix(cfg, run, *, generator: torch.Generator, n_trials: int = 4,
+def forgetting_matrix(cfg: RunConfig, run: Run, *, generator: torch.Generator, n_trials: int = 4,
                       stream_len: int = 1100, burn_in: int = 100) -> dict:
     """Accuracy on every solved N after each curriculum step: R[i, j] = acc on N_j after N_i.
 
@@ -155,11 +158,12 @@ def forgetting_matrix(cfg, run, *, generator: torch.Generator, n_trials: int = 4
     otherwise). Accuracy is on the streaming task.
     """
     Ns = stage_checkpoints(run)
+    single = cfg.curriculum_kind() == "single"
     R = np.full((len(Ns), len(Ns)), np.nan)
     for i, n_i in enumerate(Ns):
         model = load_stage(cfg, run, n_i)
-        cols = [j for j, n_j in enumerate(Ns) if cfg.curriculum.kind == "single" or n_j <= n_i]
-        acc = stream_accuracy(model, cfg.task["kind"], [Ns[j] for j in cols],
+        cols = [j for j, n_j in enumerate(Ns) if single or n_j <= n_i]
+        acc = stream_accuracy(model, cfg.task.kind, [Ns[j] for j in cols],
                               [head_for(cfg, Ns[j]) for j in cols], generator=generator,
                               n_trials=n_trials, stream_len=stream_len, burn_in=burn_in)
         R[i, cols] = acc

@@ -1,0 +1,70 @@
+"""Perturbation at the last stage (Li et al. 2020; Khajehabdollahi et al., ICLR 2024): the
+relative accuracy on the streaming task after the recurrent weights W or the timescales tau of
+the last block are perturbed with relative size eps (`probes.perturbed`), several draws per
+eps; and the report's figure of the curves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqmem.analysis.context import Context
+from seqmem.analysis.probes import perturbed
+from seqmem.analysis.registry import Entry, analysis, figure
+
+EPS = (0.0, 0.05, 0.1, 0.2, 0.5)
+KINDS = ("W", "tau")  # the parameters perturbed, where the mixer has them
+HEADLINE_EPS = 0.1
+
+
+def _headline(w: dict) -> dict:
+    return {f"perturb_{kind}_{HEADLINE_EPS}_rel": pt["rel_mean"]
+            for kind, curve in (w.get("perturbation") or {}).items()
+            for pt in curve if pt["eps"] == HEADLINE_EPS}
+
+
+@analysis("perturbation", needs="last_stage", writes=("base_accuracy", "perturbation"),
+          headline={f"perturb_{kind}_{HEADLINE_EPS}_rel":
+                    f"perturb {kind}, eps {HEADLINE_EPS} (rel. acc)" for kind in ("tau", "W")},
+          headline_of=_headline, options={"eps": EPS, "n_draws": 2})
+def perturbation(ctx: Context) -> dict:
+    """Per perturbed parameter, per eps: the mean and sd over `n_draws` draws (one at eps = 0,
+    an exact copy) of the accuracy over the accuracy of the unchanged model."""
+    base = ctx.base_accuracy()
+    model = ctx.model()
+    mixer = model.blocks[-1].mixer
+    res = {}
+    for kind in KINDS:
+        if not hasattr(mixer, kind):
+            continue
+        curve = []
+        for e in ctx.options["eps"]:
+            ctx.say(f"perturbation {kind} eps={e}")
+            rel = [ctx.stream_accuracy(perturbed(model, kind, e, generator=ctx.generator))
+                   / base for _ in range(1 if e == 0 else ctx.options["n_draws"])]
+            curve.append({"eps": e, "rel_mean": float(np.mean(rel)),
+                          "rel_sd": float(np.std(rel)), "draws": rel})
+        res[kind] = curve
+    return {"base_accuracy": base, "perturbation": res}
+
+
+@figure("perturbation", analysis="perturbation")
+def perturbation_figure(entries: list[Entry], canvas):
+    """Relative accuracy against eps, one panel per perturbed parameter."""
+    kinds = sorted({k for e in entries for k in e.analysis["perturbation"]})
+    fig, axes = canvas.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.2), squeeze=False)
+    rows = []
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for i, e in enumerate(entries):
+            curve = e.analysis["perturbation"].get(kind)
+            if not curve:
+                continue
+            eps = [p["eps"] for p in curve]
+            ax.errorbar(eps, [p["rel_mean"] for p in curve], [p["rel_sd"] for p in curve],
+                        fmt="o-", color=canvas.color(e, i), label=e.label, capsize=2)
+            rows += [[e.label, kind, p["eps"], f"{p['rel_mean']:.3f}", f"{p['rel_sd']:.3f}"]
+                     for p in curve]
+        ax.set(xlabel="eps (relative size)", ylabel="relative accuracy",
+               title=f"perturbing {kind}", ylim=(0, 1.1))
+        canvas.legend(ax)
+    return fig, ["run", "perturbed", "eps", "rel. acc (mean)", "sd"], rows
