@@ -64,6 +64,8 @@ def test_mixer_newton_mode_returns_its_diagnostics(name):
     y, s = m(x, s0, mode="newton")
     y_ref, s_ref = m(x, s0, mode="recurrent")
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    for a, b in zip(_leaves(s), _leaves(s_ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     y_info, s_info, info = m.newton(x, s0)  # the same forward, with its diagnostics
     torch.testing.assert_close(y_info, y, rtol=0, atol=0)
     for a, b in zip(_leaves(s_info), _leaves(s), strict=True):

@@ -17,11 +17,11 @@ from seqmem.analysis.dynamics import (
     state_space_divergence,
 )
 from seqmem.config import load_config
+from seqmem.engine import train_run
 from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel, masked_mse_loss
 from seqmem.store import RunStore
 from seqmem.tasks.dynamics import SYSTEMS, lorenz63, rk4_step, rk4_trajectory
-from seqmem.engine import train_run
 from seqmem.train import loop
 
 

@@ -145,14 +145,10 @@ class Attention(Mixer):
         return self.out(merge_heads(y)), new
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        dtype = dtype or self.out.weight.dtype
-        device = device or self.out.weight.device
+        kw = self.state_options(device, dtype)
         shape = (batch_size, self.n_cache, self.n_heads, self.d_head)
-        return AttentionState(
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.full((batch_size, self.n_cache), EMPTY, device=device, dtype=dtype),
-        )
+        return AttentionState(torch.zeros(shape, **kw), torch.zeros(shape, **kw),
+                              torch.full((batch_size, self.n_cache), EMPTY, **kw))
 
     def state_size(self, t: int | None = None) -> int:
         """Floats of state per sequence: the cache's n_cache slots of 2 d_model + 1 floats.
@@ -207,12 +203,10 @@ class Aaren(Mixer):
         return self.out(merge_heads(y)), state
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        dtype = dtype or self.query.dtype
-        device = device or self.query.device
+        kw = self.state_options(device, dtype)
         h = (batch_size, self.n_heads)
-        return AarenState(torch.full(h, EMPTY, device=device, dtype=dtype),
-                          torch.zeros(h, device=device, dtype=dtype),
-                          torch.zeros(*h, self.d_head, device=device, dtype=dtype))
+        return AarenState(torch.full(h, EMPTY, **kw), torch.zeros(h, **kw),
+                          torch.zeros(*h, self.d_head, **kw))
 
     def state_size(self):
         return self.n_heads * (2 + self.d_head)

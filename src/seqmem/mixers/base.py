@@ -76,6 +76,12 @@ class Mixer(nn.Module):
         """Floats of state per sequence."""
         raise NotImplementedError
 
+    def state_options(self, device=None, dtype=None) -> dict:
+        """The device and dtype of a new state, {"device": ..., "dtype": ...}: those given,
+        else the parameters' (a state follows its module unless told otherwise)."""
+        p = next(self.parameters())
+        return {"device": device or p.device, "dtype": dtype or p.dtype}
+
     def timescales(self) -> Tensor | None:
         """Per-channel memory time constant in steps, or None where it is not defined."""
         return None

@@ -62,9 +62,7 @@ class _TorchLikeRNN(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         """The zero state h (b, d_model) (the LSTM's is a pair)."""
-        w = self.weight_hh
-        return torch.zeros(batch_size, self.d_model, device=device or w.device,
-                           dtype=dtype or w.dtype)
+        return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))
 
     def state_size(self):
         return self.d_model

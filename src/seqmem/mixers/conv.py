@@ -86,12 +86,9 @@ class TCN(Mixer):
         return h, tuple(new)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.convs[0].weight
-        return tuple(
-            dilated_conv_init_state(batch_size, self.d_model, self.kernel_size, dil,
-                                    device=device or w.device, dtype=dtype or w.dtype)
-            for _, _, dil in self._layers()
-        )
+        kw = self.state_options(device, dtype)
+        return tuple(dilated_conv_init_state(batch_size, self.d_model, self.kernel_size, dil, **kw)
+                     for _, _, dil in self._layers())
 
     def state_size(self):
         return sum((self.kernel_size - 1) * dil * self.d_model for _, _, dil in self._layers())
@@ -201,13 +198,12 @@ class TCNCA(Mixer):
         return self._output(x_t, o, r, h, u), new
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        device = device or self.gamma.device
-        dtype = dtype or self.gamma.dtype
+        kw = self.state_options(device, dtype)
         return TCNCAState(
-            self.tcn.init_state(batch_size, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.n_buffer, self.d_attn, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.n_buffer, self.d_model, device=device, dtype=dtype),
-            torch.full((batch_size, self.n_buffer), EMPTY, device=device, dtype=dtype),
+            self.tcn.init_state(batch_size, **kw),
+            torch.zeros(batch_size, self.n_buffer, self.d_attn, **kw),
+            torch.zeros(batch_size, self.n_buffer, self.d_model, **kw),
+            torch.full((batch_size, self.n_buffer), EMPTY, **kw),
         )
 
     def state_size(self):

@@ -123,8 +123,7 @@ class _DeltaLayer(Mixer):
         return self._output(o, x_t), DeltaNetState(S, conv)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.out.weight
-        kw = {"device": device or w.device, "dtype": dtype or w.dtype}
+        kw = self.state_options(device, dtype)
         return DeltaNetState(
             torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v, **kw),
             self.conv.init_state(batch_size, **kw))

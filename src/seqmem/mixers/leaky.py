@@ -114,12 +114,10 @@ class LeakyRNN(NewtonForm, Mixer):
         return h, h
 
     def init_state(self, batch_size, *, device=None, dtype=None, generator=None):
-        dtype = dtype or self.W.dtype
-        device = device or self.W.device
+        kw = self.state_options(device, dtype)
         if self.h0 == "random":
-            return 0.1 * torch.rand(batch_size, self.d_model, generator=generator,
-                                    device=device, dtype=dtype)
-        return torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)
+            return 0.1 * torch.rand(batch_size, self.d_model, generator=generator, **kw)
+        return torch.zeros(batch_size, self.d_model, **kw)
 
     def state_size(self):
         return self.d_model

@@ -72,11 +72,10 @@ class LightNet(Mixer):
         return self._output(x_t, o), state
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        device = device or self.out.weight.device
-        dtype = dtype or self.out.weight.dtype
+        kw = self.state_options(device, dtype)
         h, k = (batch_size, self.n_heads), self.d_key
-        return LightNetState(torch.zeros(*h, k, self.d_head, device=device, dtype=dtype),
-                             torch.full((*h, k), EMPTY, device=device, dtype=dtype))
+        return LightNetState(torch.zeros(*h, k, self.d_head, **kw),
+                             torch.full((*h, k), EMPTY, **kw))
 
     def state_size(self):
         return self.n_heads * self.d_key * (self.d_head + 1)

@@ -98,8 +98,7 @@ class LinearAttn(Mixer):
         return self._output(o), LinearAttnState(S[..., :-1], S[..., -1])
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.out.weight
-        kw = {"device": device or w.device, "dtype": dtype or w.dtype}
+        kw = self.state_options(device, dtype)
         return LinearAttnState(torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v, **kw),
                                torch.zeros(batch_size, self.n_heads, self.d_k, **kw))
 
@@ -123,9 +122,8 @@ class MatrixStateMixer(Mixer):
     """A mixer whose state is one (d_k, d_v) matrix per head: (b, n_heads, d_k, d_v)."""
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.out.weight
         return torch.zeros(batch_size, self.n_heads, self.d_k, self.d_v,
-                           device=device or w.device, dtype=dtype or w.dtype)
+                           **self.state_options(device, dtype))
 
     def state_size(self):
         return self.n_heads * self.d_k * self.d_v

@@ -68,7 +68,7 @@ def _log_timescale(log_decay: Tensor, signed: bool) -> Tensor:
 
 
 class _MambaBase(Mixer):
-    """What the two blocks share: the sizes' checks and the device and dtype of a state."""
+    """What the two blocks share: the checks of their sizes."""
 
     legacy_names = SHORT_CONV_LEGACY_NAMES
 
@@ -77,10 +77,6 @@ class _MambaBase(Mixer):
         d_state = check_int(f"{self.name}: d_state", d_state)
         check_conv_size(self.name, conv_size)
         return d_state, d_model * check_int(f"{self.name}: expand", expand)
-
-    def _state_kw(self, device, dtype) -> dict:
-        w = self.out_proj.weight
-        return {"device": device or w.device, "dtype": dtype or w.dtype}
 
 
 @register("mamba")
@@ -148,7 +144,7 @@ class Mamba(_MambaBase):
         return self.out_proj(y), MambaState(conv, h)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        kw = self._state_kw(device, dtype)
+        kw = self.state_options(device, dtype)
         return MambaState(self.conv.init_state(batch_size, **kw),
                           torch.zeros(batch_size, self.d_inner, self.d_state, **kw))
 
@@ -245,7 +241,7 @@ class Mamba2(_MambaBase):
         return self._output(y, x_skip, z), MambaState(conv, S)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        kw = self._state_kw(device, dtype)
+        kw = self.state_options(device, dtype)
         return MambaState(
             self.conv.init_state(batch_size, **kw),
             torch.zeros(batch_size, self.n_heads, self.headdim, self.d_state, **kw))

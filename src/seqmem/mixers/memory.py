@@ -148,11 +148,9 @@ class Titans(Mixer):
         return self._out(o, x_t), TitansMixerState(M, S, conv)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        w = self.o_proj.weight
-        device, dtype = device or w.device, dtype or w.dtype
-        M, S = titans_init_state(batch_size, self.n_heads, self.d_head, self.d_head,
-                                 device=device, dtype=dtype)
-        conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
+        kw = self.state_options(device, dtype)
+        M, S = titans_init_state(batch_size, self.n_heads, self.d_head, self.d_head, **kw)
+        conv = self.conv.init_state(batch_size, **kw)
         return TitansMixerState(M, S, conv)
 
     def state_size(self):
@@ -334,12 +332,10 @@ class MoM(Mixer):
         return self._out(o, w, x_t), MoMState(S, conv)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        wt = self.o_proj.weight
-        device, dtype = device or wt.device, dtype or wt.dtype
+        kw = self.state_options(device, dtype)
         e = self.d_head
-        memories = torch.zeros(batch_size, self.n_slots, self.n_heads, e, e, device=device,
-                               dtype=dtype)
-        conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
+        memories = torch.zeros(batch_size, self.n_slots, self.n_heads, e, e, **kw)
+        conv = self.conv.init_state(batch_size, **kw)
         return MoMState(memories, conv)
 
     def state_size(self):

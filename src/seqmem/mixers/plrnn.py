@@ -87,8 +87,7 @@ class PLRNN(NewtonForm, Mixer):
         return z, z
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        return torch.zeros(batch_size, self.d_model, device=device or self.A.device,
-                           dtype=dtype or self.A.dtype)
+        return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))
 
     def state_size(self):
         return self.d_model

@@ -144,17 +144,14 @@ class RAT(Mixer):
         return self.out(z * merge_heads(y)), new
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        device = device or self.out.weight.device
-        dtype = dtype or self.out.weight.dtype
+        kw = self.state_options(device, dtype)
         cache = (batch_size, self.n_cache, self.n_heads, self.d_head)
         run = (batch_size, self.n_heads, self.d_head)
         return RATState(
-            torch.zeros(cache, device=device, dtype=dtype),
-            torch.zeros(cache, device=device, dtype=dtype),
-            torch.full((batch_size, self.n_cache), EMPTY, device=device, dtype=dtype),
-            torch.zeros(run, device=device, dtype=dtype),
-            torch.zeros(run, device=device, dtype=dtype),
-            torch.full((batch_size, self.rat_chunk - 1), EMPTY, device=device, dtype=dtype),
+            torch.zeros(cache, **kw), torch.zeros(cache, **kw),
+            torch.full((batch_size, self.n_cache), EMPTY, **kw),
+            torch.zeros(run, **kw), torch.zeros(run, **kw),
+            torch.full((batch_size, self.rat_chunk - 1), EMPTY, **kw),
         )
 
     def state_size(self, t: int | None = None) -> int:

@@ -150,8 +150,8 @@ class LSSL(Mixer):
         return self.out(y + self.D * x_t), state
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        return torch.zeros(batch_size, self.d_model, self.d_state, device=device or self.C.device,
-                           dtype=dtype or self.C.dtype)
+        return torch.zeros(batch_size, self.d_model, self.d_state,
+                           **self.state_options(device, dtype))
 
     def state_size(self):
         return self.d_model * self.d_state
@@ -234,7 +234,7 @@ class S4D(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         return torch.zeros(batch_size, self.d_model, self.d_state // 2, 2,
-                           device=device or self.C.device, dtype=dtype or self.C.dtype)
+                           **self.state_options(device, dtype))
 
     def state_size(self):
         return self.d_model * (self.d_state // 2) * 2
@@ -326,8 +326,7 @@ class S5(Mixer):
         return self.out(y + self.D * x_t), _real(s)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        return torch.zeros(batch_size, self.d_state // 2, 2, device=device or self.C.device,
-                           dtype=dtype or self.C.dtype)
+        return torch.zeros(batch_size, self.d_state // 2, 2, **self.state_options(device, dtype))
 
     def state_size(self):
         return self.d_state

@@ -11,6 +11,7 @@ from seqmem.ops.attention import (
     attention_step,
     rotary,
 )
+from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
 from seqmem.ops.linear_attention import (
     delta_rule,
@@ -142,6 +143,9 @@ __all__ = [
     "selective_scan_signed",
     "selective_scan_signed_step",
     "selective_scan_step",
+    "short_conv",
+    "short_conv_init_state",
+    "short_conv_step",
     "ssd",
     "ssd_signed",
     "ssd_signed_step",
