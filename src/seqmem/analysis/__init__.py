@@ -10,3 +10,12 @@
   matrix), `timescales` (autocorrelation fits, tau_net, dimensionality) and `dynamics`
   (D_stsp, D_H and free running for dynamical-systems reconstruction).
 """
+
+# The built-in analyses register themselves on import, in this order: the order of ANALYSES.
+# A new analysis module is imported here.
+# isort: off
+from seqmem.analysis import stages, ablation, perturbation, forgetting
+
+# isort: on
+
+__all__ = ["ablation", "forgetting", "perturbation", "stages"]

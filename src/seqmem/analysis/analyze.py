@@ -1,7 +1,8 @@
 """`seqmem analyze`: the registered analyses of a trained run, stage by stage.
 
 A run trained under an N-curriculum has a checkpoint N<k> for every N it solved; the analyses
-(see `seqmem.analysis.registry`) read those. The built-in ones, in the order of `ANALYSES`:
+(see `seqmem.analysis.registry`) read those. The built-in ones, in the order of `ANALYSES`
+(their modules):
 
 - timescales, tau_net, dimensionality (`stages`): per stage, single-unit and network-mediated
   timescales and the dimensionality of the activity;
@@ -21,11 +22,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-# isort: off
-# the built-in analyses register themselves on import, in this order (the order of ANALYSES)
-from seqmem.analysis import stages, ablation, perturbation, forgetting
-
-# isort: on
 from seqmem.analysis.context import Context, spread_stages
 from seqmem.analysis.probes import stage_checkpoints
 from seqmem.analysis.registry import analyses, analysis_names, option_defaults
@@ -34,8 +30,8 @@ from seqmem.errors import SeqmemError
 from seqmem.store import Run, RunStore
 from seqmem.store.run import atomic_write
 
-BUILTIN = (stages, ablation, perturbation, forgetting)
-#: The built-in analyses, in order (`analysis_names()` also lists any registered since).
+#: The built-in analyses, in order: the package (`seqmem/analysis/__init__.py`) imports their
+#: modules before this one. `analysis_names()` also lists any registered since.
 ANALYSES = analysis_names()
 ANALYSIS_FILE = "analysis.json"
 
@@ -88,7 +84,8 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
                 say(f"{spec.name} N={n}")
                 row.update(spec.check_result(spec.run(ctx.focus(spec.name, n))))
             rows.append(row)
-            ctx.models.keep_only({Ns[-1]})
+            # this stage's model is done with; the last stage's stays for the analyses below
+            ctx.stage_models.keep_only({Ns[-1]})
         out["stages"] = rows
     for spec in specs:
         if not spec.per_stage:

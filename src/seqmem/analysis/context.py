@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqmem.analysis.probes import head_for, load_stage, stream_accuracy
+from seqmem.analysis import probes
 from seqmem.config import RunConfig
 from seqmem.models import SequenceModel
 from seqmem.store import Run
@@ -55,7 +55,7 @@ class StageModels:
 
     def get(self, N: int) -> SequenceModel:
         if N not in self._models:
-            self._models[N] = load_stage(self.cfg, self.run, N)
+            self._models[N] = probes.load_stage(self.cfg, self.run, N)
         return self._models[N]
 
     def keep_only(self, Ns: set[int]) -> None:
@@ -75,7 +75,7 @@ class Context:
     options: Mapping[str, Any]
     generator: torch.Generator  # this analysis's own (at this stage)
     say: Callable[[str], None]
-    models: StageModels = field(repr=False)
+    stage_models: StageModels = field(repr=False)
 
     @classmethod
     def of_run(cls, cfg: RunConfig, run: Run, Ns: list[int], *, seed: int,
@@ -100,11 +100,11 @@ class Context:
     def model(self, N: int | None = None) -> SequenceModel:
         """The model as saved when it solved N (default this stage), in eval mode. It is
         shared by the analyses: copy it before changing it (`probes.perturbed` does)."""
-        return self.models.get(self.N if N is None else N)
+        return self.stage_models.get(self.N if N is None else N)
 
     def head(self, N: int | None = None) -> int:
         """The head that reads out N (default this stage's N)."""
-        return head_for(self.cfg, self.N if N is None else N)
+        return probes.head_for(self.cfg, self.N if N is None else N)
 
     def stream_accuracy(self, model: SequenceModel | None = None, *, silence=()) -> float:
         """Accuracy of `model` (default this stage's) on the streaming task, read out for this
@@ -113,14 +113,14 @@ class Context:
         at every call (see the module docstring)."""
         g = torch.Generator().manual_seed(derived_seed(self.seed, "streams"))
         model = self.model() if model is None else model
-        return float(stream_accuracy(model, self.task, [self.N], [self.head()], generator=g,
-                                     n_trials=self.options["n_trials"],
-                                     stream_len=self.options["stream_len"],
-                                     silence=silence)[0])
+        return float(probes.stream_accuracy(model, self.task, [self.N], [self.head()],
+                                            generator=g, n_trials=self.options["n_trials"],
+                                            stream_len=self.options["stream_len"],
+                                            silence=silence)[0])
 
     def base_accuracy(self) -> float:
         """`stream_accuracy` of this stage's unchanged model (measured once per stage)."""
-        cache = self.models.base_accuracy
+        cache = self.stage_models.base_accuracy
         if self.N not in cache:
             self.say(f"baseline accuracy at N={self.N}")
             cache[self.N] = self.stream_accuracy()
