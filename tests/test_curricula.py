@@ -2,8 +2,8 @@
 
 import pytest
 
-from seqmem.errors import SeqmemError
 from seqmem.curricula import Curriculum
+from seqmem.errors import SeqmemError
 
 
 def test_single_moves_one_head_forward():
@@ -55,3 +55,11 @@ def test_state_round_trip():
 def test_unknown_kind():
     with pytest.raises(SeqmemError, match="unknown curriculum 'double'; accepted: single"):
         Curriculum(kind="double")
+
+
+@pytest.mark.parametrize("what", ["n_start", "n_max", "window", "step"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_sizes_must_be_positive_integers(what, bad):
+    with pytest.raises(SeqmemError, match=rf"curriculum: {what} must be an integer >= 1, "
+                                          rf"got {bad!r}"):
+        Curriculum(kind="multi", **{what: bad})

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from seqmem.errors import check_int
 from seqmem.registry import Registry
 
 _KINDS = Registry("curriculum", sort=False)
@@ -54,6 +55,8 @@ class Curriculum:
 
     def __post_init__(self):
         self.kind = type(self).name
+        for what in ("n_start", "n_max", "window", "step"):  # step 0 would never advance
+            check_int(f"curriculum: {what}", getattr(self, what))
         if self.N == 0:
             self.N = self.n_start
 
