@@ -57,7 +57,7 @@ def test_sweep_dashboard_of_a_stored_sweep(tmp_path):
     page = path.read_text()
     assert "<title>seqmem sweep zoo</title>" in page and "6 runs, 6 done." in page
     assert "0.950" in page
-    with pytest.raises(SeqmemError, match="no sweep named 'nope' .*; sweeps there: zoo"):
+    with pytest.raises(SeqmemError, match=r"no sweep named 'nope' .*; sweeps there: zoo"):
         sweep_dashboard(store, "nope")
 
 
