@@ -98,7 +98,7 @@ def test_no_file_circle():
         seen[m] = 1
         for t in graph[m]:
             if seen.get(t) == 1:
-                circle = stack[stack.index(t):] + [t]
+                circle = [*stack[stack.index(t):], t]
                 raise AssertionError("file circle: " + " -> ".join(circle))
             if t not in seen:
                 visit(t, [*stack, t])

@@ -24,8 +24,8 @@ def run_cli(capsys, *args):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "--mixer", "nope"], "error: model.mixer: unknown mixer 'nope'; accepted: "),
-    (["train", "--task", "nope"], "error: task: unknown task 'nope'; accepted:"),
+    (["train", "--mixer", "nope"], "error: model.mixer.kind: unknown mixer 'nope'; accepted: "),
+    (["train", "--task", "nope"], "error: task.kind: unknown task 'nope'; accepted:"),
     (["train", "train.lr=-1"], "error: train.lr: Input should be greater than 0"),
     (["train", "train.lrr=1"], "error: train.lrr: unknown key; accepted:"),
     (["train", "task.N=1"], "error: task: N must be"),

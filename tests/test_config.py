@@ -49,7 +49,8 @@ def test_config_classes_mirror_constructors(family, names, config_class, get, hp
     (["model.mixer.tau_init=[0.5, 1]"], "model.mixer: tau_init must be"),
     (["curriculum.kind=double"], "curriculum.kind: Input should be"),
     (["curriculum.n_start=1"], "curriculum.n_start: N starts at 2 or more, got 1"),
-    (["curriculum.n_start=5", "curriculum.n_max=3"], "curriculum.n_max: must be >= curriculum.n_start (5), got 3"),
+    (["curriculum.n_start=5", "curriculum.n_max=3"],
+     "curriculum.n_max: must be >= curriculum.n_start (5), got 3"),
     (["bogus=1"], "bogus: unknown key"),
     (["train.lr"], "is not of the form key.path=value"),
 ])
@@ -138,3 +139,18 @@ def test_one_loader_for_every_kind_of_config():
     assert e.value.path == "method_options.lam" and "accepted: ewc_lambda" in str(e.value)
     with pytest.raises(ConfigError, match=r"^batch: Input should be greater than or equal"):
         load_config(None, ["batch=0"], schema=BenchConfig)
+
+
+def test_configs_pickle_by_value():
+    """A config crosses to a spawned worker process: its generated component classes pickle
+    by value and come back equal."""
+    import pickle
+
+    from seqmem.continual import ContinualConfig
+
+    for cfg in (load_config(None, ["model.mixer=gru*2,lstm", "task.kind=mqar",
+                                   "curriculum.kind=none"]),
+                load_config(None, ["method=replay", "method_options.replay_size=7"],
+                            schema=ContinualConfig)):
+        again = pickle.loads(pickle.dumps(cfg))
+        assert again == cfg and again.config_hash() == cfg.config_hash()

@@ -74,9 +74,9 @@ def test_inline_sweep_rerun_skips_done_and_resumes_interrupted(tmp_path, monkeyp
     spec = read_sweep(write(tmp_path, {"name": "s", "overrides": TINY,
                                        "grid": {"seed": [0, 1, 2, 3]}}))
     store = RunStore(tmp_path / "runs")
-    import seqmem.sweep.driver as drv
+    import seqmem.engine.run as drv  # the engine runs each inline job through `guarded`
 
-    real = drv.guarded_train
+    real = drv.guarded
     calls = []
 
     def third_is_interrupted(job, emit):
@@ -89,13 +89,13 @@ def test_inline_sweep_rerun_skips_done_and_resumes_interrupted(tmp_path, monkeyp
             return real(job, emit_then_stop)
         return real(job, emit)
 
-    monkeypatch.setattr(drv, "guarded_train", third_is_interrupted)
+    monkeypatch.setattr(drv, "guarded", third_is_interrupted)
     res = run_sweep(spec, store, workers=1)
     assert res.interrupted and calls == [0, 1, 2]
     assert sorted(res.status.values()) == ["done", "done", "interrupted"]
     rows = store.list_runs(kind="sweep")
     assert len(rows) == 3  # the fourth never started: no row
-    monkeypatch.setattr(drv, "guarded_train", real)
+    monkeypatch.setattr(drv, "guarded", real)
     plan = plan_sweep(spec, store)
     assert len(plan.done) == 2 and [j.resume for j in plan.jobs] == [True, False]
     res = run_sweep(spec, store, workers=1)

@@ -8,8 +8,8 @@ import torch
 
 import seqmem.train.loop as loop
 from seqmem import build
-from seqmem.engine import train_run
 from seqmem.config import load_config
+from seqmem.engine import train_run
 from seqmem.errors import ConfigError, RunFailed
 from seqmem.store import RunStore
 

@@ -25,10 +25,10 @@ from seqmem.config import RunConfig
 from seqmem.continual.config import ContinualConfig
 from seqmem.continual.methods import Method, build_method
 from seqmem.continual.protocols import Protocol, build_protocol
+from seqmem.curricula import Curriculum
 from seqmem.errors import SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
-from seqmem.curricula import Curriculum
 from seqmem.train.loop import TrainParts, is_regression
 from seqmem.train.schedules import lr_factor
 

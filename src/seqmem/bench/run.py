@@ -23,7 +23,6 @@ from torch import nn
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.build import seeded
 from seqmem.bench.measure import (
     count_flops,
     fwd_bwd,
@@ -32,6 +31,7 @@ from seqmem.bench.measure import (
     peak_memory_mib,
     time_it,
 )
+from seqmem.build import seeded
 from seqmem.errors import SeqmemError
 
 TORCH_REFERENCES = {"torch.nn.RNN": nn.RNN, "torch.nn.GRU": nn.GRU, "torch.nn.LSTM": nn.LSTM}
@@ -130,11 +130,18 @@ def _step_ms(module, form, cfg: BenchConfig, T: int, gen) -> float | None:
     return t.median * 1e3
 
 
+def _newton_iterations(module, x) -> int:
+    """The Newton iterations the mixer needs on x (one more no-grad forward)."""
+    with torch.no_grad():
+        return module.newton(x)[2].iterations
+
+
 def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None,
               on_row: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
     """Measure every subject x length; returns (context, rows); `context["skipped"]` lists
-    what was not measured and why. `on_row` receives each row as it is measured. A length whose peak memory, extrapolated from the shorter ones, would pass
-    the memory limit is not run (the OS would kill the process), nor are longer ones."""
+    what was not measured and why. `on_row` receives each row as it is measured. A length
+    whose peak memory, extrapolated from the shorter ones, would pass the memory limit is not
+    run (the OS would kill the process), nor are longer ones."""
     progress = progress or (lambda msg: None)
     limit = cfg.memory_limit_mib
     if limit is None:
@@ -187,8 +194,7 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
                 "fwdbwd_tok_s_low": tokens / (tb.high if tb else first),
                 "fwdbwd_tok_s_high": tokens / (tb.low if tb else first),
                 "runs": repeats,
-                "iterations": getattr(module, "newton_iterations", None) if form == "newton"
-                else None,
+                "iterations": _newton_iterations(module, x) if form == "newton" else None,
                 "step_ms": _step_ms(module, form, cfg, T, gen),
                 "peak_mib": peak_memory_mib(run) if cfg.memory else None,
                 "flops_per_token": flops,

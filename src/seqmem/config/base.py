@@ -43,16 +43,33 @@ class ComponentConfig(Strict):
     kind: str
     family: ClassVar[str] = "component"
 
+    # (factory, args): factory(*args) is this class, so that an instance pickles by value
+    # (generated classes cannot be found by name in a spawned process).
+    rebuild_with: ClassVar[tuple[typing.Callable, tuple] | None] = None
+
     def options(self) -> dict[str, Any]:
         """The keyword arguments for the component's constructor (every field but `kind`)."""
         return {k: getattr(self, k) for k in type(self).model_fields if k != "kind"}
 
+    def __reduce__(self):
+        if type(self).rebuild_with is None:
+            return super().__reduce__()
+        factory, args = type(self).rebuild_with
+        return (_revalidate, (factory, args, {**self.options(), "kind": self.kind}))
+
+
+def _revalidate(factory: typing.Callable, args: tuple, data: dict) -> ComponentConfig:
+    return factory(*args).model_validate(data)
+
 
 def component_config_class(builder: type | typing.Callable, kind: str, family: str,
-                           base: type[ComponentConfig] = ComponentConfig
+                           base: type[ComponentConfig] = ComponentConfig, *,
+                           rebuild_with: tuple[typing.Callable, tuple] | None = None
                            ) -> type[ComponentConfig]:
     """A ComponentConfig subclass mirroring the keyword-only hyperparameters of `builder` (a
-    class or a function), with `kind` fixed to `kind`."""
+    class or a function), with `kind` fixed to `kind`. `rebuild_with=(factory, args)`, where
+    the module-level `factory(*args)` returns this class, lets its instances be pickled (to
+    a worker process) and rebuilt there."""
     hints = typing.get_type_hints(builder.__init__ if isinstance(builder, type) else builder)
     fields: dict[str, Any] = {"kind": (Literal[kind], kind)}
     for name, p in hyperparameters(builder).items():
@@ -60,6 +77,7 @@ def component_config_class(builder: type | typing.Callable, kind: str, family: s
         fields[name] = (hints.get(name, Any), default)
     model = create_model(f"{getattr(builder, '__name__', kind)}Config", __base__=base, **fields)
     model.family = family
+    model.rebuild_with = rebuild_with
     return model
 
 

@@ -55,13 +55,15 @@ class TaskConfig(ComponentConfig):
 @functools.cache
 def mixer_config_class(kind: str) -> type[MixerConfig]:
     """The config class of a registered mixer (fields = its keyword hyperparameters)."""
-    return component_config_class(mixers.get(kind), kind, "mixer", MixerConfig)
+    return component_config_class(mixers.get(kind), kind, "mixer", MixerConfig,
+                                  rebuild_with=(mixer_config_class, (kind,)))
 
 
 @functools.cache
 def task_config_class(kind: str) -> type[TaskConfig]:
     """The config class of a registered task (fields = its keyword hyperparameters)."""
-    return component_config_class(tasks.get(kind), kind, "task", TaskConfig)
+    return component_config_class(tasks.get(kind), kind, "task", TaskConfig,
+                                  rebuild_with=(task_config_class, (kind,)))
 
 
 def validate_mixer_entry(value: Any, default: str = DEFAULT_MIXER) -> MixerConfig:

@@ -35,7 +35,8 @@ class OptionsConfig(ComponentConfig):
 def _options_class(family: str, name: str) -> type[OptionsConfig]:
     builder = {"protocol": protocol_function, "method": method_class,
                "mixer": mixers.get}[family](name)
-    return component_config_class(builder, name, family, OptionsConfig)
+    return component_config_class(builder, name, family, OptionsConfig,
+                                  rebuild_with=(_options_class, (family, name)))
 
 
 def _typed(family: str, name: str, value: Any, key: str) -> OptionsConfig:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from seqmem import build
-from seqmem.analysis.analyze import ANALYSES, analyze_run, headline
+from seqmem.analysis.analyze import analyze_run, headline
 from seqmem.analysis.dynamics import free_run_metrics
 from seqmem.config import RunConfig
 from seqmem.continual.config import ContinualConfig
@@ -100,7 +100,7 @@ class AnalysisRequest:
     """What an analyze job computes: the analyses `what`, their probe seed, and options of
     `seqmem.analysis.analyze.analyze_run` (e.g. the lighter `QUICK` settings)."""
 
-    what: tuple[str, ...] = ANALYSES
+    what: tuple[str, ...] | None = None  # None: every registered analysis
     seed: int = 0
     options: dict = field(default_factory=dict)
     threads: int | None = 1
@@ -115,7 +115,8 @@ def analyze_job(cfg: AnalysisRequest, run, *, emit: Emit | None = None,
         torch.set_num_threads(cfg.threads)
     run_cfg = RunConfig.model_validate(run.config())
     say = (lambda msg: emit({"event": "analysis", "message": msg})) if emit else None
-    out = analyze_run(run_cfg, run, what=tuple(cfg.what), seed=cfg.seed, progress=say,
+    what = tuple(cfg.what) if cfg.what is not None else None
+    out = analyze_run(run_cfg, run, what=what, seed=cfg.seed, progress=say,
                       **cfg.options)
     return headline(out)
 

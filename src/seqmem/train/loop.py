@@ -27,9 +27,9 @@ from torch import Tensor
 
 from seqmem import tasks
 from seqmem.config import RunConfig, length_option
+from seqmem.curricula import Curriculum
 from seqmem.errors import RunFailed
 from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
-from seqmem.curricula import Curriculum
 
 FREE_RUN_SEED = 2023  # test trajectories of the free-running metrics: the same for every run
 
