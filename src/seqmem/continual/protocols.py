@@ -103,19 +103,24 @@ def _n_classes(task: Task) -> int:
     return task.heads[0]
 
 
+def n_tasks() -> list[str]:
+    """The registered tasks with a memory length N (an `N` option), which n_curriculum grows."""
+    return [n for n in tasks.names() if "N" in tasks.hyperparameters(tasks.get(n))]
+
+
 @register_protocol("n_curriculum")
 def n_curriculum(setting: str = "task", *, task: str = "n_parity", n_min: int = 2,
                  n_max: int = 6) -> Protocol:
-    """One experience per N in n_min..n_max of N-parity or N-DMS (labels at the last step of
-    training-style sequences, as the flagship trains)."""
-    check_choice("n_curriculum task", task, ("n_parity", "n_dms"))
+    """One experience per N in n_min..n_max of a task with a memory length N (N-parity or
+    N-DMS: labels at the last step of training-style sequences, as the flagship trains)."""
+    check_choice("n_curriculum task", task, n_tasks())
     if not (isinstance(n_min, int) and isinstance(n_max, int) and 2 <= n_min <= n_max):
         raise SeqmemError(f"n_curriculum needs integers 2 <= n_min <= n_max, got n_min={n_min!r}"
                           f", n_max={n_max!r}")
     exps = []
     for i, N in enumerate(range(n_min, n_max + 1)):
         t = tasks.build(task, N=N)
-        exps.append(Experience(f"N={N}", t, t, 2, i if setting == "task" else 0))
+        exps.append(Experience(f"N={N}", t, t, t.heads[0], i if setting == "task" else 0))
     return Protocol(f"{task}_curriculum", setting, exps, 1, None)
 
 
