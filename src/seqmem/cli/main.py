@@ -15,13 +15,14 @@ from rich.console import Console
 from seqmem import flagship, mixers, tasks
 from seqmem.analysis.analyze import analyze_and_record
 from seqmem.bench import QUICK as BENCH_QUICK
-from seqmem.bench import BenchConfig, bench_to
+from seqmem.bench import BenchConfig
 from seqmem.cli import tables
 from seqmem.cli.parser import build_parser, split_overrides
 from seqmem.config import load_config, parse_value
 from seqmem.continual.loop import aggregate
 from seqmem.dashboard import sweep_dashboard
 from seqmem.engine import api
+from seqmem.engine.jobs import BenchRequest
 from seqmem.errors import SeqmemError
 from seqmem.report import load_entries, write_report
 from seqmem.store import RunStore
@@ -194,11 +195,10 @@ def cmd_bench(args, overrides, console) -> int:
         ("memory", False if args.no_memory else None)) if v is not None]
     cfg = load_config(BENCH_QUICK if args.quick else None, flags, schema=BenchConfig)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "benchmarks"))
-    with console.status("bench") as status:
-        ctx, rows, paths = bench_to(cfg, out, command="seqmem " + shlex.join(args.argv),
-                                    progress=lambda msg: status.update(f"bench: {msg}"),
-                                    readme=not args.quick and args.out is None)
-    tables.bench(console, ctx, rows, paths)
+    req = BenchRequest(cfg, command="seqmem " + shlex.join(args.argv),
+                       readme=not args.quick and args.out is None)
+    res = api.run_bench_job(req, out, console=console)
+    tables.bench(console, res["context"], res["rows"], res["paths"])
     return 0
 
 

@@ -12,7 +12,8 @@ from rich.console import Console
 from seqmem.config import RunConfig, load_config
 from seqmem.continual.config import ContinualConfig
 from seqmem.engine.backends import Job
-from seqmem.engine.display import Display, Quiet
+from seqmem.engine.display import Display, Quiet, Status
+from seqmem.engine.jobs import BenchRequest
 from seqmem.engine.run import Outcome, execute
 from seqmem.errors import SeqmemError
 from seqmem.store import RunStore
@@ -88,6 +89,20 @@ def resume_continual_job(store: RunStore, run_id: str) -> Job:
     store.set_status(run.id, "running")
     return Job(cfg, run.id, str(run.dir), label=f"{cfg.method} s{cfg.seed}", resume=True,
                kind="continual")
+
+
+def run_bench_job(req: BenchRequest, out_dir, *, console: Console | None = None) -> dict:
+    """Run a bench as an engine job in this process (outputs in `out_dir`, nothing in a
+    store); its summary: context, rows and the paths written. A bench that fails (bad input)
+    raises its error."""
+    job = Job(req, "bench", str(out_dir), label="bench", kind="bench")
+    out = execute([job], RunStore(out_dir), display=Status(console or Console(), "bench"))
+    if out.interrupted:
+        raise KeyboardInterrupt
+    ev = out.ended["bench"]
+    if ev["status"] != "done":
+        raise SeqmemError(ev.get("reason") or "the bench failed")
+    return out.summaries["bench"]
 
 
 def run_jobs(store: RunStore, jobs: list[Job], *, parallel: bool = False,

@@ -39,6 +39,9 @@ def raise_interrupt(signum, frame):
 
 
 def resume_hint(job: Job) -> str:
+    """The reason stored for an interrupted job: how to resume it, where it can be."""
+    if not get_kind(job.kind).owns_run:
+        return "interrupted"
     command = {"continual": "seqmem continual --resume"}.get(job.kind, "seqmem train --resume")
     return f"interrupted; resume with `{command} {job.run_id}`"
 

@@ -120,3 +120,24 @@ class Display(Quiet):
         if self.live and (kind != "step" or time.monotonic() - self.last_draw > self.refresh_s):
             self.last_draw = time.monotonic()
             self.live.update(self.table(), refresh=True)
+
+
+class Status(Quiet):
+    """One spinner line with the newest progress message of the jobs (`message` events, e.g.
+    a bench's or an analysis's stage)."""
+
+    def __init__(self, console: Console, title: str):
+        super().__init__(lambda msg: console.print(msg, markup=False))
+        self.title = title
+        self.status = console.status(title)
+
+    def __enter__(self):
+        self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.status.__exit__(*exc)
+
+    def update(self, run_id: str, ev: dict) -> None:
+        if "message" in ev:
+            self.status.update(f"{self.title}: {ev['message']}")

@@ -8,8 +8,12 @@ callback for progress events and whether to resume, and returns the summary to r
 - continual: build the protocol and the method, run `fit_continual`;
 - analyze: the analyses of a stored run (`seqmem.analysis`), headline numbers as summary.
 
-Register another kind with `@job_kind("name", owns_run=...)`; `owns_run=False` marks a job
-that works on a run without changing its status (an analysis).
+- bench: `seqmem bench` into the job's folder (no run in the store).
+
+Register another kind with `@job_kind("name", records=...)`: what the engine records of it in
+the store: "run" (its own run: status, summary, heartbeat), "summary" (a job on an existing
+run that adds to its summary without changing its status: an analysis) or "nothing" (the
+job's folder is only where it writes: a bench).
 """
 
 from __future__ import annotations
@@ -23,32 +27,42 @@ import torch
 from seqmem import build
 from seqmem.analysis.analyze import analyze_run, headline
 from seqmem.analysis.dynamics import free_run_metrics
+from seqmem.bench.config import BenchConfig
+from seqmem.bench.run import bench_to
 from seqmem.config import RunConfig
 from seqmem.continual.config import ContinualConfig
 from seqmem.continual.loop import HEADLINE, fit_continual
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_choice
 from seqmem.train.loop import FREE_RUN_SEED, eval_lengths, fit, is_regression
 
 Emit = Callable[[dict], None]
+
+
+RECORDS = ("run", "summary", "nothing")
 
 
 @dataclass(frozen=True)
 class JobKind:
     name: str
     run: Callable[..., dict]
-    owns_run: bool = True  # False: the job reads a run and adds to its summary only
+    records: str = "run"  # what the engine records in the store (see the module docstring)
+
+    @property
+    def owns_run(self) -> bool:
+        return self.records == "run"
 
 
 JOB_KINDS: dict[str, JobKind] = {}
 
 
-def job_kind(name: str, *, owns_run: bool = True):
+def job_kind(name: str, *, records: str = "run"):
     """Decorator: register `fn(cfg, run, *, emit, resume) -> summary` as job kind `name`."""
+    check_choice("job records", records, RECORDS)
 
     def deco(fn):
         if name in JOB_KINDS:
             raise SeqmemError(f"job kind {name!r} is already registered")
-        JOB_KINDS[name] = JobKind(name, fn, owns_run)
+        JOB_KINDS[name] = JobKind(name, fn, records)
         return fn
 
     return deco
@@ -106,7 +120,7 @@ class AnalysisRequest:
     threads: int | None = 1
 
 
-@job_kind("analyze", owns_run=False)
+@job_kind("analyze", records="summary")
 def analyze_job(cfg: AnalysisRequest, run, *, emit: Emit | None = None,
                 resume: bool = False) -> dict:
     """The analyses of a stored training run (written to its analysis.json); the headline
@@ -119,6 +133,25 @@ def analyze_job(cfg: AnalysisRequest, run, *, emit: Emit | None = None,
     out = analyze_run(run_cfg, run, what=what, seed=cfg.seed, progress=say,
                       **cfg.options)
     return headline(out)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """A bench job: what to measure, the command line to record, whether to write README.md."""
+
+    cfg: BenchConfig
+    command: str = "seqmem bench"
+    readme: bool = False
+
+
+@job_kind("bench", records="nothing")
+def bench_job(cfg: BenchRequest, run, *, emit: Emit | None = None, resume: bool = False) -> dict:
+    """`seqmem bench` with its outputs in the job's folder; progress as "bench" events; the
+    summary holds the context, the rows and the paths written."""
+    say = (lambda msg: emit({"event": "bench", "message": msg})) if emit else None
+    ctx, rows, paths = bench_to(cfg.cfg, run.dir, command=cfg.command, progress=say,
+                                readme=cfg.readme)
+    return {"context": ctx, "rows": rows, "paths": {k: str(p) for k, p in paths.items()}}
 
 
 def run_job(kind: str, cfg: Any, run, *, emit: Emit | None = None, resume: bool = False

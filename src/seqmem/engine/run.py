@@ -61,14 +61,17 @@ class Recorder:
 
     def __call__(self, run_id: str, ev: dict) -> None:
         job = self.jobs[run_id]
-        owns = get_kind(job.kind).owns_run
+        records = get_kind(job.kind).records
+        owns = records == "run"
         kind = ev["event"]
         if kind == "start" and owns:
             self.store.set_status(run_id, "running")
         if "summary" in ev:  # a job that does not own its run adds to the run's summary
             self.summaries[run_id] = ev["summary"]
-            base = {} if owns else self.store.get(run_id)["summary"]
-            self.store.update_summary(run_id, {**base, **ev["summary"], **self.extra(run_id)})
+            if records != "nothing":
+                base = {} if owns else self.store.get(run_id)["summary"]
+                self.store.update_summary(run_id, {**base, **ev["summary"],
+                                                   **self.extra(run_id)})
         if kind == "end":
             self.ended[run_id] = ev
             if owns:
