@@ -26,7 +26,7 @@ from seqmem.continual.config import ContinualConfig
 from seqmem.continual.methods import Method, build_method
 from seqmem.continual.protocols import Protocol, build_protocol
 from seqmem.curricula import Curriculum
-from seqmem.errors import SeqmemError
+from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
 from seqmem.train.loop import TrainParts, is_regression
@@ -105,6 +105,45 @@ def lr_schedule(cfg: RunConfig):
         return lr_factor(name, step, warmup_steps=t.warmup_steps, total_steps=total)
 
     return factor
+
+
+# ---- what fits in memory --------------------------------------------------------------------
+def available_bytes() -> int | None:
+    """The memory this machine has available now (MemAvailable of /proc/meminfo), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(cfg: RunConfig, *, available: int | None = None) -> None:
+    """Refuse a run whose one training batch cannot fit in memory: a lower bound of its size
+    (the batch's inputs, targets and mask, and one d_model-wide activation and its gradient
+    per layer and step, at the longest sequence the curriculum reaches) against the memory
+    available. The error names the option that sets the length and the memory needed."""
+    available = available_bytes() if available is None else available
+    if available is None:
+        return
+    cur = build_curriculum(cfg)
+    last = cur.n_max if cur.kind != "none" else None
+    task = build_task(cfg, cur, value=last, **({"N": last} if last and cur.knob == "N" else {}))
+    steps = task.max_length()
+    per_step = 4 * getattr(task, "d_input", 1) + 8 * len(task.heads) + 1 \
+        + 2 * 4 * cfg.model.d_model * cfg.model.n_layers
+    need = cfg.train.batch_size * steps * per_step
+    if need > available:
+        opt = (cur.knob if cur.kind != "none" and cur.knob != "N" else
+               getattr(type(task), "length_option", None)
+               or ("seq_len" if hasattr(task, "seq_len") else "N"))
+        where = "curriculum.n_max" if cur.kind != "none" else f"task.{opt}"
+        raise ConfigError(f"one batch of {cfg.train.batch_size} sequences of up to {steps:,} "
+                          f"steps needs at least {need / 2**30:,.1f} GiB, and this machine has "
+                          f"{available / 2**30:,.1f} GiB available; lower it, or "
+                          f"train.batch_size or model.d_model", where)
 
 
 # ---- the objects of a training run ---------------------------------------------------------

@@ -64,7 +64,7 @@ def flagship_configs(source=None, overrides: list[str] | None = None, *, quick: 
         if quick:
             t = data["train"]["max_time_s"]
             data["train"]["max_time_s"] = min(t, QUICK_TIME_S) if t else QUICK_TIME_S
-        cfgs.append(RunConfig.model_validate(data))
+        cfgs.append(load_config(data))
     return cfgs
 
 

@@ -7,6 +7,7 @@ Bad input is printed as one line (`error: ...`) with a non-zero exit code, never
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from seqmem.analysis.analyze import analyze_and_record
 from seqmem.bench import QUICK as BENCH_QUICK
 from seqmem.bench import BenchConfig
 from seqmem.cli import tables
-from seqmem.cli.parser import build_parser, split_overrides
+from seqmem.cli.parser import build_parser, check_config_argument, join_dotted, split_overrides
 from seqmem.config import load_config, parse_value
 from seqmem.continual.loop import aggregate
 from seqmem.dashboard import sweep_dashboard
@@ -35,8 +36,9 @@ TAKES_OVERRIDES = ("run", "train", "show-task", "continual")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the bench README
+    typed = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(join_dotted(typed))
+    args.argv = typed  # as typed, for the bench README
     console = Console()
     try:
         if args.command is None:
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if config and "=" in config and not Path(config).exists():
             extra.insert(0, config)  # an override, not a config file
             args.config = None
+        check_config_argument(args.config if hasattr(args, "config") else None)
         if args.command not in TAKES_OVERRIDES and extra:
             raise SeqmemError(f"unrecognised argument(s): {' '.join(extra)}")
         return COMMANDS[args.command](args, split_overrides(extra), console)
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # Everything is recorded by now: a second Ctrl-C must not interrupt the interpreter's
+        # exit handlers (multiprocessing's) into printing a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("interrupted: finished runs are recorded; resume with "
               "`seqmem train --resume RUN_ID` (see `seqmem runs`)", file=sys.stderr)
         return 130
@@ -178,6 +184,11 @@ def cmd_list(args, overrides, console) -> int:
 
 def cmd_analyze(args, overrides, console) -> int:
     store = RunStore(args.root)
+    row = store.get(args.run_id)
+    if row["status"] != "done":
+        print(f"note: run {row['id']} is {row['status']}"
+              + (f" ({row['reason']})" if row.get("reason") else "")
+              + "; analysing the curriculum steps it reached", file=sys.stderr)
     what = tuple(w.strip() for w in args.what.split(",") if w.strip())
     with console.status(f"analysing {args.run_id}") as status:
         out, head = analyze_and_record(

@@ -4,6 +4,7 @@ overrides (`split_overrides`)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from seqmem import __version__
 from seqmem.analysis.analyze import ANALYSES
@@ -175,21 +176,40 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
 
 
+def join_dotted(argv: list[str]) -> list[str]:
+    """`--eval.lengths 64,128` -> `eval.lengths=64,128`: a dotted key typed as a flag takes the
+    next word as its value (before argparse, which would read that word as the config file)."""
+    out, argv = [], list(argv)
+    while argv:
+        a = argv.pop(0)
+        if a.startswith("--") and "=" not in a and "." in a[2:] and argv \
+                and not argv[0].startswith("-"):
+            a = f"{a[2:]}={argv.pop(0)}"
+        out.append(a)
+    return out
+
+
 def split_overrides(extra: list[str]) -> list[str]:
+    """The dotted overrides among the words argparse did not read (a leading -- dropped);
+    anything else is a one-line error."""
     out = []
-    extra = list(extra)
-    joined = []
-    while extra:  # "--eval.lengths 64,128" is read as "eval.lengths=64,128"
-        a = extra.pop(0)
-        if a.startswith("--") and "=" not in a and "." in a and extra \
-                and not extra[0].startswith("-"):
-            a = f"{a}={extra.pop(0)}"
-        joined.append(a)
-    for a in joined:
+    for a in join_dotted(extra):
         if "=" not in a or (a.startswith("-") and not a.startswith("--")):
-            raise SeqmemError(f"unrecognised argument {a!r}; overrides look like "
-                              f"train.lr=3e-4 (see seqmem --help)")
+            hint = (f"override {a!r} has no value" if "." in a and not a.startswith("-")
+                    else f"unrecognised argument {a!r}")
+            raise SeqmemError(f"{hint}; overrides look like train.lr=3e-4 (see seqmem --help)")
         out.append(a.removeprefix("--"))
     return out
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".py")
+
+
+def check_config_argument(config: str | None) -> None:
+    """A positional argument that is no file but looks like a dotted key is an override typed
+    without its value: say so, instead of "config file not found"."""
+    if not config or "=" in config or Path(config).exists():
+        return
+    if "." in config and "/" not in config and not config.endswith(CONFIG_SUFFIXES):
+        raise SeqmemError(f"override {config!r} has no value; overrides look like "
+                          f"train.lr=3e-4 (a config file ends in .yaml)")

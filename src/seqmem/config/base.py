@@ -213,8 +213,9 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
         raise ConfigError(f"{what} {str(path)!r} is not valid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {e}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file would silently run the defaults
+        raise ConfigError(f"{what} {str(path)!r} is empty; give at least one key (e.g. "
+                          f"'seed: 0'), or no file for the defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must hold a mapping at top level")
     return data

@@ -275,12 +275,19 @@ class RunConfig(Strict):
         return "multi" if has_N and c.knob == "N" else "none"
 
     def resolve(self) -> RunConfig:
-        """The config that runs, with every "auto" that the config alone decides made
-        explicit (today: `curriculum.kind`); this is what a run stores."""
-        if self.curriculum.kind != "auto":
-            return self
-        return self.model_copy(update={"curriculum": self.curriculum.model_copy(
-            update={"kind": self.curriculum_kind()})})
+        """The config that runs, as a run stores it: every "auto" that the config alone
+        decides made explicit (`curriculum.kind`), and under a curriculum the task option it
+        grows (`task.N`, or `curriculum.knob`) at the value training starts from
+        (`curriculum.n_start`), so that the stored config never differs from what ran."""
+        kind = self.curriculum_kind()
+        update: dict = {}
+        if kind != self.curriculum.kind:
+            update["curriculum"] = self.curriculum.model_copy(update={"kind": kind})
+        knob = self.curriculum.knob
+        if kind != "none" and knob in type(self.task).model_fields \
+                and getattr(self.task, knob) != self.curriculum.n_start:
+            update["task"] = self.task.model_copy(update={knob: self.curriculum.n_start})
+        return self.model_copy(update=update) if update else self
 
     @model_validator(mode="after")
     def _values_fit(self):
@@ -324,6 +331,15 @@ class RunConfig(Strict):
                     f"no N: use curriculum.kind=none", "curriculum.kind")
             if c.n_start < 2:
                 raise ConfigError(f"N starts at 2 or more, got {c.n_start}", "curriculum.n_start")
+        if kind != "none" and c.knob in self.task.model_fields_set:
+            value = getattr(self.task, c.knob)
+            default = type(self.task).model_fields[c.knob].default
+            if value not in (default, c.n_start, [c.n_start]):
+                raise ConfigError(
+                    f"the {kind} curriculum sets {c.knob} (from curriculum.n_start="
+                    f"{c.n_start} to n_max={c.n_max}), so {c.knob}={value} would be ignored; "
+                    f"start there with curriculum.n_start={value}, or train only this value "
+                    f"with curriculum.kind=none", f"task.{c.knob}")
         if kind != "none" and c.n_max < c.n_start:
             raise ConfigError(f"must be >= curriculum.n_start ({c.n_start}), got {c.n_max}",
                               "curriculum.n_max")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from seqmem.build import check_fits
 from seqmem.config import RunConfig, load_config
 from seqmem.continual.config import ContinualConfig
 from seqmem.engine.backends import Job
@@ -29,6 +30,7 @@ def new_train_job(store: RunStore, source=None, overrides: list[str] | None = No
     pre = [f"{k}={v}" for k, v in (("model.mixer.kind", mixer), ("task.kind", task),
                                    ("curriculum.kind", curriculum)) if v]
     cfg = load_config(source, pre + list(overrides or []))
+    check_fits(cfg)  # before the run exists: a batch that cannot fit is a config error
     return job_for(store, cfg, kind=kind)
 
 
@@ -52,14 +54,16 @@ def resume_job(store: RunStore, run_id: str, overrides: list[str] | None = None)
     if row["status"] == "done" and not overrides:
         raise SeqmemError(f"run {run.id} is already done; nothing to resume (extend its "
                           f"budget with train.max_epochs=... or train.max_time_s=...)")
-    if "last" not in run.checkpoints():
-        raise SeqmemError(f"run {run.id} has no checkpoint 'last' to resume from; "
+    has_last = "last" in run.checkpoints()
+    if not has_last and run.metrics():
+        raise SeqmemError(f"run {run.id} has metrics but no checkpoint 'last' to resume from; "
                           f"start it again with seqmem train")
     cfg = load_config(run.config(), overrides)
     if overrides:
         store.update_config(run.id, cfg.model_dump(mode="json"))
     store.set_status(run.id, "running")
-    return Job(cfg, run.id, str(run.dir), label=cfg.name or run.id, resume=True)
+    # Without "last" the run stopped before it trained anything: it starts in place.
+    return Job(cfg, run.id, str(run.dir), label=cfg.name or run.id, resume=has_last)
 
 
 def continual_jobs(store: RunStore, source=None, overrides: list[str] | None = None, *,

@@ -10,13 +10,16 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
+import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from seqmem.engine.jobs import get_kind
 from seqmem.errors import RunFailed, SeqmemError
-from seqmem.store import Run
+from seqmem.store import Run, RunStore
 
 BACKENDS = ("auto", "ray", "process", "inline")
 
@@ -64,10 +67,41 @@ def guarded(job: Job, emit) -> None:
               "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 
 
+ORPHAN_POLL_S = 1.0
+
+
 def process_worker(job: Job, q) -> None:
-    """The body of a spawned worker process: the job's events go to the queue `q`."""
+    """The body of a spawned worker process: the job's events go to the queue `q`.
+
+    Ctrl-C belongs to the driver (it stops workers with SIGTERM, which ends the job as
+    interrupted). A worker whose driver is gone (killed) notices within ORPHAN_POLL_S, stops
+    its job the same way and, the driver being unable to, records the end of its run itself;
+    it never waits on the dead driver's queue."""
     signal.signal(signal.SIGTERM, raise_interrupt)
-    guarded(job, lambda ev: q.put((job.run_id, ev)))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    q.cancel_join_thread()  # buffered events to a dead driver must not block the exit
+    parent, orphaned = os.getppid(), threading.Event()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        orphaned.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="seqmem-orphan-watch").start()
+    ended: list[dict] = []
+
+    def emit(ev: dict) -> None:
+        if ev["event"] == "end":
+            ended.append(ev)
+        if not orphaned.is_set():
+            q.put((job.run_id, ev))
+
+    guarded(job, emit)
+    if orphaned.is_set() and ended and get_kind(job.kind).owns_run:
+        ev = ended[-1]
+        reason = (ev.get("reason") or "") + " (its sweep or run driver was gone)"
+        RunStore(Path(job.run_dir).parent).set_status(job.run_id, ev["status"], reason.strip())
 
 
 class Processes:
@@ -83,7 +117,15 @@ class Processes:
 
     def start(self, job: Job) -> int | None:
         p = self.ctx.Process(target=process_worker, args=(job, self.q), daemon=True)
-        p.start()
+        # The child starts with SIGINT ignored (Python keeps an ignored SIGINT), so that a
+        # Ctrl-C during its start-up cannot end it before it can record an interruption.
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            p.start()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
         self.procs[job.run_id] = p
         return p.pid
 
@@ -116,6 +158,8 @@ class Processes:
     def close(self) -> None:
         for p in self.procs.values():
             p.join(timeout=5)
+        self.q.close()
+        self.q.join_thread()
 
 
 def ray_worker(job: Job, q) -> None:
@@ -135,7 +179,8 @@ class Ray:
             raise SeqmemError("the ray backend needs Ray: pip install 'seqmem[scale]' (or use "
                               "--backend process)") from None
         self.ray = ray
-        if not ray.is_initialized():
+        self.started = not ray.is_initialized()
+        if self.started:
             kw = {"address": address} if address else {"num_cpus": workers}
             try:
                 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -182,7 +227,10 @@ class Ray:
             self.ray.cancel(ref, force=False)  # KeyboardInterrupt inside the task
 
     def close(self) -> None:
-        pass
+        # The queue actor and the tasks are owned by this driver and die with it (Ray's
+        # fate sharing); a local Ray this driver started is shut down with it.
+        if self.started:
+            self.ray.shutdown()
 
 
 def choose_backend(backend: str, workers: int) -> str:

@@ -27,6 +27,7 @@ from seqmem.engine.backends import (
     choose_backend,
     guarded,
     raise_interrupt,
+    resume_hint,
 )
 from seqmem.engine.display import Quiet
 from seqmem.engine.jobs import get_kind
@@ -150,6 +151,13 @@ def execute(jobs: list[Job], store: RunStore, *, backend: str = "inline",
                     guarded(job, lambda ev, rid=job.run_id: rec(rid, ev))
                     stopping = rec.ended.get(job.run_id, {}).get("status") == "interrupted"
                     settle(job.run_id, None)
+            except KeyboardInterrupt:  # between jobs (e.g. while recording): still recorded
+                stopping = True
+                for rid in list(running):
+                    if rid not in rec.ended:
+                        rec(rid, {"event": "end", "status": "interrupted",
+                                  "reason": resume_hint(running[rid])})
+                    settle(rid, None)
             finally:
                 signal.signal(signal.SIGTERM, old)
         else:
@@ -169,17 +177,15 @@ def execute(jobs: list[Job], store: RunStore, *, backend: str = "inline",
                         settle(rid, crash)
             except KeyboardInterrupt:
                 stopping = True
-                # A terminal's Ctrl-C reaches the workers too; SIGTERM reaches those it did
-                # not: wait for their end events, then stop the rest.
-                for grace, stop in ((5.0, False), (25.0, True)):
-                    if stop and running:
-                        be.stop()
-                    deadline = time.monotonic() + grace
-                    while running and time.monotonic() < deadline:
-                        for rid, ev in be.events(0.2):
-                            rec(rid, ev)
-                        for rid, crash in be.finished():
-                            settle(rid, crash)
+                # Workers ignore Ctrl-C: SIGTERM stops each (recorded as interrupted); wait
+                # for their end events.
+                be.stop()
+                deadline = time.monotonic() + 30.0
+                while running and time.monotonic() < deadline:
+                    for rid, ev in be.events(0.2):
+                        rec(rid, ev)
+                    for rid, crash in be.finished():
+                        settle(rid, crash)
                 for rid in list(running):
                     rec(rid, {"event": "end", "status": "interrupted",
                               "reason": "interrupted"})

@@ -16,6 +16,7 @@ import numpy as np
 
 from seqmem.analysis.analyze import headline, read_analysis
 from seqmem.analysis.registry import Entry, analyses, figure, figures
+from seqmem.errors import SeqmemError
 from seqmem.report.render import CANVAS, figure_section, html_page, html_table
 from seqmem.store import RunStore
 
@@ -127,7 +128,15 @@ def load_entries(store: RunStore, run_ids: Iterable[str]) -> list[Entry]:
     for rid in run_ids:
         row = store.get(rid)
         run = store.open_run(row["id"])
-        summary = {**row["summary"], **run.read_summary()}
+        if not run.dir.is_dir():
+            raise SeqmemError(f"run {run.id}: its folder {str(run.dir)!r} is gone, though the "
+                              f"store still lists it (see seqmem store check)")
+        try:
+            summary = {**row["summary"], **run.read_summary()}
+        except ValueError as e:  # json.JSONDecodeError
+            raise SeqmemError(f"run {run.id}: {run.dir / 'summary.json'} is not valid JSON "
+                              f"({e}); the store's copy of its summary is in seqmem show "
+                              f"{run.id}") from None
         label = summary.get("curriculum") or row.get("name") or run.id
         entries.append(Entry(label, run.id, summary, read_analysis(run)))
     return entries

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from seqmem.engine import Job, Quiet, execute
 from seqmem.engine.backends import choose_backend
+from seqmem.errors import SeqmemError
 from seqmem.store import RunStore, config_hash
 from seqmem.sweep.spec import SweepSpec, expand, point_label
 
@@ -77,6 +78,8 @@ def run_sweep(spec: SweepSpec, store: RunStore, *, workers: int | None = None,
     """Plan the sweep against the store and run what is missing on the engine. Ctrl-C stops
     it cleanly (every run recorded; interrupted runs resume on the next call) and sets
     `interrupted`."""
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise SeqmemError(f"--workers must be an integer >= 1 (runs at a time), got {workers}")
     plan = plan_sweep(spec, store)
     n_total, t0 = len(plan.points), time.monotonic()
     durations: list[float] = []

@@ -84,6 +84,16 @@ class Task:
         """A batch of `batch_size` examples drawn with `generator` only."""
         raise NotImplementedError
 
+    def max_length(self) -> int:
+        """The most steps a sequence of this task can have (a bound for memory checks): the
+        value of its length option (`length_option`, else `seq_len`) if it has one, else the
+        length of one sampled example. Tasks whose length follows other options override it."""
+        opt = getattr(type(self), "length_option", None) or "seq_len"
+        value = getattr(self, opt, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return int(self.sample(1, generator=torch.Generator().manual_seed(0)).mask.shape[1])
+
     def render(self, batch: Batch, i: int) -> str:
         """Example i of `batch` as text, supervised targets marked `[->label]` (see
         `seqmem.tasks.render`; a task may override it)."""

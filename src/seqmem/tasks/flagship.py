@@ -85,6 +85,10 @@ class _BitsTask(Task):
         self.d_input = 1
         self.heads = [2] * len(self.N)
 
+    def max_length(self) -> int:
+        """Training sequences have M in [N_max + 2, 4 N_max + 2) steps; streams stream_len."""
+        return self.stream_len if self.streaming else 4 * max(self.N) + 1
+
     # ---- what a subclass defines ----------------------------------------------------------
     def _training_bits(self, batch_size: int, M: int, generator: torch.Generator
                        ) -> tuple[Tensor, dict]:

@@ -110,11 +110,25 @@ def gtf_predictions(model: SequenceModel, inputs: Tensor, alpha: float, state: l
     return torch.stack(preds, dim=1)  # (b, t, d)
 
 
+def check_finite_inputs(task, batch) -> None:
+    """Raise RunFailed naming the first non-finite input (example, step): a NaN would spread
+    to earlier positions through the chunked training forms (they mix the positions of a
+    chunk), so it is stopped before the model sees it."""
+    x = batch.inputs
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], x.shape[1], -1).any(-1).nonzero()[0]
+        i, t = int(bad[0]), int(bad[1])
+        raise RunFailed(f"task {getattr(task, 'name', '') or type(task).__name__} gave a "
+                        f"non-finite input ({x[i, t].flatten()[0].item()}) at example {i}, "
+                        f"step {t} of a batch; the last good checkpoint is kept")
+
+
 def run_batch(model, task, batch_size, heads, generator, counter: list | None = None, *,
               gtf_alpha: float | None = None):
     """Loss and per-head accuracy (regression tasks: per-channel MSE) of the model on one
     fresh batch (counter[0] += its tokens). `gtf_alpha`: generalised teacher forcing."""
     batch = task.sample(batch_size, generator=generator)
+    check_finite_inputs(task, batch)
     if counter is not None:
         counter[0] += batch.mask.numel()
     state = model.init_state(batch_size, generator=generator)
@@ -198,6 +212,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
         logged = [r.get("epoch") for r in run.metrics()]
         if last is not None and (not logged or logged[-1] < last["epoch"]):
             run.log(last)  # stopped between the epoch's checkpoint and its metrics line
+    else:  # a checkpoint before the first epoch: a run stopped during it can be resumed
+        run.save_checkpoint("last", checkpoint(model, opt, gen, cur, 0, 0.0, [], None))
     emit({"event": "start", "epoch": epoch, "resume": resume,
           "summary": summarize(cfg, cur, stages, epoch, elapsed, last, None)})
 
