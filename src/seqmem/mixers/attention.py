@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_int
-from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import check_heads, merge_heads
 from seqmem.ops.attention import (
     EMPTY,
@@ -114,7 +114,7 @@ class Attention(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            return step_loop(self, x, state)
+            return self._step_loop(x, state)
         b, t, _ = x.shape
         q, k, v = self._project(x)  # (b, t, h, d)
         # cache slots empty in every sequence (the leading ones) carry no weight: skip them,
@@ -133,8 +133,7 @@ class Attention(Mixer):
         new = self._keep(state, k, v, x.new_zeros(b, t))
         return self.out(merge_heads(y)), new
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         q, k, v = self._project(x_t)  # (b, h, d)
         keys = torch.cat([state.k, k[:, None]], dim=1)  # (b, n_cache + 1, h, d)
         values = torch.cat([state.v, v[:, None]], dim=1)
@@ -191,13 +190,12 @@ class Aaren(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            return step_loop(self, x, state)
+            return self._step_loop(x, state)
         s, v = self._scores_values(x)  # (b, t, h), (b, t, h, d)
         y, state = aaren_scan(s, v, state)
         return self.out(merge_heads(y)), state
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         s, v = self._scores_values(x_t)  # (b, h), (b, h, d)
         y, state = aaren_step(s, v, state)
         return self.out(merge_heads(y)), state

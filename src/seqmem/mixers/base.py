@@ -9,7 +9,7 @@ for every registered mixer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,32 @@ class Mixer(nn.Module):
     """Base class of every mixer.
 
     Subclasses set `modes` (first = default) and implement `_forward(x, state, mode, chunk_size)`,
-    `step`, `init_state`, `state_size` and optionally `timescales`.
+    `_step(x_t, state)`, `init_state`, `state_size` and optionally `timescales`. `forward` and
+    `step` check their input and the state they are given, then call `_forward` / `_step`, which
+    may trust both.
+
+    The state check (`check_state`) compares a given state with the structure of
+    `init_state(b, device=x.device, dtype=x.dtype)`: the same type (a Tensor; a NamedTuple of
+    the same class, or a plain tuple of its length, which is read as that NamedTuple; a tuple
+    of the same length), recursively, and the same shapes, dtype and device for every tensor.
+    A wrong state raises one SeqmemError naming the mixer and the part that differs. The check
+    reads only shapes, dtypes and devices (the expected structure is built once per batch size
+    and dtype, on the meta device), so it costs microseconds per `step`. A mixer whose state
+    may differ from a fresh one in some sizes (a cache that grows with t, a buffer of varying
+    fill) declares them in `state_variable_dims`, {part: dims whose size may vary}, the part
+    named as in the error messages ("k", "conv[2]", "" for a state that is one tensor); a mixer
+    with another rule overrides `check_state`. (attention's, rat's and tcnca's caches and chunk
+    buffers have a fixed number of slots, the empty ones marked by their log-weights, so their
+    shapes are those of init_state and they declare nothing.)
+
+    NaN and inf: the step loop is causal for non-finite inputs too (a NaN at t leaves every
+    output before t as it was), and so are the loop forms ("recurrent"), the fused LSTM and
+    the Newton forms. Many chunked, parallel and convolutional forms are causal for finite
+    inputs only: they combine the positions of a chunk (or of the whole sequence) in products
+    whose causal mask is a factor 0 or a masked sum, and 0 * NaN is NaN, so a NaN at t can
+    make earlier outputs NaN (tests/test_faults_mixers.py records which mixers' default forms
+    do). The math is not changed for it: inputs are checked for finite values before such a
+    forward where it matters (the training loop does).
     """
 
     modes: ClassVar[tuple[str, ...]] = ("recurrent",)
@@ -42,10 +67,15 @@ class Mixer(nn.Module):
     # parameters renamed since earlier checkpoints, {old state_dict key: new key}: an old
     # checkpoint still loads (`_load_from_state_dict`)
     legacy_names: ClassVar[dict[str, str]] = {}
+    # parts of the state whose size may differ from init_state's along some dims, {part:
+    # dims} (see the class docstring); a part is named as in check_state's messages
+    state_variable_dims: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def __init__(self, d_model: int):
         super().__init__()
         self.d_model = check_int(f"{self.name or type(self).__name__}: d_model", d_model)
+        # the expected state structure per (batch size, dtype), built by `check_state`
+        self._state_specs: dict[tuple, _Spec] = {}
 
     # ---- the contract -------------------------------------------------------------------
     def forward(
@@ -56,8 +86,7 @@ class Mixer(nn.Module):
         mode = self.check_mode(mode)
         self.check_input(x, ndim=3)
         check_int(f"{self.name or type(self).__name__}: chunk_size", chunk_size)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        state = self._given_state(x, state)
         if x.shape[1] == 0:
             return x.new_zeros(x.shape), state
         return self._forward(x, state, mode, chunk_size)
@@ -66,8 +95,18 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """One step: x_t (b, d_model) -> y_t (b, d_model) and the next state."""
+        """One step: x_t (b, d_model) -> y_t (b, d_model) and the next state, from `state`
+        (zeros if None)."""
+        self.check_input(x_t, ndim=2)
+        return self._step(x_t, self._given_state(x_t, state))
+
+    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
+
+    def _step_loop(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """The loop of `_step` over x (b, t, d_model), for the forms that are that loop (x and
+        state checked once by `forward`, not at every token)."""
+        return ops_step_loop(self._step, (x,), state)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
         raise NotImplementedError
@@ -87,6 +126,28 @@ class Mixer(nn.Module):
         return None
 
     # ---- shared checks ------------------------------------------------------------------
+    def _given_state(self, x: Tensor, state: State) -> State:
+        """The state to start from for input x (b, ..., d): init_state if None, else `state`
+        checked against it."""
+        if state is None:
+            return self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return self.check_state(state, x.shape[0], device=x.device, dtype=x.dtype)
+
+    def check_state(self, state: State, batch_size: int, *, device=None, dtype=None) -> State:
+        """Return `state` if it has the structure of init_state(batch_size, device=device,
+        dtype=dtype) (device and dtype: the parameters' if None), else raise a one-line
+        SeqmemError naming the part that differs. A plain tuple given for a NamedTuple state
+        comes back as that NamedTuple. Sizes along `state_variable_dims` are not compared."""
+        if device is None or dtype is None:
+            opts = self.state_options(device, dtype)
+            device, dtype = opts["device"], opts["dtype"]
+        spec = self._state_specs.get((batch_size, dtype))
+        if spec is None:  # shapes only: init_state on the meta device allocates nothing
+            spec = _spec(self.init_state(batch_size, device="meta", dtype=dtype), "",
+                         self.state_variable_dims)
+            self._state_specs[batch_size, dtype] = spec
+        return _match(self, state, spec, torch.device(device), batch_size)
+
     def check_mode(self, mode: str | None) -> str:
         if mode is None:
             return self.modes[0]
@@ -127,6 +188,84 @@ class Mixer(nn.Module):
             if prefix + old in state_dict and prefix + new not in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# ---- the state check ------------------------------------------------------------------------
+class _Spec(NamedTuple):
+    """The expected structure of one part of a state: a tensor's shape and dtype (kind None),
+    or a tuple's type and parts. `path` names the part in messages ("", ".k", ".conv[2]");
+    `free` the dims whose size is not compared."""
+
+    kind: type | None
+    path: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None
+    free: tuple[int, ...]
+    parts: tuple[_Spec, ...]
+
+
+def _spec(value: State, path: str, variable: dict[str, tuple[int, ...]]) -> _Spec:
+    if isinstance(value, Tensor):
+        return _Spec(None, path, tuple(value.shape), value.dtype,
+                     tuple(variable.get(path.lstrip("."), ())), ())
+    fields = getattr(value, "_fields", None)
+    names = [f".{f}" for f in fields] if fields else [f"[{i}]" for i in range(len(value))]
+    return _Spec(type(value), path, (), None, (),
+                 tuple(_spec(v, path + n, variable) for v, n in zip(value, names, strict=True)))
+
+
+def _shape_text(spec: _Spec) -> str:
+    dims = ["*" if i in spec.free else str(n) for i, n in enumerate(spec.shape)]
+    return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+
+
+def _expected_text(spec: _Spec) -> str:
+    if spec.kind is None:
+        return f"a Tensor of shape {_shape_text(spec)}"
+    if spec.kind is tuple:
+        return f"a tuple of {len(spec.parts)}"
+    fields = ", ".join(p.path.rsplit(".", 1)[-1] for p in spec.parts)
+    return f"{_a(spec.kind.__name__)} ({fields})"
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _match(mixer: Mixer, state: State, spec: _Spec, device: torch.device, batch: int) -> State:
+    """`state` if it matches spec (a plain tuple rebuilt as spec's NamedTuple), else raise."""
+    if spec.kind is None:
+        if isinstance(state, Tensor):
+            shape = state.shape
+            if shape == spec.shape or (spec.free and len(shape) == len(spec.shape) and all(
+                    a == b for i, (a, b) in enumerate(zip(shape, spec.shape, strict=True))
+                    if i not in spec.free)):
+                if state.dtype != spec.dtype:
+                    _state_error(mixer, spec, f"has dtype {state.dtype}, expected {spec.dtype} "
+                                              f"(the input's)")
+                if state.device != device:
+                    _state_error(mixer, spec, f"is on {state.device}, expected {device} "
+                                              f"(the input's device)")
+                return state
+            _state_error(mixer, spec, f"has shape {tuple(shape)}, expected {_shape_text(spec)} "
+                                      f"(from init_state({batch}))")
+        _state_error(mixer, spec, f"is {_a(type(state).__name__)}, expected {_expected_text(spec)} "
+                                  f"(from init_state({batch}))")
+    if type(state) is not spec.kind and not (type(state) is tuple and spec.kind is not tuple):
+        _state_error(mixer, spec, f"is {_a(type(state).__name__)}, expected {_expected_text(spec)} "
+                                  f"(from init_state({batch}))")
+    if len(state) != len(spec.parts):
+        _state_error(mixer, spec, f"has {len(state)} parts, expected {_expected_text(spec)} "
+                                  f"(from init_state({batch}))")
+    parts = [_match(mixer, s, p, device, batch) for s, p in zip(state, spec.parts, strict=True)]
+    if type(state) is spec.kind and all(a is b for a, b in zip(parts, state, strict=True)):
+        return state
+    return spec.kind(*parts) if spec.kind is not tuple else tuple(parts)
+
+
+def _state_error(mixer: Mixer, spec: _Spec, problem: str):
+    raise SeqmemError(f"{mixer.name or type(mixer).__name__}: state{spec.path} {problem}; pass "
+                      f"the state this mixer returned, or None")
 
 
 def step_loop(mixer: Mixer, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -99,8 +99,7 @@ class Elman(_TorchLikeRNN):
         return elman_recurrent(self.drive(x, fold_hh=True), state, self.weight_hh, None,
                                phi=self.phi)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         h = elman_step(self.drive(x_t), state, self.weight_hh, self.bias_hh, phi=self.phi)
         return h, h
 
@@ -132,8 +131,7 @@ class GRU(NewtonForm, _TorchLikeRNN):
 
         return cell, self.drive(x), state
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         h, _ = gru_step(self.drive(x_t), state, self.weight_hh, self.bias_hh)
         return h, h
 
@@ -169,14 +167,15 @@ class LSTM(NewtonForm, _TorchLikeRNN):
             params = [self.weight_ih, self.weight_hh]
             if self.bias_ih is not None:
                 params += [self.bias_ih, self.bias_hh]
+            # torch.lstm checks no sizes (a mis-sized state crashes the process or reads past
+            # its memory): the state was checked against init_state by `forward`
             h0, c0 = state
             y, h, c = torch.lstm(x, (h0[None], c0[None]), params, self.bias_ih is not None,
                                  1, 0.0, self.training, False, True)  # 1 layer, batch first
             return y, LSTMState(h[0], c[0])
         if mode == "newton":
             return self._newton(x, state)[:2]
-        y, state, _ = lstm_recurrent(self.drive(x, fold_hh=True), LSTMState(*state),
-                                     self.weight_hh, None)
+        y, state, _ = lstm_recurrent(self.drive(x, fold_hh=True), state, self.weight_hh, None)
         return y, state
 
     def newton_system(self, x, state):
@@ -193,9 +192,8 @@ class LSTM(NewtonForm, _TorchLikeRNN):
         d = self.d_model
         return H[..., :d], LSTMState(h_T[:, :d], h_T[:, d:])
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
-        state, _ = lstm_step(self.drive(x_t), LSTMState(*state), self.weight_hh, self.bias_hh)
+    def _step(self, x_t, state):
+        state, _ = lstm_step(self.drive(x_t), state, self.weight_hh, self.bias_hh)
         return state.h, state
 
     def init_state(self, batch_size, *, device=None, dtype=None):

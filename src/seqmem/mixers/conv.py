@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.errors import check_int
-from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import chunk_phase
 from seqmem.ops.attention import EMPTY, attention_parallel, attention_step, is_filled
 from seqmem.ops.tcn import dilated_conv, dilated_conv_init_state, dilated_conv_step
@@ -66,7 +66,7 @@ class TCN(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            return step_loop(self, x, state)
+            return self._step_loop(x, state)
         new, h, res = [], x, x
         for i, (w, b, dil) in enumerate(self._layers()):
             h, s = dilated_conv(h, w, b, state[i], dil)  # (b, t, d)
@@ -75,8 +75,7 @@ class TCN(Mixer):
             res = h if i % 2 else res
         return h, tuple(new)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         new, h, res = [], x_t, x_t
         for i, (w, b, dil) in enumerate(self._layers()):
             h, s = dilated_conv_step(h, w, b, state[i], dil)  # (b, d)
@@ -149,7 +148,7 @@ class TCNCA(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            return step_loop(self, x, state)
+            return self._step_loop(x, state)
         b, t, _ = x.shape
         p0, L, n_buf = chunk_phase("tcnca", state.log_m), self.attn_chunk, self.n_buffer
         xc, conv = self.tcn._forward(x, state.conv, "parallel", chunk_size)
@@ -180,9 +179,8 @@ class TCNCA(Mixer):
         start = k_buf.shape[1] - n_buf
         return y, TCNCAState(conv, k_buf[:, start:], v_buf[:, start:], m_buf[:, start:])
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
-        xc, conv = self.tcn.step(x_t, state.conv)
+    def _step(self, x_t, state):
+        xc, conv = self.tcn._step(x_t, state.conv)
         q, k, v, r, h, u = self._inputs(x_t, xc)  # (b, .)
         keys = torch.cat([state.k, k[:, None]], dim=1)  # (b, attn_chunk, d_attn)
         values = torch.cat([state.v, v[:, None]], dim=1)

@@ -112,8 +112,7 @@ class _DeltaLayer(Mixer):
             o, S = delta_rule(q, k, v, beta, **kw)
         return self._output(o, x), DeltaNetState(S, conv)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         u, conv = self.conv.step(self.qkv(x_t), state.conv)
         q, k, v, beta, g = self._inputs(x_t, u)  # (b, h, .)
         if self.gated:

@@ -107,8 +107,7 @@ class LeakyRNN(NewtonForm, Mixer):
 
         return cell, self.drive(x), state
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         h = leaky_rnn_step(self.drive(x_t), state, self.recurrent_weight(), self.inv_tau(),
                            rule=self.rule, phi=self.phi)
         return h, h

@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from seqmem.errors import check_int
-from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import check_heads, gated_rms_norm, merge_heads, split_heads
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
@@ -60,13 +60,12 @@ class LightNet(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            return step_loop(self, x, state)
+            return self._step_loop(x, state)
         q, k, v = self._inputs(x)  # (b, t, h, .)
         o, state = lightnet_chunk(q, k, v, state, chunk_size)
         return self._output(x, o), state
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         q, k, v = self._inputs(x_t)  # (b, h, .)
         o, state = lightnet_step(q, k, v, state)
         return self._output(x_t, o), state

@@ -90,8 +90,7 @@ class LinearAttn(Mixer):
         o, S = linear_attention(q, k, v, scale=1.0, state=S, mode=mode, chunk_size=chunk_size)
         return self._output(o), LinearAttnState(S[..., :-1], S[..., -1])
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         q, k, v = self._inputs(x_t)  # (b, h, .)
         S = torch.cat([state.S, state.z[..., None]], dim=-1)
         o, S = linear_attention_step(q, k, v, S, scale=1.0)
@@ -193,8 +192,7 @@ class RetNet(MatrixStateMixer):
             S = _rotate_rows(S, -x.shape[1], self.rotary_base)  # into the last token's frame
         return self._output(o, gate), S
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         q, k, v, gate = self._inputs(x_t)  # (b, h, .)
         if self.rotary:
             q, k = (rotary(z[:, None], 1, base=self.rotary_base)[:, 0] for z in (q, k))
@@ -270,8 +268,7 @@ class GLA(MatrixStateMixer):
         o, S = gla(q, k, v, g, state=state, mode=mode, chunk_size=chunk_size)
         return self._output(o, x), S
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         q, k, v, g = self._inputs(x_t)  # (b, h, .)
         o, S = gla_step(q, k, v, g, state)
         return self._output(o, x_t), S

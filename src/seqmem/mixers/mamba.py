@@ -133,8 +133,7 @@ class Mamba(_MambaBase):
                     delta_softplus=True, state=state.ssm, mode=mode, chunk_size=chunk_size)
         return self.out_proj(y), MambaState(conv, h)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         xz = self.in_proj(x_t)  # (b, 2 d_inner)
         u, conv = self.conv.step(xz[..., :self.d_inner], state.conv)
         xs, delta, B, C, z = self._scan_inputs(xz, u)
@@ -231,8 +230,7 @@ class Mamba2(_MambaBase):
         y, S = op(xs, a, B, C, state=state.ssm, chunk_size=chunk_size, mode=mode)
         return self._output(y, x_skip, z), MambaState(conv, S)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         z, xbc, dt = self._split(self.in_proj(x_t))
         xbc, conv = self.conv.step(xbc, state.conv)
         xs, a, B, C, x_skip = self._ssd_inputs(xbc, dt)  # (b, h, .)

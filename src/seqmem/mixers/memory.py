@@ -139,8 +139,7 @@ class Titans(Mixer):
                            mode=mode, chunk_size=chunk_size)  # (b, t, h, d_head)
         return self._out(o, x), TitansMixerState(M, S, conv)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         u, conv = self.conv.step(self.qkv_proj(x_t), state.conv)
         q, k, v = self._qkv(u)  # (b, h, d_head)
         alpha, eta, theta = self._gates(x_t)  # (b, h)
@@ -319,8 +318,7 @@ class MoM(Mixer):
         S = rearrange(S, "b (s h) k v -> b s h k v", s=self.n_slots)
         return self._out(o, w, x), MoMState(S, conv)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         u, conv = self.conv.step(self._projections(x_t), state.conv)
         q, k, v, g, beta, w = self._inputs(x_t, u)
         S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")

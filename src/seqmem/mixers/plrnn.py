@@ -81,8 +81,7 @@ class PLRNN(NewtonForm, Mixer):
     def newton_system(self, x, state):
         return self._cell, self.drive(x), state
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         z = self._cell(self.drive(x_t), state)
         return z, z
 

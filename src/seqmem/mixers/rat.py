@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.errors import check_int
-from seqmem.mixers.base import Mixer, register, step_loop
+from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import check_heads, chunk_phase, merge_heads, split_heads
 from seqmem.ops.attention import EMPTY, attention_own_key_banded, attention_step, is_filled
 from seqmem.ops.scan import linear_recurrence
@@ -84,7 +84,7 @@ class RAT(Mixer):
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
-            return step_loop(self, x, state)
+            return self._step_loop(x, state)
         b, t, _ = x.shape
         if t == 0:  # nothing to attend with, nothing to remember
             return x.new_zeros(x.shape), state
@@ -121,8 +121,7 @@ class RAT(Mixer):
                        clock[:, clock.shape[1] - (L - 1):])
         return y, new
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         q, k, v, g, z = self._inputs(x_t)  # (b, h, d)
         phase = is_filled(state.clock).sum(dim=-1)  # (b,)
         a = g * (phase != 0).to(x_t.dtype)[:, None, None]

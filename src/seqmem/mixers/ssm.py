@@ -144,8 +144,7 @@ class LSSL(Mixer):
         y, state = ssm(x, A_bar, B_bar, self.C, state=state, mode=mode)
         return self.out(y + self.D * x), state
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         y, state = ssm_bilinear_step(x_t, self.A, self.B, self.log_dt.exp(), self.C, state)
         return self.out(y + self.D * x_t), state
 
@@ -227,8 +226,7 @@ class S4D(Mixer):
         y, s = diag_ssm(x, *self.discrete(), state=_complex(state), mode=mode)
         return self.out(y + self.D * x), _real(s)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         y, s = diag_ssm_step(x_t, *self.discrete(), _complex(state))
         return self.out(y + self.D * x_t), _real(s)
 
@@ -318,8 +316,7 @@ class S5(Mixer):
         y = torch.einsum("dp,btp->btd", C, xs).real  # (b, t, d)
         return self.out(y + self.D * x), _real(s)
 
-    def step(self, x_t, state):
-        self.check_input(x_t, ndim=2)
+    def _step(self, x_t, state):
         a, B_bar, C = self.discrete()
         s = diag_recurrence_step(a, x_t.to(B_bar.dtype) @ B_bar.T, _complex(state))  # (b, P/2)
         y = (s @ C.T).real  # (b, d)
