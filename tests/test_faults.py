@@ -235,3 +235,47 @@ def test_a_killed_sweep_driver_leaves_no_orphans(tmp_path):
         assert rows[r[0]][1] == "interrupted" and "driver was gone" in rows[r[0]][3]
     # the checkpoints stay: the next sweep resumes them
     assert all("last" in RunStore(root).open_run(r[0]).checkpoints() for r in workers)
+
+
+def _interrupt(p: subprocess.Popen, timeout: float = 120) -> str:
+    os.killpg(p.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
+    try:
+        _out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    return err
+
+
+def test_ctrl_c_of_a_process_sweep_records_every_run_as_interrupted(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "c", "overrides": [
+        *TINY, "train.max_epochs=100000"], "grid": {"seed": [0, 1, 2]}}))
+    root = tmp_path / "runs"
+    p = subprocess.Popen([sys.executable, "-m", "seqmem.cli.main", "sweep", str(sweep),
+                          "--root", str(root), "--backend", "process", "--workers", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, preexec_fn=_default_sigint)
+    db = root / "seqmem.db"
+    _wait(lambda: len([r for r in _rows(db) if r[1] == "running"]) == 2, what="two runs")
+    err = _interrupt(p)
+    assert p.returncode == 130, err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    rows = _rows(db)
+    assert len(rows) == 2 and {r[1] for r in rows} == {"interrupted"}  # the third never began
+
+
+def test_ctrl_c_during_the_flagship_analysis_keeps_the_trained_runs(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "seqmem.cli.main", "run", "--quick",
+                          "--root", str(tmp_path), "--no-progress",
+                          "train.max_time_s=2", "model.d_model=16"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, preexec_fn=_default_sigint)
+    db = tmp_path / "seqmem.db"
+    _wait(lambda: (lambda rs: len(rs) == 2 and {r[1] for r in rs} == {"done"})(_rows(db)),
+          what="both runs trained")
+    time.sleep(0.5)  # into the analysis
+    err = _interrupt(p)
+    assert p.returncode in (0, 130), err  # 0: the analysis was already over
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    assert {r[1] for r in _rows(db)} == {"done"}
