@@ -4,24 +4,33 @@
     <root>/<id>/         the run's folder (seqmem.store.run)
 
 One writer per database: only the driver process calls the writing methods (create_run,
-set_status, update_summary, heartbeat); training workers write their own run folders (`Run`)
-and report to the driver. Each call opens a short-lived connection (WAL journal, a busy
-timeout), so readers such as `seqmem runs` never block the writer for long.
+set_status, update_summary, heartbeat, update_config, rebuild); training workers write
+their own run folders (`Run`), each under the run's lock (`RunStore.lock`, `Run.lock`), and
+report to the driver. Each call opens a short-lived connection (WAL journal, a busy
+timeout), so readers such as `seqmem runs` never block the writer for long. Readers open
+the database read-only and never set anything up, so a read-only store (a read-only mount,
+a folder of another user) can be listed and shown.
 
 Status is what the driver last recorded: running, done, failed or interrupted. A row still
 "running" whose process is gone (its pid is dead on this host) or whose heartbeat is older
 than `stale_after_s` is reported as "stale" on reading; the row itself is left as it is.
 
+The folders are the source of truth: every write of a row's status, summary or config hash
+is mirrored, in the same transaction, into the run's `row.json`, so that `rebuild` can make
+the index again from the folders alone; `check` compares the two.
+
 The schema is versioned: newer code adds columns (never removes or renames them), so an
-older database gains the missing columns when opened, and a newer one is used through the
-columns this code knows.
+older database gains the missing columns when next written, and a newer one is used through
+the columns this code knows.
+
+Every fault of the store's files is a one-line `StoreError` (seqmem.store.faults).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
+import errno
 import json
 import os
 import platform
@@ -36,34 +45,32 @@ import torch
 import yaml
 
 from seqmem.errors import SeqmemError
+from seqmem.store import repair
+from seqmem.store.faults import RunLocked, StoreError, db_error, os_error
+from seqmem.store.lock import pid_alive
 from seqmem.store.run import Run, atomic_write
+from seqmem.store.schema import (
+    COLUMN_TYPES,
+    COLUMNS,
+    DB_NAME,
+    INDEXES,
+    SCHEMA_VERSION,
+    config_hash,
+    connect_reader,
+    connect_writer,
+    ensure_schema,
+    insert_row,
+    now,
+    select_rows,
+)
+
+__all__ = ["COLUMNS", "COLUMN_TYPES", "DB_NAME", "DERIVED_STATUSES", "INDEXES", "ROW_FILE",
+           "SCHEMA_VERSION", "STATUSES", "RunStore", "config_hash", "git_commit", "now",
+           "pid_alive"]
 
 STATUSES = ("running", "done", "failed", "interrupted")
 DERIVED_STATUSES = (*STATUSES, "stale")
-SCHEMA_VERSION = 1
-DB_NAME = "seqmem.db"
-# (name, SQL type) of every column of `runs`; new columns go at the end, nullable
-COLUMN_TYPES = (
-    ("id", "TEXT PRIMARY KEY"), ("name", "TEXT"), ("kind", "TEXT"), ("config_hash", "TEXT"),
-    ("status", "TEXT NOT NULL DEFAULT 'running'"), ("reason", "TEXT"), ("created_at", "TEXT"),
-    ("updated_at", "TEXT"), ("heartbeat", "TEXT"), ("pid", "INTEGER"), ("host", "TEXT"),
-    ("dir", "TEXT"), ("summary", "TEXT"),
-)
-COLUMNS = tuple(name for name, _ in COLUMN_TYPES)
-INDEXES = {"runs_status": "status", "runs_config_hash": "config_hash",
-           "runs_created_at": "created_at", "runs_kind_name": "kind, name"}
-SELECT = f"SELECT {', '.join(COLUMNS)} FROM runs"
-
-
-def now() -> str:
-    """The current UTC time as ISO-8601 with microseconds (sorts as text)."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the config as canonical JSON (keys sorted), first 12 hex digits."""
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+ROW_FILE = repair.ROW_FILE
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -76,24 +83,6 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
     commit = out.stdout.strip()
     return commit if out.returncode == 0 and commit else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether process `pid` exists on this machine and is not a zombie."""
-    if pid is None or pid <= 0:  # kill(0 or -n) would address process groups
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    except OSError:
-        return False
-    # an unreaped child still answers kill(0): read its state where /proc exists
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def _parse_time(s: str | None) -> dt.datetime | None:
@@ -129,60 +118,99 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
 
-    # ---- connection and schema ----------------------------------------------------------
-    @contextlib.contextmanager
-    def _db(self, *, create: bool = False) -> Iterator[sqlite3.Connection | None]:
-        """A connection in one transaction (committed on success), closed afterwards; None
-        when the database does not exist and `create` is false."""
-        if not self.db_path.exists():
-            if not create:
-                yield None
-                return
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._schema_ok = False
-        con = sqlite3.connect(self.db_path, timeout=30)
+    # ---- the root, connections and schema -----------------------------------------------
+    def check_root(self) -> bool:
+        """Whether the store's folder exists; a root that is a file is a StoreError."""
         try:
-            con.execute("PRAGMA busy_timeout = 30000")
-            if not self._schema_ok:
-                self._ensure_schema(con)
-                self._schema_ok = True
-            with con:
-                yield con
+            if not self.root.exists():
+                return False
+            if self.root.is_dir():
+                return True
+        except OSError as e:
+            raise os_error(e, self.root, "read the run store folder") from e
+        raise StoreError(f"run store root {str(self.root)!r} is a file; give a folder")
+
+    def _make_root(self) -> None:
+        if self.check_root():
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTDIR):
+                up = next((p for p in self.root.parents if p.exists() and not p.is_dir()), None)
+                if up is not None:
+                    raise StoreError(f"run store root {str(self.root)!r} cannot be made: "
+                                     f"{str(up)!r} is a file; give a folder") from e
+            raise os_error(e, self.root, "create the run store folder") from e
+
+    def _db_exists(self) -> bool:
+        if not self.check_root():
+            return False
+        try:
+            return self.db_path.exists()
+        except OSError as e:
+            raise os_error(e, self.db_path, "read") from e
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection | None]:
+        """A read-only connection (see seqmem.store.schema), closed afterwards; None when
+        there is no database."""
+        if not self._db_exists():
+            yield None
+            return
+        try:
+            con = connect_reader(self.db_path)
+        except sqlite3.Error as e:
+            raise db_error(e, self.db_path, self.root, "read") from e
+        try:
+            yield con
+        except sqlite3.Error as e:
+            raise db_error(e, self.db_path, self.root, "read") from e
         finally:
             con.close()
 
-    @staticmethod
-    def _ensure_schema(con: sqlite3.Connection) -> None:
-        """Create the tables, add the columns an older version lacks, record the version."""
-        con.execute("PRAGMA journal_mode = WAL")
-        con.execute("BEGIN IMMEDIATE")  # one process migrates at a time
+    @contextlib.contextmanager
+    def _write(self, *, create: bool = False) -> Iterator[sqlite3.Connection | None]:
+        """A connection in one transaction (committed on success), closed afterwards; None
+        when the database does not exist and `create` is false. The schema is set up on the
+        first connection of this store object."""
+        if not self._db_exists():
+            if not create:
+                yield None
+                return
+            self._make_root()
+            self._schema_ok = False
         try:
-            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            cols = ", ".join(f"{n} {t}" for n, t in COLUMN_TYPES)
-            con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
-            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
-            for name, typ in COLUMN_TYPES:
-                if name not in have:
-                    typ = "TEXT" if "PRIMARY" in typ else typ  # cannot add a key later
-                    con.execute(f"ALTER TABLE runs ADD COLUMN {name} {typ}")
-            for index, col in INDEXES.items():
-                con.execute(f"CREATE INDEX IF NOT EXISTS {index} ON runs({col})")
-            row = con.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            if row[0] is None:
-                con.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] < SCHEMA_VERSION:  # a newer version is left as it is
-                con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
+            con = connect_writer(self.db_path)
+        except sqlite3.Error as e:
+            raise db_error(e, self.db_path, self.root, "write") from e
+        try:
+            if not self._schema_ok:
+                ensure_schema(con)
+                self._schema_ok = True
+            with con:
+                yield con
+        except sqlite3.Error as e:
+            raise db_error(e, self.db_path, self.root, "write") from e
+        finally:
+            con.close()
 
     def schema_version(self) -> int | None:
-        """The schema version recorded in the database (None if there is no database)."""
-        with self._db() as con:
-            if con is None:
+        """The schema version recorded in the database (None if there is no database or it
+        records none)."""
+        with self._read() as con:
+            if con is None or not con.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone():
                 return None
             return con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+
+    def _mirror(self, con: sqlite3.Connection, rid: str) -> None:
+        """Write the row of `rid`, as stored, into its folder's row.json (see the module
+        docstring); a run without a folder here has nothing to mirror into."""
+        rows = select_rows(con, {"id": rid})
+        folder = self.root / rid
+        if rows and folder.is_dir():
+            atomic_write(folder / ROW_FILE, json.dumps(repair.row_record(rows[0]), indent=1))
 
     # ---- writing (the driver only) ------------------------------------------------------
     def create_run(self, config: dict, *, kind: str = "train", name: str | None = None,
@@ -192,10 +220,10 @@ class RunStore:
         (UTC time and 6 random hex digits) unless `run_id` is given."""
         config = json.loads(json.dumps(config, default=str))  # plain data, as hashed
         h = config_hash(config)
-        self.root.mkdir(parents=True, exist_ok=True)
         if run_id is not None:
             _check_run_id(run_id)
-        with self._db(create=True) as con:
+        self._make_root()
+        with self._write(create=True) as con:
             assert con is not None
             for _ in range(100):
                 stamp = dt.datetime.now(dt.timezone.utc)
@@ -207,7 +235,10 @@ class RunStore:
                     raise SeqmemError(f"run id {run_id!r} is taken in {str(self.root)!r}; "
                                       f"accepted: a new id, or none for a generated one")
             run_dir = self.root / rid
-            run_dir.mkdir(parents=True)
+            try:
+                run_dir.mkdir(parents=True)
+            except OSError as e:
+                raise os_error(e, run_dir, "create the run folder") from e
             t, host, pid = now(), socket.gethostname(), os.getpid()
             meta = {"id": rid, "kind": kind, "name": name, "config_hash": h, "created_at": t,
                     "git_commit": git_commit(), "host": host, "pid": pid,
@@ -216,23 +247,26 @@ class RunStore:
             try:
                 atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
                 atomic_write(run_dir / "meta.json", json.dumps(meta, indent=1))
-                con.execute(
-                    f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES "
-                    f"({', '.join('?' * len(COLUMNS))})",
-                    (rid, name, kind, h, "running", None, t, t, t, pid, host,
-                     str(run_dir.resolve()), "{}"),
-                )
+                insert_row(con, {"id": rid, "name": name, "kind": kind, "config_hash": h,
+                                 "status": "running", "created_at": t, "updated_at": t,
+                                 "heartbeat": t, "pid": pid, "host": host,
+                                 "dir": str(run_dir.resolve()), "summary": "{}"})
+                self._mirror(con, rid)
+                con.commit()  # here, so that a full disk leaves no folder without its row
             except BaseException:
-                for p in run_dir.iterdir():
-                    p.unlink()
-                run_dir.rmdir()
+                with contextlib.suppress(OSError):
+                    for p in run_dir.iterdir():
+                        p.unlink()
+                    run_dir.rmdir()
                 raise
         return Run(rid, run_dir)
 
     def describe(self, run_id: str) -> dict:
-        """A run's row, resolved config and checkpoints (`seqmem show`)."""
+        """A run's row, resolved config, checkpoints and the process writing it now, if any
+        (`seqmem show`)."""
         run = self.open_run(run_id)
-        return {"row": self.get(run.id), "config": run.config(), "checkpoints": run.checkpoints()}
+        return {"row": self.get(run.id), "config": run.config(), "checkpoints": run.checkpoints(),
+                "writer": run.lock_holder()}
 
     def update_config(self, run_id: str, config: dict) -> None:
         """Replace a run's resolved config (e.g. a resumed run's extended budget): config.yaml
@@ -244,53 +278,103 @@ class RunStore:
         meta = run.meta()
         if meta:
             atomic_write(run.dir / "meta.json", json.dumps({**meta, "config_hash": h}, indent=1))
-        with self._db(create=True) as con:
+        with self._write(create=True) as con:
             assert con is not None
             con.execute("UPDATE runs SET config_hash = ?, updated_at = ? WHERE id = ?",
                         (h, now(), run.id))
+            self._mirror(con, run.id)
 
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
         """Record the run's status (running, done, failed, interrupted) and why."""
         if status not in STATUSES:
             raise SeqmemError(f"unknown run status {status!r}; accepted: {', '.join(STATUSES)}")
         t = now()
-        with self._db() as con:
+        with self._write() as con:
             rid = self._id(con, run_id)
             con.execute("UPDATE runs SET status = ?, reason = ?, updated_at = ?, heartbeat = ? "
                         "WHERE id = ?", (status, reason, t, t, rid))
+            self._mirror(con, rid)
 
     def update_summary(self, run_id: str, summary: dict) -> None:
         """Store the run's summary (JSON) and refresh its heartbeat."""
         blob = json.dumps(summary, default=str)
         t = now()
-        with self._db() as con:
+        with self._write() as con:
             rid = self._id(con, run_id)
             con.execute("UPDATE runs SET summary = ?, updated_at = ?, heartbeat = ? WHERE id = ?",
                         (blob, t, t, rid))
+            self._mirror(con, rid)
 
     def heartbeat(self, run_id: str, pid: int | None = None) -> None:
         """Refresh the run's heartbeat; with `pid`, the run is now owned by that process on
         this host (a resume, or a worker process)."""
         t = now()
-        with self._db() as con:
+        with self._write() as con:
             rid = self._id(con, run_id)
             if pid is None:
                 con.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (t, rid))
             else:
                 con.execute("UPDATE runs SET heartbeat = ?, pid = ?, host = ? WHERE id = ?",
                             (t, int(pid), socket.gethostname(), rid))
+                self._mirror(con, rid)
+
+    # ---- the run lock -----------------------------------------------------------------
+    def lock(self, run_id: str):
+        """A context manager holding the exclusive lock of run `run_id` (an id or a unique
+        prefix) for the process that writes it; see `Run.lock`. Raises RunLocked naming the
+        process that holds it."""
+        return self.open_run(run_id).lock()
+
+    def lock_holder(self, run_id: str) -> dict | None:
+        """The process writing run `run_id` now (run, pid, host, since: what it wrote into
+        the lock), or None when none does. Never raises: an unknown run or an unreadable
+        index reads as not held (the folder root/<run_id> is still looked at)."""
+        try:
+            run = self.open_run(run_id)
+        except SeqmemError:
+            try:
+                run = Run(_check_run_id(run_id), self.root / run_id)
+            except SeqmemError:
+                return None
+        return run.lock_holder()
+
+    def require_unlocked(self, run_id: str) -> None:
+        """Raise RunLocked if a process other than this one holds the run's lock (call it
+        before recording a resumed run as running)."""
+        h = self.lock_holder(run_id)
+        if h is not None and not (h.get("pid") == os.getpid()
+                                  and h.get("host") == socket.gethostname()):
+            raise RunLocked(h.get("run") or run_id, h)
+
+    # ---- the index against the folders -----------------------------------------------
+    def check(self) -> repair.CheckReport:
+        """Verify the index against the run folders (see seqmem.store.repair.check): rows
+        without a folder, folders without a row, config hashes, statuses, unreadable files;
+        a structured report with a one-line `line`. Reads only."""
+        return repair.check(self)
+
+    def rebuild(self) -> repair.RebuildReport:
+        """Make the index again from the run folders (see seqmem.store.repair.rebuild); the
+        old database is kept beside it as `seqmem.db.bak-<time>`."""
+        report = repair.rebuild(self)
+        self._schema_ok = False
+        return report
 
     # ---- reading ------------------------------------------------------------------------
+    def stored_rows(self) -> list[dict]:
+        """Every row as stored (status not derived, summary as JSON text), oldest first;
+        none where there is no database."""
+        with self._read() as con:
+            return [] if con is None else select_rows(con)
+
     def _id(self, con: sqlite3.Connection | None, run_id: str) -> str:
         """The full id of `run_id`, an id or a unique prefix of one."""
         if con is None or not isinstance(run_id, str) or not run_id:
             where = "" if con is not None else f" (no store at {str(self.root)!r})"
             raise SeqmemError(f"unknown run {run_id!r}; see `seqmem runs`{where}")
-        if con.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+        if select_rows(con, {"id": run_id}):
             return run_id
-        rows = [r[0] for r in con.execute(
-            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 6",
-            (len(run_id), run_id))]
+        rows = [r["id"] for r in select_rows(con, prefix=(run_id, 6))]
         if len(rows) == 1:
             return rows[0]
         if not rows:
@@ -304,11 +388,13 @@ class RunStore:
         row = self.get(run_id)
         return Run(row["id"], row["dir"])
 
-    def _row(self, r: tuple) -> dict:
-        row = dict(zip(COLUMNS, r, strict=True))
+    def _row(self, raw: dict) -> dict:
+        row = dict(raw)
         try:
             row["summary"] = json.loads(row["summary"] or "{}")
         except json.JSONDecodeError:
+            row["summary"] = {}
+        if not isinstance(row["summary"], dict):
             row["summary"] = {}
         # the folder under this root wins: the store may have been moved or copied
         here = self.root / row["id"]
@@ -335,10 +421,10 @@ class RunStore:
     def get(self, run_id: str) -> dict:
         """The run's row: id, name, kind, config_hash, status (derived, see module doc),
         reason, created_at, updated_at, heartbeat, pid, host, dir, summary (a dict)."""
-        with self._db() as con:
+        with self._read() as con:
             rid = self._id(con, run_id)
-            r = con.execute(f"{SELECT} WHERE id = ?", (rid,)).fetchone()
-        return self._row(r)
+            raw = select_rows(con, {"id": rid})[0]
+        return self._row(raw)
 
     def list_runs(self, *, status: str | None = None, kind: str | None = None,
                   name: str | None = None, limit: int | None = None) -> list[dict]:
@@ -348,22 +434,17 @@ class RunStore:
                               f"{', '.join(DERIVED_STATUSES)}")
         if limit is not None and limit < 0:
             raise SeqmemError(f"limit must be >= 0, got {limit}")
-        where, args = [], []
+        match = {}
         if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
+            match["kind"] = kind
         if name is not None:
-            where.append("name = ?")
-            args.append(name)
+            match["name"] = name
         if status is not None:  # stale rows are stored as running
-            where.append("status = ?")
-            args.append("running" if status == "stale" else status)
-        q = SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        q += " ORDER BY created_at DESC, rowid DESC"
-        with self._db() as con:
+            match["status"] = "running" if status == "stale" else status
+        with self._read() as con:
             if con is None:
                 return []
-            raw = con.execute(q, args).fetchall()
+            raw = select_rows(con, match, newest_first=True)
         rows = [self._row(r) for r in raw]
         if status is not None:
             rows = [r for r in rows if r["status"] == status]
@@ -371,9 +452,8 @@ class RunStore:
 
     def find_by_hash(self, config_hash: str) -> list[dict]:
         """Rows of runs whose config hashes to `config_hash`, newest first."""
-        with self._db() as con:
+        with self._read() as con:
             if con is None:
                 return []
-            raw = con.execute(f"{SELECT} WHERE config_hash = ? "
-                              f"ORDER BY created_at DESC, rowid DESC", (config_hash,)).fetchall()
+            raw = select_rows(con, {"config_hash": config_hash}, newest_first=True)
         return [self._row(r) for r in raw]
