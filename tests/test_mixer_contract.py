@@ -3,12 +3,15 @@
 For each mixer in `seqmem.mixers.names()` (built with its defaults, float64) and each mode it
 declares: forward equals the loop of `step` (outputs, final state and gradients), splitting a
 sequence and passing the state equals one pass, outputs are causal, undeclared modes raise,
-and the edge cases t = 1, t < chunk, t not a multiple of chunk and batch 1 hold. A new mixer is
-done when it passes this file unchanged.
+the edge cases t = 0 (an empty output, the state unchanged), t = 1, t < chunk, t not a
+multiple of chunk and batch 1 hold, and a wrong state (another batch size, dtype or device,
+another mixer's state, something that is not a tensor) is refused with one line naming the
+mixer, by forward and by step. A new mixer is done when it passes this file unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -16,6 +19,7 @@ import torch
 from torch import Tensor
 
 from seqmem import mixers
+from seqmem.errors import SeqmemError
 
 D_MODEL = 8
 ATOL = 1e-10
@@ -210,6 +214,89 @@ def test_causal(name, kw, mode):
             x3[:, t0] += 1.0
             y3, _ = m(x3, s0, mode=mode, chunk_size=4)
             torch.testing.assert_close(y3[:, :t0], y[:, :t0], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name,kw,mode", MODE_CASES)
+def test_empty_sequence(name, kw, mode):
+    """t = 0: an empty output (b, 0, d) and the state passed in, unchanged; from None, a state
+    shaped like init_state; a forward after it is the forward from the same state."""
+    gen = torch.Generator().manual_seed(10)
+    m = make(name, kw)
+    x = data(2, 5, gen)
+    s0 = init(m, 2, gen, noise=0.5)
+    y0, s = m(x[:, :0], s0, mode=mode, chunk_size=4)
+    assert y0.shape == (2, 0, D_MODEL) and y0.dtype == torch.float64
+    assert_states_close(s, s0, atol=0)
+    with torch.no_grad():
+        y, s1 = m(x, s, mode=mode, chunk_size=4)
+        y_ref, s_ref = m(x, s0, mode=mode, chunk_size=4)
+        y_none, s_none = m(x[:, :0], mode=mode, chunk_size=4)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    assert_states_close(s1, s_ref, atol=0)
+    assert y_none.shape == (2, 0, D_MODEL)
+    assert_like(s_none, m.init_state(2))
+
+
+# ---- wrong states ---------------------------------------------------------------------------
+WRONG_STATES = ["batch", "batch_1", "dtype", "device", "other_mixer", "not_tensors"]
+
+
+def shapes(state) -> list[tuple[int, ...]]:
+    return [tuple(s.shape) for s in leaves(state)]
+
+
+@functools.cache
+def _default_states(batch: int) -> dict:
+    return {name: made(name, ()).init_state(batch) for name in mixers.names()}
+
+
+@functools.cache
+def made(name: str, kw_items: tuple) -> mixers.Mixer:
+    """`make(name, dict(kw_items))`, built once (for the tests that never change a mixer)."""
+    return make(name, dict(kw_items))
+
+
+def wrong_state(m: mixers.Mixer, kind: str, batch: int, gen: torch.Generator):
+    """A state that is not one for input of `batch` sequences to m."""
+    good = init(m, batch, gen)
+    if kind == "batch":
+        return init(m, batch - 1, gen)
+    if kind == "batch_1":  # would broadcast over the batch in many mixers
+        return init(m, 1, gen)
+    if kind == "dtype":
+        return map_state(lambda s: s.float(), good)
+    if kind == "device":
+        return map_state(lambda s: s.to("meta"), good)
+    if kind == "other_mixer":  # the first other mixer's state that has other tensors
+        return next(s for s in _default_states(batch).values() if shapes(s) != shapes(good))
+    return map_state(lambda s: s.tolist(), good)  # nested lists instead of tensors
+
+
+def assert_refused(name: str, info: pytest.ExceptionInfo) -> None:
+    msg = str(info.value)
+    assert msg.startswith(f"{name}: state") and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("kind", WRONG_STATES)
+@pytest.mark.parametrize("name,kw,mode", MODE_CASES)
+def test_forward_refuses_wrong_state(name, kw, mode, kind):
+    gen = torch.Generator().manual_seed(11)
+    m = made(name, tuple(kw.items()))
+    state = wrong_state(m, kind, 4, gen)
+    for t in (3, 0):
+        with pytest.raises(SeqmemError) as info:
+            m(data(4, t, gen), state, mode=mode, chunk_size=4)
+        assert_refused(name, info)
+
+
+@pytest.mark.parametrize("kind", WRONG_STATES)
+@pytest.mark.parametrize("name,kw", MIXER_CASES)
+def test_step_refuses_wrong_state(name, kw, kind):
+    gen = torch.Generator().manual_seed(12)
+    m = made(name, tuple(kw.items()))
+    with pytest.raises(SeqmemError) as info:
+        m.step(data(4, 1, gen)[:, 0], wrong_state(m, kind, 4, gen))
+    assert_refused(name, info)
 
 
 # ---- gradients ------------------------------------------------------------------------------

@@ -223,13 +223,15 @@ def _expected_text(spec: _Spec) -> str:
     if spec.kind is None:
         return f"a Tensor of shape {_shape_text(spec)}"
     if spec.kind is tuple:
-        return f"a tuple of {len(spec.parts)}"
+        return f"a tuple of {len(spec.parts)} parts"
     fields = ", ".join(p.path.rsplit(".", 1)[-1] for p in spec.parts)
     return f"{_a(spec.kind.__name__)} ({fields})"
 
 
 def _a(name: str) -> str:
-    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+    """"a Tensor", "an AarenState", "an LSTMState" (an initialism reads letter by letter)."""
+    spelled = name[:2].isupper()
+    return f"{'an' if name[0].upper() in ('AEFHILMNORSX' if spelled else 'AEIOU') else 'a'} {name}"
 
 
 def _match(mixer: Mixer, state: State, spec: _Spec, device: torch.device, batch: int) -> State:
@@ -242,7 +244,7 @@ def _match(mixer: Mixer, state: State, spec: _Spec, device: torch.device, batch:
                     if i not in spec.free)):
                 if state.dtype != spec.dtype:
                     _state_error(mixer, spec, f"has dtype {state.dtype}, expected {spec.dtype} "
-                                              f"(the input's)")
+                                              f"(the input's dtype)")
                 if state.device != device:
                     _state_error(mixer, spec, f"is on {state.device}, expected {device} "
                                               f"(the input's device)")

@@ -227,8 +227,6 @@ class NewtonForm:
         `newton_recurrent` (default: its relative tolerance of the dtype, t + 1 iterations)."""
         self.check_input(x, ndim=3)
         state = self._given_state(x, state)
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state, NewtonInfo(0)
         return self._newton(x, state, tol=tol, max_iter=max_iter)
 
     def _newton(self, x: Tensor, state: Any, *, tol: float | None = None,
