@@ -11,7 +11,7 @@ from seqmem.errors import ConfigError
 
 def test_defaults_and_overrides():
     cfg = load_config(None, ["train.lr=3e-4", "model.d_model=64", "model.mixer.rule=mod",
-                             "task.N=3", "curriculum.kind=single"])
+                             "task.N=3", "curriculum.kind=single", "curriculum.n_start=3"])
     assert cfg.train.lr == 3e-4 and cfg.model.d_model == 64
     defaults = {k: p.default for k, p in mixers.hyperparameters(mixers.get("leaky_rnn")).items()}
     assert cfg.model.mixer.model_dump() == {**defaults, "kind": "leaky_rnn", "rule": "mod"}
