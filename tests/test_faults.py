@@ -279,3 +279,37 @@ def test_ctrl_c_during_the_flagship_analysis_keeps_the_trained_runs(tmp_path):
     assert p.returncode in (0, 130), err  # 0: the analysis was already over
     assert "Exception ignored" not in err and "Traceback" not in err, err
     assert {r[1] for r in _rows(db)} == {"done"}
+
+
+def _train(root, *args):
+    return subprocess.Popen([sys.executable, "-m", "seqmem.cli.main", "train", *args,
+                             "--root", str(root), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def test_two_writers_of_one_run_are_refused_and_no_epoch_is_logged_twice(tmp_path):
+    first = _train(tmp_path, *TINY, "train.max_epochs=100000")
+    db = tmp_path / "seqmem.db"
+    rid = _wait(lambda: next((r[0] for r in _rows(db) if r[1] == "running"), None),
+                what="the run")
+    metrics = tmp_path / rid / "metrics.jsonl"
+    _wait(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, what="epochs")
+    # a resume while it trains: refused, naming the process that writes it
+    r = subprocess.run([sys.executable, "-m", "seqmem.cli.main", "train", "--resume", rid,
+                        "train.max_epochs=100001", "--root", str(tmp_path), "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"pid {first.pid}" in r.stderr and r.stderr.count("\n") == 1
+    _interrupt(first)
+    assert first.returncode == 130
+    # two resumes started together: one trains, the other is refused; epochs stay unique
+    done = len(RunStore(tmp_path).open_run(rid).metrics())
+    pair = [_train(tmp_path, "--resume", rid, f"train.max_epochs={done + 30}")
+            for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in pair]
+    codes = sorted(p.returncode for p in pair)
+    assert codes in ([0, 1], [0, 2]), (codes, outs)
+    assert any("is being written by" in err or "refused" in out + err for out, err in outs)
+    epochs = [m["epoch"] for m in RunStore(tmp_path).open_run(rid).metrics() if "epoch" in m]
+    assert epochs == list(range(1, done + 31))
+    assert RunStore(tmp_path).get(rid)["status"] == "done"

@@ -161,6 +161,13 @@ def cmd_show(args, overrides, console) -> int:
     return 0
 
 
+def cmd_store(args, overrides, console) -> int:
+    store = RunStore(args.root)
+    report = store.check() if args.action == "check" else store.rebuild()
+    tables.store_report(console, report)
+    return 0 if args.action == "rebuild" or report.ok else 1
+
+
 def cmd_report(args, overrides, console) -> int:
     store = RunStore(args.root)
     if args.sweep:
@@ -237,7 +244,8 @@ def _csv(text: str | None, what: str, conv=str) -> list | None:
 
 COMMANDS = {"run": cmd_run, "continual": cmd_continual, "analyze": cmd_analyze,
             "report": cmd_report, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
-            "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep}
+            "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep,
+            "store": cmd_store}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ EPILOG = """examples:
   seqmem analyze RUN_ID                   timescales, tau_net, ablation, perturbation
   seqmem list mixers                      registered mixers (also: tasks)
   seqmem show-task mqar n_pairs=4         a few examples of a task, decoded, targets marked
+  seqmem store check                      the store's index against its run folders
   seqmem train --mixer "gated_deltanet*3,attention" --task mqar --eval.lengths 128,256
   seqmem continual --method finetune,ewc,replay,hnet --seeds 0,1,2   forgetting on N-parity
 
@@ -160,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
+
+    sto = sub.add_parser("store", help="check the run store's index, or rebuild it from the "
+                         "run folders", description="check: compare the SQLite index with the "
+                         "run folders (rows without a folder, folders without a row, config "
+                         "hashes, statuses, unreadable files). rebuild: make the index again "
+                         "from the run folders, which are the source of truth (the old "
+                         "database is kept beside it as seqmem.db.bak-<time>).")
+    sto.add_argument("action", choices=("check", "rebuild"))
+    sto.add_argument("--root", default="runs", help="store root (default runs/)")
 
     st = sub.add_parser("show-task", help="print a few examples of a task, decoded to text",
                         description="Build a task (extra arguments are its options, e.g. "

@@ -89,9 +89,20 @@ def continual(console: Console, cfg, rows: list[dict], n_seeds: int) -> None:
     console.print(tab)
 
 
+def store_report(console: Console, report) -> None:
+    for p in report.problems:
+        console.print(f"  {p}", markup=False)
+    console.print(report.line, markup=False)
+
+
 def runs(console: Console, rows: list[dict], root: str) -> None:
-    tab = _table(f"runs in {root}", ("id", "name", "kind", "status", "epochs", "max N", "acc",
-                                     "updated"))
+    if not rows:
+        console.print(f"no runs in {root} match", markup=False)
+        return
+    tab = _table(f"runs in {root}", ())
+    tab.add_column("id", no_wrap=True, min_width=22)  # what every other command takes
+    for col in ("name", "kind", "status", "epochs", "max N", "acc", "updated"):
+        tab.add_column(col)
     for r in rows:
         s = r.get("summary") or {}
         acc = s.get("acc_mean", s.get("avg_acc"))  # continual runs: the average accuracy

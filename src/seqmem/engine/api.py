@@ -58,6 +58,7 @@ def resume_job(store: RunStore, run_id: str, overrides: list[str] | None = None)
     if not has_last and run.metrics():
         raise SeqmemError(f"run {run.id} has metrics but no checkpoint 'last' to resume from; "
                           f"start it again with seqmem train")
+    store.require_unlocked(run.id)  # still being trained by another process: refused
     cfg = load_config(run.config(), overrides)
     if overrides:
         store.update_config(run.id, cfg.model_dump(mode="json"))
@@ -89,6 +90,7 @@ def continual_jobs(store: RunStore, source=None, overrides: list[str] | None = N
 def resume_continual_job(store: RunStore, run_id: str) -> Job:
     """The job that finishes an interrupted continual-learning run."""
     run = store.open_run(run_id)
+    store.require_unlocked(run.id)
     cfg = load_config(run.config(), schema=ContinualConfig)
     store.set_status(run.id, "running")
     return Job(cfg, run.id, str(run.dir), label=f"{cfg.method} s{cfg.seed}", resume=True,

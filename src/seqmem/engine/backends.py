@@ -6,6 +6,7 @@ workers that have exited (with a reason when one died without reporting its end)
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -19,7 +20,7 @@ from typing import Any
 
 from seqmem.engine.jobs import get_kind
 from seqmem.errors import RunFailed, SeqmemError
-from seqmem.store import Run, RunStore
+from seqmem.store import Run, RunLocked, RunStore
 
 BACKENDS = ("auto", "ray", "process", "inline")
 
@@ -51,8 +52,17 @@ def resume_hint(job: Job) -> str:
 
 def guarded(job: Job, emit) -> None:
     """Run one job in this process, turning every ending into a final event: done (with the
-    summary), failed (with the reason) or interrupted."""
+    summary), failed (with the reason) or interrupted. A job that owns its run holds the
+    run's lock meanwhile; if another process holds it, the job does not run and its end
+    ("refused", naming the holder) is not recorded over the other process's."""
     run = Run(job.run_id, job.run_dir)
+    lock = run.lock() if get_kind(job.kind).owns_run else contextlib.nullcontext()
+    try:
+        lock.__enter__()
+    except RunLocked as e:  # another process writes this run: record nothing over it
+        emit({"event": "end", "status": "refused", "reason": str(e), "retriable": False,
+              "record": False})
+        return
     try:
         summary = get_kind(job.kind).run(job.cfg, run, emit=emit, resume=job.resume)
         emit({"event": "end", "status": "done", "summary": summary})
@@ -65,6 +75,8 @@ def guarded(job: Job, emit) -> None:
     except Exception as e:  # recorded, never lost
         emit({"event": "end", "status": "failed",
               "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    finally:
+        lock.__exit__(None, None, None)
 
 
 ORPHAN_POLL_S = 1.0

@@ -62,7 +62,7 @@ class Recorder:
 
     def __call__(self, run_id: str, ev: dict) -> None:
         job = self.jobs[run_id]
-        records = get_kind(job.kind).records
+        records = "nothing" if ev.get("record") is False else get_kind(job.kind).records
         owns = records == "run"
         kind = ev["event"]
         if kind == "start" and owns:

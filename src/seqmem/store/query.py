@@ -61,8 +61,25 @@ def parse_where(expr: str) -> list[tuple[str, Any, Any]]:
             raise SeqmemError(f"--where: cannot read {part!r}; conditions look like "
                               f"task=mqar, acc>0.9, model.d_model<=64, joined by 'and'")
         key, op, value = m.groups()
+        if value[:1] in "<>=!":  # acc>>0.9, acc=>1: an operator typed twice
+            raise SeqmemError(f"--where: cannot read {part!r}: the value {value!r} starts with "
+                              f"an operator; operators are {', '.join(_OPS)}")
         conds.append((key, _OPS[op], _value(value)))
     return conds
+
+
+def check_keys(rows: list[dict], keys: list[str], what: str) -> None:
+    """Refuse keys that no run has (a typo would match nothing, or group everything as
+    one), naming a few that they do have. Nothing to judge without runs."""
+    if not rows:
+        return
+    for key in keys:
+        if all(run_field(r, key) is None for r in rows):
+            known = sorted({k for r in rows for k in (r.get("summary") or {})
+                            if not isinstance(r["summary"][k], dict | list)} | set(ALIASES))
+            raise SeqmemError(f"{what}: no run here has a field {key!r}; fields include "
+                              f"{', '.join(known[:12])}, any dotted config key "
+                              f"(model.d_model) and a sweep's grid keys")
 
 
 def matches(row: dict, conds: list[tuple[str, Any, Any]]) -> bool:
@@ -107,10 +124,14 @@ def select(store, *, status: str | None = None, sweep: str | None = None,
     if query:
         for r in rows:
             r["config"] = store.open_run(r["id"]).config()
+        check_keys(rows, [k for k, _, _ in conds], "--where")
         rows = [r for r in rows if matches(r, conds)]
     if best:
-        rows = best_per_group(rows, [g.strip() for g in best.split(",") if g.strip()],
-                              metric.removeprefix("-"), maximize=not metric.startswith("-"))
+        groups = [g.strip() for g in best.split(",") if g.strip()]
+        check_keys(rows, groups, "--best")
+        check_keys(rows, [metric.removeprefix("-")], "--metric")
+        rows = best_per_group(rows, groups, metric.removeprefix("-"),
+                              maximize=not metric.startswith("-"))
     if limit is not None and limit >= 0:
         rows = rows[:limit]
     return rows
