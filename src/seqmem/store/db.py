@@ -46,7 +46,7 @@ import yaml
 
 from seqmem.errors import SeqmemError
 from seqmem.store import repair
-from seqmem.store.faults import RunLocked, StoreError, db_error, os_error
+from seqmem.store.faults import RunLocked, StoreError, db_error, os_error, read_only
 from seqmem.store.lock import pid_alive
 from seqmem.store.run import Run, atomic_write
 from seqmem.store.schema import (
@@ -191,9 +191,15 @@ class RunStore:
             with con:
                 yield con
         except sqlite3.Error as e:
+            if not self._writable():  # sqlite says "unable to open" on a read-only mount
+                raise read_only(self.db_path, self.root) from e
             raise db_error(e, self.db_path, self.root, "write") from e
         finally:
             con.close()
+
+    def _writable(self) -> bool:
+        paths = [self.root] + [p for p in (self.db_path,) if p.exists()]
+        return all(os.access(p, os.W_OK) for p in paths)
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the database (None if there is no database or it

@@ -92,6 +92,13 @@ def file_error(e: Exception, path: str | Path, action: str) -> StoreError:
                       f"the file, then try again")
 
 
+def read_only(db_path: str | Path, root: str | Path) -> StoreError:
+    """The index cannot be written: a read-only folder, file or file system."""
+    return StoreError(f"run store {db_path} is read-only; commands that only read (seqmem runs, "
+                      f"show) work; to write, make {str(root)!r} writable or give another "
+                      f"--root")
+
+
 def db_error(e: sqlite3.Error, db_path: str | Path, root: str | Path, action: str) -> StoreError:
     """A sqlite3 error raised while `action`-ing the index (read, write) as one line."""
     name = getattr(e, "sqlite_errorname", "") or ""
@@ -106,9 +113,7 @@ def db_error(e: sqlite3.Error, db_path: str | Path, root: str | Path, action: st
         return StoreError(f"run store {db}: cannot {action} ({msg}): another process holds "
                           f"the database; wait for it to finish, or stop it, and try again")
     if name.startswith("SQLITE_READONLY") or "readonly" in low or "read-only" in low:
-        return StoreError(f"run store {db} is read-only ({msg}); commands that only read "
-                          f"(seqmem runs, show) work; to {action}, make {str(root)!r} "
-                          f"writable or give another --root")
+        return read_only(db_path, root)
     if name == "SQLITE_FULL" or "disk is full" in low:
         return StoreError(f"run store {db}: cannot {action} ({msg}); free some space or give "
                           f"another --root")

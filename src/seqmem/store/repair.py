@@ -79,10 +79,8 @@ class Problem:
 
 
 def _count_text(problems: list[Problem]) -> str:
-    counts: dict[str, int] = {}
-    for p in problems:
-        counts[p.kind] = counts.get(p.kind, 0) + 1
-    return ", ".join(f"{n} {PROBLEMS[k][n != 1]}" for k, n in counts.items())
+    counts = {k: sum(p.kind == k for p in problems) for k in PROBLEMS}
+    return ", ".join(f"{n} {PROBLEMS[k][n != 1]}" for k, n in counts.items() if n)
 
 
 @dataclass
@@ -267,19 +265,20 @@ def final_summary(summary: dict | None) -> bool:
     return "stop_reason" not in summary or summary["stop_reason"] is not None
 
 
-def folder_status(f: Folder) -> tuple[str, str | None]:
-    """(status, reason) of the run, as its folder says (see the module docstring)."""
+def folder_status(f: Folder) -> tuple[str, str | None, str]:
+    """(status, reason, the evidence) of the run, as its folder says (see the module
+    docstring)."""
     if f.holder is not None:
-        return "running", None
+        return "running", None, f"pid {f.holder.get('pid')} holds its lock"
     rj = f.row or {}
     if rj.get("status") in ENDED:
-        return rj["status"], rj.get("reason")
+        return rj["status"], rj.get("reason"), ROW_FILE
     if final_summary(f.summary):
-        return "done", None
+        return "done", None, "a final summary.json"
     if (rj.get("status") == "running" and rj.get("host") == socket.gethostname()
             and pid_alive(rj.get("pid"))):  # its writer is alive, without a lock
-        return "running", rj.get("reason")
-    return "interrupted", NO_END
+        return "running", rj.get("reason"), f"its writer pid {rj.get('pid')} is alive"
+    return "interrupted", NO_END, "no recorded end"
 
 
 def recovered_row(f: Folder, old: dict | None) -> dict | None:
@@ -288,7 +287,7 @@ def recovered_row(f: Folder, old: dict | None) -> dict | None:
     meta, rj, old = f.meta or {}, f.row or {}, old or {}
     if not (f.meta or f.row or f.config_hash):
         return None
-    status, reason = folder_status(f)
+    status, reason, _ = folder_status(f)
     if f.row is not None:
         summary = rj.get("summary") or {}
     elif old.get("summary"):
@@ -371,10 +370,10 @@ def _compare(f: Folder, raw: dict, row: dict) -> list[Problem]:
     if row.get("status") == "stale":
         out.append(Problem("stale", rid, f"the index says running but {row.get('reason')}; "
                            f"resume it with --resume"))
-    rj_status = (f.row or {}).get("status")
-    if st in ENDED and rj_status is not None and rj_status != st:
-        out.append(Problem("status", rid, f"the index says {st} but its folder's {ROW_FILE} "
-                           f"says {rj_status}"))
+    said, _, evidence = folder_status(f)
+    if st in ENDED and said != st:
+        out.append(Problem("status", rid, f"the index says {st} but its folder says {said} "
+                           f"({evidence})"))
     if st == "done" and not final_summary(f.summary):
         why = "has no summary.json" if not f.summary else "has no final summary.json"
         out.append(Problem("status", rid, f"the index says done but the run folder {why} "
