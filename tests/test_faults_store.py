@@ -161,6 +161,17 @@ def test_the_lock_is_reentrant_in_its_process_and_reports_no_holder_when_free(tm
                                         "for it or stop it")
 
 
+def test_a_run_whose_lock_is_held_is_not_stale(tmp_path):
+    store = RunStore(tmp_path, stale_after_s=60)
+    rid = store.create_run({}).id
+    store.heartbeat(rid, pid=_dead_pid())  # the recorded process is gone ...
+    assert store.get(rid)["status"] == "stale"
+    with store.lock(rid):  # ... but a process writes the run
+        assert store.get(rid)["status"] == "running"
+        assert [r["id"] for r in store.list_runs(status="running")] == [rid]
+    assert store.get(rid)["status"] == "stale"
+
+
 # ---- metrics once per epoch --------------------------------------------------------------
 def _lines(run: Run) -> list[dict]:
     return [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines()

@@ -13,7 +13,8 @@ a folder of another user) can be listed and shown.
 
 Status is what the driver last recorded: running, done, failed or interrupted. A row still
 "running" whose process is gone (its pid is dead on this host) or whose heartbeat is older
-than `stale_after_s` is reported as "stale" on reading; the row itself is left as it is.
+than `stale_after_s`, and whose run lock no process holds, is reported as "stale" on
+reading; the row itself is left as it is.
 
 The folders are the source of truth: every write of a row's status, summary or config hash
 is mirrored, in the same transaction, into the run's `row.json`, so that `rebuild` can make
@@ -47,6 +48,7 @@ import yaml
 from seqmem.errors import SeqmemError
 from seqmem.store import repair
 from seqmem.store.faults import RunLocked, StoreError, db_error, os_error, read_only
+from seqmem.store.lock import holder as lock_holder
 from seqmem.store.lock import pid_alive
 from seqmem.store.run import Run, atomic_write
 from seqmem.store.schema import (
@@ -408,7 +410,7 @@ class RunStore:
             row["dir"] = str(here)
         if row["status"] == "running":
             why = self._stale_reason(row)
-            if why:
+            if why and lock_holder(row["dir"]) is None:  # a process holding its lock writes it
                 row["status"] = "stale"
                 row["reason"] = row["reason"] or why
         return row
