@@ -120,7 +120,7 @@ def execute(jobs: list[Job], store: RunStore, *, backend: str = "inline",
         ev = rec.ended.pop(rid, None)
         if ev is None:
             ev = {"event": "end", "status": "interrupted" if stopping else "failed",
-                  "reason": "interrupted" if stopping else
+                  "reason": resume_hint(job) if stopping else
                   (crash or "the worker ended without reporting")}
             rec(rid, ev)
             rec.ended.pop(rid)
@@ -186,9 +186,10 @@ def execute(jobs: list[Job], store: RunStore, *, backend: str = "inline",
                         rec(rid, ev)
                     for rid, crash in be.finished():
                         settle(rid, crash)
-                for rid in list(running):
-                    rec(rid, {"event": "end", "status": "interrupted",
-                              "reason": "interrupted"})
+                for rid in list(running):  # a job that reported its end keeps it
+                    if rid not in rec.ended:
+                        rec(rid, {"event": "end", "status": "interrupted",
+                                  "reason": resume_hint(running[rid])})
                     settle(rid, None)
             finally:
                 be.close()
