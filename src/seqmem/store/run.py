@@ -94,10 +94,10 @@ def read_text(path: Path, what: str = "read") -> str | None:
         return Path(path).read_text()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        if isinstance(e, UnicodeDecodeError):
-            raise StoreError(f"run store: {str(path)!r} is not text ({e.reason} at byte "
-                             f"{e.start}); restore or remove the file") from e
+    except UnicodeDecodeError as e:
+        raise StoreError(f"run store: {str(path)!r} is not text ({e.reason} at byte "
+                         f"{e.start}); restore or remove the file") from e
+    except OSError as e:
         raise os_error(e, path, what) from e
 
 
@@ -306,9 +306,9 @@ class Run:
             if isinstance(rec, dict):
                 out.append(rec)
         slots = [slot(rec) for rec in out]
-        last = {slot: i for i, slot in enumerate(slots) if slot is not None}
-        return [rec for i, (rec, slot) in enumerate(zip(out, slots, strict=True))
-                if slot is None or last[slot] == i]
+        last = {s: i for i, s in enumerate(slots) if s is not None}
+        return [rec for i, (rec, s) in enumerate(zip(out, slots, strict=True))
+                if s is None or last[s] == i]
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, tag: str, state: Any) -> Path:
