@@ -209,9 +209,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
         st = ck["train"]
         cur = parts.curriculum = Curriculum.from_state(st["curriculum"])
         epoch, elapsed, stages, last = st["epoch"], st["elapsed_s"], st["stages"], st["last"]
-        logged = [r.get("epoch") for r in run.metrics()]
-        if last is not None and (not logged or logged[-1] < last["epoch"]):
-            run.log(last)  # stopped between the epoch's checkpoint and its metrics line
+        if last is not None:  # stopped between the epoch's checkpoint and its metrics line?
+            run.log(last)  # (logging an epoch is idempotent: a logged one is not repeated)
     else:  # a checkpoint before the first epoch: a run stopped during it can be resumed
         run.save_checkpoint("last", checkpoint(model, opt, gen, cur, 0, 0.0, [], None))
     emit({"event": "start", "epoch": epoch, "resume": resume,
