@@ -147,7 +147,7 @@ def test_report_refuses_broken_runs_and_analyze_says_a_run_failed(capsys, tmp_pa
     execute([job], store)
     (Path(job.run_dir) / "summary.json").write_text("{not json")
     code, _, err = cli(capsys, "report", job.run_id, "--root", tmp_path)
-    assert code == 2 and "summary.json is not valid JSON" in err and err.count("\n") == 1
+    assert code == 2 and "summary.json' is not valid JSON" in err and err.count("\n") == 1
     store.set_status(job.run_id, "failed", "non-finite loss")
     code, _, err = cli(capsys, "analyze", job.run_id, "--root", tmp_path)
     assert f"note: run {job.run_id} is failed (non-finite loss)" in err
