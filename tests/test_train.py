@@ -88,7 +88,7 @@ def test_curriculum_advances_and_checkpoints_each_step(tmp_path):
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
     s = train_run(cfg, run)
     # threshold 0.01: every epoch solves its N, so N = 2, 3, 4 take one epoch each
-    assert s["n_solved"] == 4 and s["finished"] and s["epochs"] == 3
+    assert s["n_solved"] == 4 and s["curriculum_finished"] and s["epochs"] == 3
     assert s["stop_reason"] == "curriculum finished"
     assert s["epochs_per_N"] == {"2": 1, "3": 1, "4": 1}
     assert {"N002", "N003", "N004", "last"} <= set(run.checkpoints())
@@ -181,7 +181,7 @@ def test_knob_curriculum_grows_another_task_option(tmp_path, kind, monkeypatch):
     monkeypatch.setattr(loop, "run_batch", spy)
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
     s = train_run(cfg, run)
-    assert s["n_solved"] == 6 and s["finished"] and s["epochs"] == 3 and s["knob"] == "n_pairs"
+    assert s["n_solved"] == 6 and s["curriculum_finished"] and s["epochs"] == 3 and s["knob"] == "n_pairs"
     assert [st["N"] for st in s["stages"]] == [2, 4, 6]
     evaluated = [1, 1, 1] if kind == "single" else [1, 2, 3]
     assert [len(r["acc"]) for r in run.metrics()] == evaluated
@@ -200,3 +200,29 @@ def test_knob_curriculum_errors_name_the_options():
         load_config(None, ["task.kind=mqar", "curriculum.kind=single", "curriculum.knob=nope"])
     with pytest.raises(ConfigError, match=re.escape("curriculum.kind: 'multi' needs a task")):
         load_config(None, ["task.kind=mqar", "curriculum.kind=multi"])
+
+
+def test_a_time_budget_drives_the_cosine_schedule():
+    """With max_time_s the schedule runs over the time too (whichever budget ends first):
+    half the time is half the cosine, at any step count."""
+    cfg = load_config(None, ["task.kind=mqar", "curriculum.kind=none", "train.max_time_s=10",
+                             "train.max_epochs=1000", "train.steps_per_epoch=50"])
+    f = build.lr_schedule(cfg)
+    assert build.schedule_choice(cfg) == "cosine"
+    assert f(10, 0.0) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 10 / 50000))))
+    assert f(10, 5.0) == pytest.approx(0.5, abs=1e-4)  # half the time: cos(pi / 2)
+    assert f(10, 10.0) == pytest.approx(0.0, abs=1e-6)
+    no_time = build.lr_schedule(load_config(None, ["task.kind=mqar", "curriculum.kind=none"]))
+    assert no_time(10, 1e9) == no_time(10, 0.0)
+
+
+def test_target_acc_waits_for_patience_and_summaries_name_what_ran(tmp_path):
+    cfg = load_config(None, [*SMALL, "curriculum.kind=none", "train.target_acc=0.01",
+                             "train.target_patience=3", "train.max_epochs=50"])
+    run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+    s = train_run(cfg, run)
+    assert s["stop_reason"] == "target_acc" and s["epochs"] == 3
+    # no curriculum: no N, knob, stages or epochs per N; the accuracy names its task and split
+    assert not {"knob", "n_solved", "stages", "epochs_per_N"} & set(s)
+    assert s["eval_on"].startswith("NParity(N=[2]")
+    assert all("N" not in m for m in run.metrics())

@@ -96,12 +96,20 @@ def schedule_choice(cfg: RunConfig) -> str:
 
 
 def lr_schedule(cfg: RunConfig):
-    """step -> multiplier of the base learning rate (see `seqmem.train.schedules`): the
-    resolved schedule over max_epochs * steps_per_epoch updates with `warmup_steps`."""
+    """(step, elapsed_s) -> multiplier of the base learning rate (see
+    `seqmem.train.schedules`): the resolved schedule over the budget, with `warmup_steps`.
+
+    The budget is max_epochs * steps_per_epoch updates, and with `train.max_time_s` also the
+    time: the schedule runs over whichever ends first (its progress is the larger of
+    step / total and elapsed / max_time_s), so a run budgeted by time anneals in that time
+    instead of keeping its rate."""
     t, name = cfg.train, schedule_choice(cfg)
     total = t.max_epochs * t.steps_per_epoch
 
-    def factor(step: int) -> float:
+    def factor(step: int, elapsed_s: float = 0.0) -> float:
+        if t.max_time_s is not None and step >= t.warmup_steps:
+            by_time = t.warmup_steps + elapsed_s / t.max_time_s * (total - t.warmup_steps)
+            step = max(step, int(by_time))
         return lr_factor(name, step, warmup_steps=t.warmup_steps, total_steps=total)
 
     return factor

@@ -164,8 +164,10 @@ class TrainConfig(Strict):
     (lr 1e-3) for the rest, at a constant learning rate; on every other task AdamW (lr 1e-3,
     weight decay 0.01) with a cosine schedule over the step budget
     (max_epochs * steps_per_epoch), the usual setting of the synthetic-task literature.
-    `target_acc` stops a run without a curriculum once its evaluation accuracy reaches it
-    (classification tasks only).
+    `target_acc` stops a run without a curriculum once its evaluation accuracy has reached it
+    in `target_patience` consecutive evaluations (classification tasks only; one evaluation
+    is noisy). The learning-rate schedule runs over the budget: the updates of max_epochs,
+    and with `max_time_s` the time, whichever ends first.
 
     `gtf_alpha` (regression tasks that forecast their own next input, e.g. `dynamics`; default
     None: off, ordinary teacher forcing): generalised teacher forcing (Hess et al. 2023). The
@@ -189,6 +191,7 @@ class TrainConfig(Strict):
     max_epochs: int = Field(1000, ge=1)
     max_time_s: float | None = Field(None, gt=0)
     target_acc: float | None = Field(None, gt=0, le=1)
+    target_patience: int = Field(1, ge=1)  # consecutive evaluations at target_acc to stop
     threads: int | None = Field(1, ge=1)
     gtf_alpha: float | None = Field(None, ge=0, le=1)
 

@@ -5,6 +5,7 @@ Public API: `build(name, d_model, **kw)`, `names()`, `get(name)`, `register(name
 
 from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     attention,
+    baselines,
     classic,
     conv,
     delta,

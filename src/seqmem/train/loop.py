@@ -50,16 +50,17 @@ class TrainParts:
     """What the loop trains, made by `seqmem.build.train_parts` from a run's config.
 
     `make_task(curriculum, split=None, value=None, **options)` is the task of a curriculum
-    stage (see `seqmem.build.build_task`); `lr_factor(step)` the schedule's multiplier of
-    `base_lr` at an update step. `fit` updates `curriculum` and `generator` as it trains, so
-    after it they hold the run's final stage and data stream."""
+    stage (see `seqmem.build.build_task`); `lr_factor(step, elapsed_s)` the schedule's
+    multiplier of `base_lr` at an update step and training time (a time budget drives it).
+    `fit` updates `curriculum` and `generator` as it trains, so after it they hold the run's
+    final stage and data stream."""
 
     model: SequenceModel
     optimizer: torch.optim.Optimizer
     curriculum: Curriculum
     make_task: Callable[..., tasks.Task]
     base_lr: float
-    lr_factor: Callable[[int], float]
+    lr_factor: Callable[[int, float], float]
     generator: torch.Generator  # the data generator (seeded by the run's seed)
 
 
@@ -164,19 +165,19 @@ def knob_eval(model, values: list[int], task_at, heads: list[int], gen, t) -> tu
 def summarize(cfg: RunConfig, cur: Curriculum, stages: list, epoch: int, elapsed: float,
               last: dict | None, stop_reason: str | None) -> dict:
     """The run's summary: what the store indexes and the comparison table reads."""
-    s = {
-        "curriculum": cur.kind, "knob": cur.knob, "mixer": cfg.model.mixer.kind,
-        "task": cfg.task.kind,
-        "epochs": epoch, "elapsed_s": round(elapsed, 2), "n_solved": cur.n_solved,
-        "n_current": cur.N if cur.kind != "none" else None, "finished": cur.finished,
-        "epochs_per_N": {str(k): v for k, v in sorted(cur.epochs_per_N.items())},
-        "stages": stages, "stop_reason": stop_reason,
-    }
+    s = {"curriculum": cur.kind, "mixer": cfg.model.mixer.kind, "task": cfg.task.kind,
+         "epochs": epoch, "elapsed_s": round(elapsed, 2), "stop_reason": stop_reason}
+    if cur.kind != "none":  # what a curriculum reached (a run without one has no stages)
+        s.update({"knob": cur.knob, "n_solved": cur.n_solved, "n_current": cur.N,
+                  "curriculum_finished": cur.finished,
+                  "epochs_per_N": {str(k): v for k, v in sorted(cur.epochs_per_N.items())},
+                  "stages": stages})
     if last:
         for k in ("state_size", "n_params", "train_tokens_per_s"):
             if k in last:
                 s[k] = last[k]
-        for k in ("acc", "acc_mean", "acc_scaled", "mse", "eval_mse", "eval_mse_per_channel"):
+        for k in ("acc", "acc_mean", "acc_scaled", "mse", "eval_mse", "eval_mse_per_channel",
+                  "eval_on"):
             if k in last:
                 s[k] = last[k]
         for k in ("tau_mean", "tau_sd", "tau_max"):
@@ -218,11 +219,12 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
 
     base_lr = parts.base_lr
 
+    hits = [0]  # consecutive evaluations at or above train.target_acc
+
     def budget_left() -> str | None:
         if cur.finished:
             return "curriculum finished"
-        if (t.target_acc is not None and cur.kind == "none" and last is not None
-                and "acc_mean" in last and last["acc_mean"] >= t.target_acc):
+        if t.target_acc is not None and cur.kind == "none" and hits[0] >= t.target_patience:
             return "target_acc"
         if epoch >= t.max_epochs:
             return "max_epochs"
@@ -253,7 +255,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             if not torch.isfinite(loss):
                 raise RunFailed(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
                                 f"{step + 1}; the last good checkpoint is kept")
-            lr = base_lr * parts.lr_factor(epoch * t.steps_per_epoch + step)
+            lr = base_lr * parts.lr_factor(epoch * t.steps_per_epoch + step,
+                                           elapsed + time.perf_counter() - t0)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -290,8 +293,13 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
         else:
             scores = {"acc": accs, "acc_mean": sum(accs) / len(accs),
                       "acc_scaled": sum(scaled) / len(scaled)}
+        if scores.get("acc_mean") is not None and t.target_acc is not None:
+            hits[0] = hits[0] + 1 if scores["acc_mean"] >= t.target_acc else 0
         last = {
-            "epoch": epoch, "N": n_trained, "active_N": task_N(task), **scores,
+            "epoch": epoch, **({"N": n_trained} if cur.kind != "none" else {}),
+            "active_N": task_N(task), **scores,
+            # what the accuracy is measured on: the evaluation task with its split and lengths
+            "eval_on": repr(parts.make_task(cur, split="test") if knob else eval_task),
             "loss": sum(losses) / len(losses),
             "train_tokens_per_s": round(tokens[0] / max(train_s, 1e-9), 1),
             "eval_loss": eval_loss / t.eval_batches, "elapsed_s": round(elapsed, 3),
