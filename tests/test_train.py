@@ -181,7 +181,8 @@ def test_knob_curriculum_grows_another_task_option(tmp_path, kind, monkeypatch):
     monkeypatch.setattr(loop, "run_batch", spy)
     run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
     s = train_run(cfg, run)
-    assert s["n_solved"] == 6 and s["curriculum_finished"] and s["epochs"] == 3 and s["knob"] == "n_pairs"
+    assert s["n_solved"] == 6 and s["curriculum_finished"] and s["epochs"] == 3
+    assert s["knob"] == "n_pairs"
     assert [st["N"] for st in s["stages"]] == [2, 4, 6]
     evaluated = [1, 1, 1] if kind == "single" else [1, 2, 3]
     assert [len(r["acc"]) for r in run.metrics()] == evaluated
