@@ -109,7 +109,7 @@ def test_probe_errors():
     with pytest.raises(SeqmemError, match="eps must be >= 0"):
         perturbed(m, "W", -1, generator=g)
     gru = SequenceModel(1, 4, mixer="gru").double()
-    with pytest.raises(SeqmemError, match="has no parameter 'tau'"):
+    with pytest.raises(SeqmemError, match="mixer 'gru' has no parameter to perturb as 'tau'"):
         perturbed(gru, "tau", 0.1, generator=g)
     with pytest.raises(SeqmemError, match=r"units must lie in \[0, 6\)"):
         features_silenced(m, torch.zeros(1, 3, 1, dtype=torch.float64), [7])

@@ -11,23 +11,30 @@ A run trained under an N-curriculum has a checkpoint N<k> for every N it solved;
 - forgetting (`forgetting`): the accuracy on every N after each curriculum step.
 
 Results go to <run>/analysis.json: {"N": [...], "curriculum": ..., "stages": [{"N": ..., the
-fields of the per-stage analyses}, ...], and the top-level keys of the others}. `headline`
-picks the numbers the store indexes; `analyze_and_record` adds them to the run's summary.
+fields of the per-stage analyses}, ...], the top-level keys of the others, and "provenance":
+{name: {"version", "commit", "seed", "options", "N"}}, how each analysis was computed}. A
+partial analysis (`what=`) merges into the file: each analysis rerun replaces only its own
+entries (its top-level keys, its fields of the stage rows, its provenance); the others stay.
+`headline` picks the numbers the store indexes; `analyze_and_record` adds them to the run's
+summary.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
-from seqmem.analysis.context import Context, spread_stages
+import seqmem
+from seqmem.analysis.context import COMMON_OPTIONS, Context, spread_stages
 from seqmem.analysis.probes import stage_checkpoints
 from seqmem.analysis.registry import analyses, analysis_names, option_defaults
 from seqmem.config import RunConfig, load_config
 from seqmem.errors import SeqmemError
 from seqmem.store import Run, RunStore
+from seqmem.store.db import git_commit
 from seqmem.store.run import atomic_write
 
 #: The built-in analyses, in order: the package (`seqmem/analysis/__init__.py`) imports their
@@ -37,6 +44,7 @@ ANALYSIS_FILE = "analysis.json"
 
 #: Lighter settings for `seqmem run --quick` (seconds instead of a minute).
 QUICK = {"n_trials": 2, "stream_len": 400, "eps": (0.0, 0.1, 0.5), "n_draws": 1,
+         "ablation_draws": 3,
          "what": ("timescales", "ablation", "perturbation", "forgetting")}
 
 
@@ -51,11 +59,46 @@ def resolve_options(options: dict) -> dict:
     return {**known, **options}
 
 
+def provenance(seed: int, options: dict, Ns: list[int]) -> dict:
+    """How an analysis was computed: seqmem's version, the git commit of its source (None
+    outside a repository), the seed, its options and the stages analysed."""
+    return {"version": seqmem.__version__, "commit": git_commit(Path(seqmem.__file__).parent),
+            "seed": seed, "options": json.loads(json.dumps(options)), "N": list(Ns)}
+
+
+def merge_analysis(old: dict, new: dict, rerun: list) -> dict:
+    """`new` (the analyses `rerun`, their entries only) merged into `old` (an analysis.json):
+    the entries of every analysis in `rerun` are dropped from `old` (its top-level keys, its
+    fields of the stage rows, its provenance) and `new`'s put in their place; the stage rows
+    are those of `new`'s N, keeping `old`'s fields of the stages they share."""
+    out = {k: v for k, v in old.items() if k != "stages"}
+    for spec in rerun:
+        if not spec.per_stage:
+            for k in spec.writes:
+                out.pop(k, None)
+    out.update({k: v for k, v in new.items() if k not in ("stages", "provenance")})
+    dropped = {k for spec in rerun if spec.per_stage for k in spec.writes}
+    old_rows = {r["N"]: r for r in old.get("stages", [])}
+    new_rows = {r["N"]: r for r in new.get("stages", [])}
+    rows = []
+    for n in new["N"]:
+        row = {k: v for k, v in old_rows.get(n, {}).items() if k not in dropped}
+        row.update(new_rows.get(n, {}))
+        row["N"] = n
+        rows.append(dict(sorted(row.items(), key=lambda kv: kv[0] != "N")))
+    if rows and (len(rows) > 1 or len(rows[0]) > 1):
+        out["stages"] = rows
+    out["provenance"] = {**old.get("provenance", {}), **new.get("provenance", {})}
+    return out
+
+
 def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, seed: int = 0,
                 progress: Callable[[str], None] | None = None, **options) -> dict:
     """Run the analyses `what` (default: every registered one) on `run`, a stored run of
     config `cfg`; write <run>/analysis.json (atomically) and return its content.
 
+    An existing analysis.json is merged with (`merge_analysis`): the analyses not rerun keep
+    their results; "provenance" records each analysis's version, commit, seed and options.
     `seed` seeds every analysis's randomness (each its own, see `analysis.context`);
     `options` are the analyses' options (`resolve_options`), e.g. n_trials, stream_len, eps,
     n_draws, tau_net_steps, tau_net_stages (the per-stage measures too costly for every stage,
@@ -71,6 +114,9 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
     say = progress or (lambda msg: None)
     ctx = Context.of_run(cfg, run, Ns, seed=seed, options=opts, say=say)
     out: dict = {"N": Ns, "curriculum": cfg.curriculum_kind()}
+    prov = provenance(seed, {}, Ns)
+    out["provenance"] = {s.name: {**prov, "options": json.loads(json.dumps(
+        {k: opts[k] for k in option_names(s)}))} for s in specs}
 
     per_stage = [s for s in specs if s.per_stage]
     if per_stage:
@@ -91,8 +137,15 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
         if not spec.per_stage:
             say(spec.name)
             out.update(spec.check_result(spec.run(ctx.focus(spec.name))))
+    out = merge_analysis(read_analysis(run), json.loads(json.dumps(out)), specs)
     atomic_write(run.dir / ANALYSIS_FILE, json.dumps(out, indent=1))
     return out
+
+
+def option_names(spec) -> list[str]:
+    """The options analysis `spec` reads: the common ones and its own."""
+    from_common = [k for k in option_defaults() if k in COMMON_OPTIONS]
+    return [*from_common, *(k for k in spec.options if k not in from_common)]
 
 
 def headline(out: dict) -> dict:

@@ -2,6 +2,11 @@
 relative accuracy on the streaming task after the recurrent weights W or the timescales tau of
 the last block are perturbed with relative size eps (`probes.perturbed`), several draws per
 eps; and the report's figure of the curves.
+
+W is the leaky RNN's W, or a GRU's / LSTM's / Elman RNN's weight_hh (every gate at once); tau
+is perturbed only where the mixer has a parameter tau (the leaky RNN): a gated RNN's timescales
+follow from its gates and have no parameter of their own. A kind that cannot be perturbed is
+written as {"skipped": reason}, so that the report can say why it has no curve.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqmem.analysis.context import Context
-from seqmem.analysis.probes import perturbed
+from seqmem.analysis.probes import perturbable, perturbed
 from seqmem.analysis.registry import Entry, analysis, figure
 
 EPS = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -19,7 +24,7 @@ HEADLINE_EPS = 0.1
 
 def _headline(w: dict) -> dict:
     return {f"perturb_{kind}_{HEADLINE_EPS}_rel": pt["rel_mean"]
-            for kind, curve in (w.get("perturbation") or {}).items()
+            for kind, curve in (w.get("perturbation") or {}).items() if isinstance(curve, list)
             for pt in curve if pt["eps"] == HEADLINE_EPS}
 
 
@@ -29,13 +34,17 @@ def _headline(w: dict) -> dict:
           headline_of=_headline, options={"eps": EPS, "n_draws": 2})
 def perturbation(ctx: Context) -> dict:
     """Per perturbed parameter, per eps: the mean and sd over `n_draws` draws (one at eps = 0,
-    an exact copy) of the accuracy over the accuracy of the unchanged model."""
+    an exact copy) of the accuracy over the accuracy of the unchanged model; {"skipped":
+    reason} for a kind the mixer has no parameter for."""
     base = ctx.base_accuracy()
     model = ctx.model()
     mixer = model.blocks[-1].mixer
     res = {}
     for kind in KINDS:
-        if not hasattr(mixer, kind):
+        if perturbable(mixer, kind) is None:
+            res[kind] = {"skipped": f"mixer {mixer.name!r} has no parameter "
+                         + ("tau (its timescales follow from its gates)" if kind == "tau"
+                            else "of recurrent weights") + f" to perturb as {kind}"}
             continue
         curve = []
         for e in ctx.options["eps"]:
@@ -51,20 +60,26 @@ def perturbation(ctx: Context) -> dict:
 @figure("perturbation", analysis="perturbation")
 def perturbation_figure(entries: list[Entry], canvas):
     """Relative accuracy against eps, one panel per perturbed parameter."""
-    kinds = sorted({k for e in entries for k in e.analysis["perturbation"]})
+    kinds = sorted({k for e in entries for k, c in e.analysis["perturbation"].items()
+                    if isinstance(c, list)})
+    if not kinds:
+        return None
     fig, axes = canvas.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.2), squeeze=False)
     rows = []
     for ax, kind in zip(axes[0], kinds, strict=True):
         for i, e in enumerate(entries):
             curve = e.analysis["perturbation"].get(kind)
-            if not curve:
+            if not isinstance(curve, list) or not curve:
                 continue
             eps = [p["eps"] for p in curve]
             ax.errorbar(eps, [p["rel_mean"] for p in curve], [p["rel_sd"] for p in curve],
                         fmt="o-", color=canvas.color(e, i), label=e.label, capsize=2)
             rows += [[e.label, kind, p["eps"], f"{p['rel_mean']:.3f}", f"{p['rel_sd']:.3f}"]
                      for p in curve]
-        ax.set(xlabel="eps (relative size)", ylabel="relative accuracy",
-               title=f"perturbing {kind}", ylim=(0, 1.1))
-        canvas.legend(ax)
+        ax.set(xlabel="eps, relative size of the perturbation",
+               ylabel="accuracy / intact accuracy", ylim=(0, 1.1),
+               title=f"Perturbing {kind} (mean ± sd over draws)")
+        ax.legend(loc="lower left", framealpha=0.8, fontsize=8)
+    rows += [[e.label, kind, "", "skipped", c["skipped"]] for e in entries
+             for kind, c in e.analysis["perturbation"].items() if isinstance(c, dict)]
     return fig, ["run", "perturbed", "eps", "rel. acc (mean)", "sd"], rows

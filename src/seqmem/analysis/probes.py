@@ -99,30 +99,48 @@ def stream_accuracy(model: SequenceModel, task: str, N: list[int], heads: list[i
     return np.array(accs)
 
 
+#: The recurrent weights perturbed as "W", by mixer attribute: the leaky RNN's W, the
+#: torch-like RNNs' weight_hh (every gate of a GRU or an LSTM stacked).
+RECURRENT_WEIGHTS = ("W", "weight_hh")
+
+
+def perturbable(mixer, what: str) -> str | None:
+    """The name of the parameter of `mixer` that perturbation `what` ("W" or "tau") changes,
+    or None if the mixer has none."""
+    if what == "W":
+        return next((n for n in RECURRENT_WEIGHTS
+                     if isinstance(getattr(mixer, n, None), torch.nn.Parameter)), None)
+    if what == "tau":
+        return "tau" if isinstance(getattr(mixer, "tau", None), torch.nn.Parameter) else None
+    raise SeqmemError(f"unknown perturbation {what!r}; accepted: W, tau")
+
+
 def perturbed(model: SequenceModel, what: str, eps: float, *, generator: torch.Generator
               ) -> SequenceModel:
     """A copy of `model` with its last block's recurrent weights W or its tau perturbed.
 
-    what="W": W += eps ||W||_F D / ||D||_F, D ~ N(0, 1) (Li et al. 2020, eq. 5);
-    what="tau": tau += eps ||tau|| |D| / ||D||, D ~ N(0, 1). eps = 0 returns an exact copy.
+    what="W": W += eps ||W||_F D / ||D||_F, D ~ N(0, 1) (Li et al. 2020, eq. 5), W the leaky
+    RNN's W or a GRU's / LSTM's weight_hh (all gates); what="tau": tau += eps ||tau|| |D| / ||D||,
+    D ~ N(0, 1). eps = 0 returns an exact copy.
     """
     if eps < 0:
         raise SeqmemError(f"eps must be >= 0, got {eps}")
     mixer = model.blocks[-1].mixer
-    name = {"W": "W", "tau": "tau"}.get(what)
+    name = perturbable(mixer, what)
     if name is None:
-        raise SeqmemError(f"unknown perturbation {what!r}; accepted: W, tau")
-    if not hasattr(mixer, name):
-        raise SeqmemError(f"mixer {mixer.name!r} has no parameter {name!r} to perturb "
-                          f"(perturbation is defined for leaky_rnn)")
+        raise SeqmemError(f"mixer {mixer.name!r} has no parameter to perturb as {what!r} "
+                          f"(W: a recurrent weight {' or '.join(RECURRENT_WEIGHTS)}; tau: a "
+                          f"parameter tau)")
     out = copy.deepcopy(model)
-    p = getattr(out.blocks[-1].mixer, name)
+    omix = out.blocks[-1].mixer
+    p = getattr(omix, name)
     with torch.no_grad():
         D = torch.randn(p.shape, generator=generator, dtype=p.dtype)
         if what == "tau":
             D = D.abs()
         # the norm of W as used (diagonal zeroed where the mixer zeroes it)
-        ref = out.blocks[-1].mixer.recurrent_weight() if what == "W" else p
+        ref = omix.recurrent_weight() if name == "W" and hasattr(omix, "recurrent_weight") \
+            else p
         if eps > 0:
             p += eps * torch.linalg.norm(ref) / torch.linalg.norm(D) * D
     return out

@@ -7,7 +7,9 @@
 - dimensionality: the principal components explaining 90 % of the variance of the activity
   driven by random bits, at the same stages;
 
-and the report's figure of both timescales against the N solved.
+and the report's figure of both timescales against the N solved: tau as its median and
+10-90 % band over units (tau >= 1, so no band below it), tau_net as mean ± sd over the units
+with tau_net > 1, an N the run was training on but did not solve marked apart.
 """
 
 from __future__ import annotations
@@ -40,14 +42,18 @@ def stage_timescales(ctx: Context) -> dict:
     return {"tau": _stats(tau), "tau_values": tau.round(5).tolist()}
 
 
-@analysis("tau_net", needs="spread_stages", writes=("tau_net_mean", "tau_net_valid"),
+@analysis("tau_net", needs="spread_stages",
+          writes=("tau_net_mean", "tau_net_sd", "tau_net_valid"),
           headline={"tau_net_mean": "tau_net mean (last N)"}, options={"tau_net_steps": 2000})
 def stage_tau_net(ctx: Context) -> dict:
-    """Mean tau_net over the units with tau_net > 1, and how many they are, driven by
-    `tau_net_steps` random bits per trial."""
+    """Mean and sd of tau_net over the units with tau_net > 1, and how many they are, driven
+    by `tau_net_steps` random bits per trial (the autocorrelation averages the trials)."""
     r = network_timescales(ctx.model(), n_steps=ctx.options["tau_net_steps"],
                            generator=ctx.generator)
-    return {"tau_net_mean": float(r["mean_tau_net"]), "tau_net_valid": int(r["n_valid"])}
+    valid = r["tau_net"][r["tau_net"] > 1]
+    return {"tau_net_mean": float(r["mean_tau_net"]),
+            "tau_net_sd": float(np.std(valid, ddof=1)) if valid.size > 1 else 0.0,
+            "tau_net_valid": int(r["n_valid"])}
 
 
 @analysis("dimensionality", needs="spread_stages", writes=("dimensionality",),
@@ -67,41 +73,77 @@ def stage_dimensionality(ctx: Context) -> dict:
     return {"dimensionality": int(dimensionality(h[:, DIM_BURN_IN:].double().cpu().numpy()))}
 
 
-def _tau_rows(e: Entry) -> list[tuple[int, float, float, float | None]]:
-    """(N, tau mean, tau sd, tau_net) per solved N: from the analysis, else the summary."""
+def _tau_rows(e: Entry) -> list[dict]:
+    """Per solved N: N, tau's median and 10 % / 90 % quantiles over units (from the analysis's
+    tau_values; the summary gives only the mean, drawn without a band), tau_net mean and sd."""
     stages = e.analysis.get("stages")
     if stages:
-        return [(s["N"], s["tau"]["mean"], s["tau"]["sd"], s.get("tau_net_mean"))
-                for s in stages if "tau" in s]
-    return [(s["N"], s["tau_mean"], s["tau_sd"], None) for s in e.summary.get("stages", [])
-            if "tau_mean" in s]
+        out = []
+        for s in stages:
+            if "tau" not in s:
+                continue
+            v = np.asarray(s.get("tau_values") or [s["tau"]["mean"]], dtype=float)
+            lo, med, hi = np.quantile(v, (0.1, 0.5, 0.9))
+            out.append({"N": s["N"], "mid": float(med), "lo": float(lo), "hi": float(hi),
+                        "mean": s["tau"]["mean"], "tau_net": s.get("tau_net_mean"),
+                        "tau_net_sd": s.get("tau_net_sd"), "n_valid": s.get("tau_net_valid")})
+        return out
+    return [{"N": s["N"], "mid": s["tau_mean"], "lo": None, "hi": None, "mean": s["tau_mean"],
+             "tau_net": None, "tau_net_sd": None, "n_valid": None}
+            for s in e.summary.get("stages", []) if "tau_mean" in s]
+
+
+def _unsolved(e: Entry) -> int | None:
+    """The N the run was training on when it stopped, if it did not solve it."""
+    n, solved = e.summary.get("n_current"), e.summary.get("n_solved")
+    return n if isinstance(n, int) and isinstance(solved, int) and n > solved else None
 
 
 @figure("tau_vs_N", analysis="stages", summary="stages")
 def tau_figure(entries: list[Entry], canvas):
-    """Single-unit tau (mean ± sd) and tau_net against the N solved, per run."""
+    """Single-unit tau (median, 10-90 % band over units) and tau_net (mean ± sd over units
+    with tau_net > 1) against the N solved, per run."""
     if not any(_tau_rows(e) for e in entries):
         return None
-    fig, axes = canvas.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = canvas.subplots(1, 2, figsize=(10, 3.6))
     rows = []
     for i, e in enumerate(entries):
         r = _tau_rows(e)
         if not r:
             continue
-        n = np.array([x[0] for x in r])
-        m = np.array([x[1] for x in r])
-        sd = np.array([x[2] for x in r])
         c = canvas.color(e, i)
-        axes[0].plot(n, m, "o-", color=c, label=e.label)
-        axes[0].fill_between(n, m - sd, m + sd, color=c, alpha=0.15)
-        tn = [(x[0], x[3]) for x in r if x[3] is not None and np.isfinite(x[3])]
+        n = np.array([x["N"] for x in r])
+        axes[0].plot(n, [x["mid"] for x in r], "o-", color=c, ms=4, label=e.label)
+        if all(x["lo"] is not None for x in r):
+            axes[0].fill_between(n, [x["lo"] for x in r], [x["hi"] for x in r], color=c,
+                                 alpha=0.18, lw=0)
+        tn = [x for x in r if x["tau_net"] is not None and np.isfinite(x["tau_net"])]
         if tn:
-            axes[1].plot(*zip(*tn, strict=True), "o-", color=c, label=e.label)
-        rows += [[e.label, x[0], f"{x[1]:.3f}", f"{x[2]:.3f}",
-                  "" if x[3] is None else f"{x[3]:.2f}"] for x in r]
-    axes[0].set(xlabel="N solved", ylabel="single-unit tau (mean ± sd)", title="tau vs N")
-    axes[1].set(xlabel="N solved", ylabel="mean tau_net (units with tau_net > 1)",
-                title="network-mediated timescale vs N")
+            axes[1].errorbar([x["N"] for x in tn], [x["tau_net"] for x in tn],
+                             [x["tau_net_sd"] or 0.0 for x in tn], fmt="o-", color=c, ms=4,
+                             capsize=3, label=e.label)
+        u = _unsolved(e)
+        if u is not None:
+            for ax in axes:
+                ax.axvline(u, color=c, ls=":", lw=1.2, label=f"{e.label}: N = {u} not solved")
+        fmt = "{:.3f}".format
+        rows += [[e.label, x["N"], fmt(x["mid"]),
+                  "" if x["lo"] is None else f"{fmt(x['lo'])} - {fmt(x['hi'])}", fmt(x["mean"]),
+                  "" if x["tau_net"] is None else f"{x['tau_net']:.2f}",
+                  "" if x["tau_net_sd"] is None else f"{x['tau_net_sd']:.2f}",
+                  "" if x["n_valid"] is None else x["n_valid"]] for x in r]
+    axes[0].set(xlabel="N solved", ylabel="single-unit tau (steps)",
+                title="Single-unit tau: median, 10-90 % of units")
+    axes[1].set(xlabel="N solved", ylabel="tau_net (steps)",
+                title="Network timescale: mean ± sd, units with tau_net > 1")
     for ax in axes:
-        canvas.legend(ax)
-    return fig, ["run", "N", "tau mean", "tau sd", "tau_net"], rows
+        ax.title.set_fontsize(9)
+        ax.locator_params(axis="x", integer=True)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "not measured", ha="center", va="center",
+                     transform=axes[1].transAxes, color="#888")
+    axes[0].legend(loc="upper left", framealpha=0.8, fontsize=8)
+    return fig, ["run", "N", "tau median", "tau 10-90 %", "tau mean", "tau_net mean",
+                 "tau_net sd", "units tau_net > 1"], rows
