@@ -17,6 +17,7 @@ unknown or misspelt key, or an invalid value, is a `ConfigError` naming its dott
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -143,9 +144,10 @@ class ModelConfig(Strict):
     such as "gated_deltanet*3,attention" (then options are keyed by mixer name, e.g.
     `model.mixer.attention.window=64`); `n_layers` stacks the pattern that many times."""
 
-    d_model: int = Field(128, ge=1)
-    n_layers: int = Field(1, ge=1)
-    block: Literal["plain", "residual"] = "plain"
+    d_model: int = Field(128, ge=1, description="width of every block")
+    n_layers: int = Field(1, ge=1, description="times the mixer pattern is stacked")
+    block: Literal["plain", "residual"] = Field(
+        "plain", description="plain: the mixer alone; residual: norm, mixer, residual and MLP")
     mixer: SerializeAsAny[MixerConfig] = Field(
         default_factory=lambda: validate_mixer_entry(DEFAULT_MIXER))
 
@@ -177,23 +179,53 @@ class TrainConfig(Strict):
     training only; evaluation batches are teacher forced and the free-running metrics run
     free."""
 
-    optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
-    lr: float | None = Field(None, gt=0)
-    momentum: float = Field(0.1, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float | None = Field(None, ge=0)
-    schedule: Literal["auto", "constant", "cosine"] = "auto"
-    warmup_steps: int = Field(0, ge=0)
-    clip: float | None = Field(2.0, gt=0)
-    batch_size: int = Field(256, ge=1)
-    steps_per_epoch: int = Field(50, ge=1)
-    eval_batches: int = Field(10, ge=1)
-    max_epochs: int = Field(1000, ge=1)
-    max_time_s: float | None = Field(None, gt=0)
-    target_acc: float | None = Field(None, gt=0, le=1)
-    target_patience: int = Field(1, ge=1)  # consecutive evaluations at target_acc to stop
-    threads: int | None = Field(1, ge=1)
-    gtf_alpha: float | None = Field(None, ge=0, le=1)
+    optimizer: Literal["auto", "sgd", "adam", "adamw"] = Field(
+        "auto", description="auto: the task's recipe (seqmem.build.RECIPES)")
+    lr: float | None = Field(None, gt=0, description="learning rate (null: the optimizer's "
+                             "default: sgd 0.05, adam and adamw 1e-3)")
+    momentum: float = Field(0.1, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="SGD with Nesterov momentum")
+    weight_decay: float | None = Field(None, ge=0, description="null: 0.01 for adamw, else 0")
+    schedule: Literal["auto", "constant", "cosine"] = Field(
+        "auto", description="learning-rate schedule over the budget; auto: the task's recipe")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up updates")
+    clip: float | None = Field(2.0, gt=0, description="gradient norm clipping (null: none)")
+    batch_size: int = Field(256, ge=1, description="sequences per update and per evaluation batch")
+    steps_per_epoch: int = Field(50, ge=1, description="updates per epoch")
+    eval_batches: int = Field(10, ge=1, description="evaluation batches per epoch")
+    max_epochs: int = Field(1000, ge=1, description="budget in epochs")
+    max_time_s: float | None = Field(None, gt=0, description="budget in seconds of training")
+    target_acc: float | None = Field(None, gt=0, le=1, description="stop a run without a "
+                                     "curriculum at this evaluation accuracy")
+    target_patience: int = Field(1, ge=1, description="consecutive evaluations at target_acc "
+                                 "to stop")
+    threads: int | None = Field(1, ge=1, description="torch threads (null: torch's choice)")
+    gtf_alpha: float | None = Field(None, ge=0, le=1, description="generalised teacher forcing: "
+                                    "input = alpha data + (1 - alpha) prediction")
+    log: list[str] = Field(default_factory=list, description="live logging of every epoch: "
+                           "tensorboard, wandb (offline; files in the run's folder)")
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _loggers(cls, v):
+        if isinstance(v, str):  # "tensorboard,wandb" from the command line
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        return check_loggers(list(v or []))
+
+
+LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # live logger -> its package
+
+
+def check_loggers(names: list[str]) -> list[str]:
+    """The live loggers asked for (`seqmem.engine.logging`), or a one-line error naming one
+    that is unknown or whose package is not installed."""
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger {name!r}; accepted: {', '.join(LOGGERS)}")
+        if importlib.util.find_spec(LOGGERS[name]) is None:
+            raise ConfigError(f"logging to {name} needs the {LOGGERS[name]} package: pip "
+                              f"install 'seqmem[logging]' (or pip install {LOGGERS[name]})")
+    return names
 
 
 class EvalConfig(Strict):
@@ -204,10 +236,12 @@ class EvalConfig(Strict):
     metrics (`dynamics`), D_stsp and D_H of that many generated steps, averaged over that many
     test trajectories (`seqmem.analysis.dynamics.free_run_metrics`); 0 steps: skip."""
 
-    lengths: list[int] = Field(default_factory=list)
-    batches: int = Field(4, ge=1)
-    free_run_steps: int = Field(2000, ge=0)
-    free_run_trajectories: int = Field(4, ge=1)
+    lengths: list[int] = Field(default_factory=list, description="after training, accuracy at "
+                               "these sequence lengths, e.g. 64,128,256")
+    batches: int = Field(4, ge=1, description="batches per length of eval.lengths")
+    free_run_steps: int = Field(2000, ge=0, description="dynamics: steps the model runs free "
+                                "for D_stsp and D_H (0: skip)")
+    free_run_trajectories: int = Field(4, ge=1, description="dynamics: test trajectories")
 
     @field_validator("lengths", mode="before")
     @classmethod
@@ -241,20 +275,22 @@ class CurriculumConfig(Strict):
     The curriculum ends when N = n_max is solved.
     """
 
-    kind: Literal[("auto", *CURRICULUM_KINDS)] = "auto"  # type: ignore[valid-type]
-    n_start: int = Field(2, ge=1)
-    n_max: int = Field(100, ge=1)
-    threshold: float = Field(0.98, gt=0, le=1)
-    window: int = Field(5, ge=1)
-    knob: str = "N"  # the task option that grows: N, or any integer option (seq_len, n_pairs)
-    step: int = Field(1, ge=1)
+    kind: Literal[("auto", *CURRICULUM_KINDS)] = Field(  # type: ignore[valid-type]
+        "auto", description="single, multi, sliding, none; auto: multi for tasks with N")
+    n_start: int = Field(2, ge=1, description="the knob's first value")
+    n_max: int = Field(100, ge=1, description="the knob's last value")
+    threshold: float = Field(0.98, gt=0, le=1, description="accuracy that solves a stage")
+    window: int = Field(5, ge=1, description="sliding: values trained at once")
+    knob: str = Field("N", description="the task option that grows: N, or any integer option "
+                      "(seq_len, n_pairs)")
+    step: int = Field(1, ge=1, description="how much the knob grows per stage")
 
 
 class RunConfig(Strict):
     """One run: a model trained on a task under a curriculum, with a seed."""
 
-    name: str | None = None
-    seed: int = 0
+    name: str | None = Field(None, description="a label for the run")
+    seed: int = Field(0, description="seed of the weights and the data")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: SerializeAsAny[TaskConfig] = Field(
         default_factory=lambda: task_config_class(DEFAULT_TASK)())

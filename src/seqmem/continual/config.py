@@ -12,10 +12,18 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationError, model_serializer, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from seqmem import mixers
 from seqmem.config import ComponentConfig, Strict, component_config_class, to_config_error
+from seqmem.config.run import check_loggers
 from seqmem.continual.base import method_class, protocol_function
 from seqmem.continual.methods import METHODS
 from seqmem.continual.protocols import PROTOCOLS
@@ -74,6 +82,14 @@ class ContinualConfig(Strict):
     curve_every: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
+    log: list[str] = Field(default_factory=list)  # live logging per experience (see train.log)
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _loggers(cls, v):
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        return check_loggers(list(v or []))
 
     @model_validator(mode="before")
     @classmethod

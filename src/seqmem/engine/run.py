@@ -31,6 +31,7 @@ from seqmem.engine.backends import (
 )
 from seqmem.engine.display import Quiet
 from seqmem.engine.jobs import get_kind
+from seqmem.engine.logging import RunLog, loggers_of
 from seqmem.errors import SeqmemError
 from seqmem.store import RunStore
 
@@ -50,7 +51,8 @@ class Outcome:
 
 
 class Recorder:
-    """Applies a job's events to the store (status, summary, heartbeat) and the display."""
+    """Applies a job's events to the store (status, summary, heartbeat), the live loggers a
+    run asks for (`seqmem.engine.logging`) and the display."""
 
     def __init__(self, store: RunStore, display, extra: Callable[[str], dict] | None = None):
         self.store, self.display = store, display
@@ -59,12 +61,15 @@ class Recorder:
         self.ended: dict[str, dict] = {}
         self.summaries: dict[str, dict] = {}
         self.beats: dict[str, float] = {}
+        self.logs: dict[str, RunLog] = {}
 
     def __call__(self, run_id: str, ev: dict) -> None:
         job = self.jobs[run_id]
         records = "nothing" if ev.get("record") is False else get_kind(job.kind).records
         owns = records == "run"
         kind = ev["event"]
+        if owns:
+            self.live_log(job, ev)
         if kind == "start" and owns:
             self.store.set_status(run_id, "running")
         if "summary" in ev:  # a job that does not own its run adds to the run's summary
@@ -81,6 +86,20 @@ class Recorder:
             self.beats[run_id] = time.monotonic()
             self.store.heartbeat(run_id)
         self.display.update(run_id, ev)
+
+    def live_log(self, job: Job, ev: dict) -> None:
+        """Open the run's loggers when it starts, log its epochs, close them at its end."""
+        names = loggers_of(job.cfg)
+        if not names:
+            return
+        if job.run_id not in self.logs and ev["event"] != "end":  # its first event
+            self.logs[job.run_id] = RunLog(names, job.run_dir, job.run_id,
+                                           job.cfg.model_dump(mode="json"))
+        log = self.logs.get(job.run_id)
+        if log is not None:
+            log.event(ev)
+            if ev["event"] == "end":
+                self.logs.pop(job.run_id).close()
 
 
 def execute(jobs: list[Job], store: RunStore, *, backend: str = "inline",

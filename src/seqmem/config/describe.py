@@ -1,0 +1,99 @@
+"""Every key of a config section with its type, default and one line of help
+(`seqmem config --show SECTION`).
+
+Sections: train, eval, curriculum, model (the run's own fields, described on their pydantic
+fields), and mixer / task (a registered component's options: the keyword hyperparameters of
+its constructor, described in its docstring's "Args:" section).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from seqmem import mixers, tasks
+from seqmem.config.run import (
+    DEFAULT_MIXER,
+    DEFAULT_TASK,
+    CurriculumConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from seqmem.errors import SeqmemError
+
+SECTIONS = {"run": RunConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+            "curriculum": CurriculumConfig}
+COMPONENTS = ("mixer", "task")
+
+
+def _type_text(annotation: Any) -> str:
+    text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
+    text = re.sub(r"typing\.|seqmem\.[\w.]+\.", "", text)
+    return text.replace("NoneType", "None").replace("SerializeAsAny[", "").rstrip("]") \
+        if "SerializeAsAny" in text else text.replace("NoneType", "None")
+
+
+def _args_help(cls: type) -> dict[str, str]:
+    """name -> first line of its description in the class docstring's "Args:" section."""
+    doc = inspect.getdoc(cls) or ""
+    out: dict[str, str] = {}
+    in_args, current = False, None
+    for line in doc.splitlines():
+        if line.strip() == "Args:":
+            in_args = True
+            continue
+        if in_args:
+            m = re.match(r"^ {4}(\w+):\s*(.*)$", line)
+            if m:
+                current = m.group(1)
+                out[current] = m.group(2).strip()
+            elif line.startswith("        ") and current:
+                out[current] += " " + line.strip()
+            elif line.strip() and not line.startswith(" "):
+                break
+    return {k: v.split(". ")[0].rstrip(".") for k, v in out.items()}
+
+
+def _default(field) -> Any:
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return value.model_dump() if isinstance(value, BaseModel) else value
+    return field.default
+
+
+def describe(section: str, kind: str | None = None) -> list[dict]:
+    """Rows {key, type, default, help} of every key of `section` (see the module docstring);
+    `kind` names the mixer or task (default: the default one)."""
+    if section in SECTIONS:
+        model = SECTIONS[section]
+        rows = []
+        for name, f in model.model_fields.items():
+            prefix = "" if section == "run" else f"{section}."
+            default = _default(f)
+            if isinstance(default, dict):
+                default = "{...}"  # a section or a component of its own
+            rows.append({"key": prefix + name, "type": _type_text(f.annotation),
+                         "default": default, "help": f.description or ""})
+        return rows
+    if section not in COMPONENTS:
+        raise SeqmemError(f"unknown config section {section!r}; accepted: "
+                          f"{', '.join([*SECTIONS, *COMPONENTS])}")
+    reg = mixers if section == "mixer" else tasks
+    kind = kind or (DEFAULT_MIXER if section == "mixer" else DEFAULT_TASK)
+    cls = reg.get(kind)
+    hints = typing.get_type_hints(cls.__init__)
+    helps = _args_help(cls)
+    prefix = "model.mixer." if section == "mixer" else "task."
+    rows = [{"key": prefix + "kind", "type": "str", "default": kind,
+             "help": f"the {section}: one of {', '.join(reg.names())}"}]
+    for name, p in reg.hyperparameters(cls).items():
+        rows.append({"key": prefix + name, "type": _type_text(hints.get(name, Any)),
+                     "default": None if p.default is inspect.Parameter.empty else p.default,
+                     "help": helps.get(name, "")})
+    return rows
