@@ -120,7 +120,8 @@ def cmd_continual(args, overrides, console) -> int:
                                   setting=args.setting, mixer=args.mixer,
                                   methods=_csv(args.method, "--method"), seeds=seeds)
     out = api.run_jobs(store, jobs, progress=not args.no_progress, console=console)
-    tables.continual(console, jobs[-1].cfg, aggregate(jobs, out), len({j.cfg.seed for j in jobs}))
+    tables.continual(console, jobs[-1].cfg, aggregate(jobs, out), len({j.cfg.seed for j in jobs}),
+                     all_ids=_all_ids(store))
     return 0 if all(s == "done" for s in out.status.values()) else 1
 
 
@@ -136,7 +137,8 @@ def cmd_runs(args, overrides, console) -> int:
     elif args.format in ("json", "csv"):
         print(export(rows, args.format), end="" if args.format == "csv" else "\n")
     else:
-        tables.runs(console, rows, args.root)
+        keys = [k.strip() for k in (args.best or "").split(",") if k.strip()]
+        tables.runs(console, rows, args.root, all_ids=_all_ids(store), keys=keys)
     return 0
 
 
@@ -157,7 +159,11 @@ def cmd_sweep(args, overrides, console) -> int:
 
 def cmd_show(args, overrides, console) -> int:
     store = RunStore(args.root)
-    tables.show(store.describe(args.run_id))
+    record = store.describe(args.run_id)
+    if args.json:
+        tables.show_json(record)
+    else:
+        tables.show(console, record)
     return 0
 
 
@@ -231,6 +237,11 @@ def cmd_show_task(args, overrides, console) -> int:
         console.print(f"--- example {i}", markup=False)
         console.print(text, markup=False, soft_wrap=True)
     return 0
+
+
+def _all_ids(store: RunStore) -> list[str]:
+    """Every run id of the store: what a short prefix must tell apart."""
+    return [r["id"] for r in store.list_runs()] if store.root.exists() else []
 
 
 def _csv(text: str | None, what: str, conv=str) -> list | None:

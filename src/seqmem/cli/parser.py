@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default seqmem)")
     ru.add_argument("--root", default="runs", help="store root (default runs/)")
 
-    s = sub.add_parser("show", help="a run's config, status and summary")
-    s.add_argument("run_id")
+    s = sub.add_parser("show", help="a run's status and summary (--json: the whole record)")
+    s.add_argument("run_id", help="a run id or a unique prefix of one")
+    s.add_argument("--json", action="store_true", help="the raw record: row, resolved "
+                   "config, checkpoints and writer, as JSON")
     s.add_argument("--root", default="runs", help="store root (default runs/)")
 
     an = sub.add_parser("analyze", help="timescales, tau_net, ablation, perturbation, "

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from seqmem.bench.run import markdown_table, ratios
+from seqmem.store.query import run_field
 
 
 def _table(title: str, columns) -> Table:
@@ -79,14 +82,40 @@ def train_result(console: Console, cfg, ev: dict, s: dict) -> None:
             f"{k}: {v:.3f}" for k, v in s["acc_by_length"].items()), markup=False)
 
 
-def continual(console: Console, cfg, rows: list[dict], n_seeds: int) -> None:
+def short_ids(ids, among, min_len: int = 8) -> dict[str, str]:
+    """The shortest prefix of each id that no other id of `among` starts with, at least
+    `min_len` characters (as git abbreviates commits); every command accepts it."""
+    pool = sorted(set(among) | set(ids))
+    out = {}
+    for i, rid in enumerate(pool):
+        common = max((len(_common_prefix(rid, pool[j])) for j in (i - 1, i + 1)
+                      if 0 <= j < len(pool)), default=0)
+        out[rid] = rid[:max(min_len, common + 1)]
+    return {rid: out[rid] for rid in ids}
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def continual(console: Console, cfg, rows: list[dict], n_seeds: int,
+              all_ids: list[str] = ()) -> None:
+    """The methods x seeds table; runs by their short unique prefix, the full ids below it."""
+    run_ids = [rid for r in rows for rid in r["runs"].split(", ") if rid]
+    short = short_ids(run_ids, all_ids)
     tab = _table(f"continual learning: {cfg.protocol} ({cfg.setting or 'default'} setting), "
                  f"{cfg.mixer}, {cfg.steps} steps per experience; mean ± sd over {n_seeds} "
                  f"seed(s)", ("method", "avg accuracy", "backward transfer", "forward transfer",
                               "LCA", "runs"))
     for r in rows:
-        tab.add_row(r["method"], r["avg_acc"], r["bwt"], r["fwt"], r["lca"], r["runs"])
+        tab.add_row(r["method"], r["avg_acc"], r["bwt"], r["fwt"], r["lca"],
+                    ", ".join(short[rid] for rid in r["runs"].split(", ") if rid))
+    tab.columns[-1].overflow = "fold"  # an id is never cut
     console.print(tab)
+    console.print("runs: " + ", ".join(run_ids), markup=False, soft_wrap=True)
 
 
 def store_report(console: Console, report) -> None:
@@ -95,21 +124,38 @@ def store_report(console: Console, report) -> None:
     console.print(report.line, markup=False)
 
 
-def runs(console: Console, rows: list[dict], root: str) -> None:
+def runs(console: Console, rows: list[dict], root: str, *, all_ids=(), keys=()) -> None:
+    """The runs table: each run by the shortest unique prefix of its id (what every command
+    accepts), and the full id where the console has room; `keys` (the --best groups) as
+    columns of their own."""
     if not rows:
         console.print(f"no runs in {root} match", markup=False)
         return
+    short = short_ids([r["id"] for r in rows], all_ids)
+    width = max(len(r["id"]) for r in rows)
+    full = console.width >= 100 + width
     tab = _table(f"runs in {root}", ())
-    tab.add_column("id", no_wrap=True, min_width=22)  # what every other command takes
+    tab.add_column("id" if full else "id (prefix)", no_wrap=True, overflow="fold",
+                   min_width=max(len(v) for v in short.values()))
+    if full:
+        tab.add_column("full id", no_wrap=True, overflow="fold", min_width=width)
+    for k in keys:
+        tab.add_column(k, overflow="fold")
     for col in ("name", "kind", "status", "epochs", "max N", "acc", "updated"):
         tab.add_column(col)
     for r in rows:
         s = r.get("summary") or {}
         acc = s.get("acc_mean", s.get("avg_acc"))  # continual runs: the average accuracy
-        tab.add_row(r["id"], r.get("name") or "", r.get("kind") or "", r["status"],
-                    str(s.get("epochs", "")), str(s.get("n_solved") or ""),
-                    "" if acc is None else f"{acc:.3f}", str(r.get("updated_at", ""))[:19])
+        cells = [short[r["id"]], *([r["id"]] if full else []),
+                 *(_num(run_field(r, k)) for k in keys)]
+        tab.add_row(*(escape(c) for c in cells), escape(r.get("name") or ""),
+                    r.get("kind") or "", r["status"], str(s.get("epochs", "")),
+                    str(s.get("n_solved") or ""), "" if acc is None else f"{acc:.3f}",
+                    str(r.get("updated_at", ""))[:19])
     console.print(tab)
+    if not full:
+        console.print("full ids: widen the terminal, or seqmem runs --format csv; any unique "
+                      "prefix of at least 6 characters works in every command", markup=False)
 
 
 def sweep_plan(console: Console, spec, plan) -> None:
@@ -130,17 +176,92 @@ def sweep_result(console: Console, spec, res) -> None:
                   + f"; see seqmem runs --sweep {spec.name}", markup=False)
 
 
-def show(record: dict) -> None:
+def show(console: Console, record: dict) -> None:
+    """A run as a readable summary (`seqmem show`; `--json` prints the record itself)."""
+    row, cfg = record["row"], record.get("config") or {}
+    s = row.get("summary") or {}
+    lines: list[tuple[str, str]] = []
+
+    def add(label, value):
+        if value not in (None, "", [], {}):
+            lines.append((label, str(value)))
+
+    add("run", row["id"])
+    add("status", row["status"] + (f" ({row['reason']})" if row.get("reason") else ""))
+    add("kind", row.get("kind"))
+    add("name", row.get("name"))
+    task = cfg.get("task") or {}
+    mixer = ((cfg.get("model") or {}).get("mixer") or {})
+    add("task", s.get("task") or task.get("kind") or cfg.get("protocol"))
+    add("mixer", s.get("mixer") or mixer.get("kind") or cfg.get("mixer"))
+    add("method", s.get("method") or cfg.get("method"))
+    cur = s.get("curriculum") or (cfg.get("curriculum") or {}).get("kind")
+    add("curriculum", cur)
+    add("epochs", s.get("epochs"))
+    if s.get("stop_reason"):
+        add("stopped by", s["stop_reason"])
+    if "knob" in s:
+        knob = s["knob"]
+        add(f"max {knob} solved", "none" if s.get("n_solved") is None else s["n_solved"])
+        add(f"{knob} reached", s.get("n_current"))
+        # the curriculum's own end (n_max reached), not the run's: a run that used up its
+        # budget is done with its curriculum unfinished
+        add("curriculum finished", "yes" if s.get("curriculum_finished") else
+            "no (the run stopped before the curriculum's last step)")
+    if isinstance(s.get("acc_mean"), int | float):
+        add("accuracy", f"{s['acc_mean']:.3f} (scaled {s.get('acc_scaled', float('nan')):.3f})"
+            + (f"; per head {', '.join(f'{a:.3f}' for a in s['acc'])}"
+               if isinstance(s.get("acc"), list) and len(s["acc"]) > 1 else ""))
+    for key, label in (("acc_by_length", "accuracy by length"), ("mse_by_length",
+                                                                  "mse by length")):
+        if isinstance(s.get(key), dict):
+            add(label, ", ".join(f"{k}: {_num(v)}" for k, v in s[key].items()))
+    for key in ("mse", "eval_mse", "avg_acc", "bwt", "fwt", "lca", "forgetting"):
+        if isinstance(s.get(key), int | float):
+            add(key, f"{s[key]:.4g}")
+    add("evaluated on", s.get("eval_on"))
+    add("state size", f"{s['state_size']} floats per sequence" if "state_size" in s else None)
+    add("parameters", s.get("n_params"))
+    timing = [f"{s['elapsed_s']:.0f} s training" if "elapsed_s" in s else "",
+              f"{s['train_tokens_per_s']:,.0f} tokens/s" if "train_tokens_per_s" in s else ""]
+    add("time", ", ".join(t for t in timing if t))
+    add("created", str(row.get("created_at") or "")[:19])
+    add("updated", str(row.get("updated_at") or "")[:19])
+    add("folder", row.get("dir"))
+    add("checkpoints", ", ".join(record.get("checkpoints") or []))
+    w = record.get("writer")
+    if w:
+        add("written by", ", ".join(f"{k} {v}" for k, v in w.items()) if isinstance(w, dict)
+            else w)
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        console.print(f"{k:<{width}}  {v}", markup=False, soft_wrap=True)
+    console.print(f"{'':<{width}}  config and full record: seqmem show {row['id']} --json",
+                  markup=False, soft_wrap=True)
+
+
+def show_json(record: dict) -> None:
     print(json.dumps(record, indent=1, default=str))
 
 
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring (up to its first full stop followed by a space or
+    the end of its first paragraph), its lines joined: a registry table's summary."""
+    para = re.split(r"\n\s*\n", (doc or "").strip(), maxsplit=1)[0]
+    text = " ".join(para.split())
+    # a stop ends the sentence, not one of an ellipsis ("x[1] + ... + x[N]") or of "e.g."
+    m = re.search(r"(?<![.\s])(?<!\be\.g)(?<!\bi\.e)(?<!\bcf)(?<!\bvs)(?<!\bal)\.(?=\s|$)", text)
+    return text[:m.start() + 1] if m else text
+
+
 def registry(console: Console, what: str, reg) -> None:
+    """Registered names, their options and the first sentence of their docstring (escaped:
+    docstrings hold brackets, e.g. x[t-N+1], that rich would read as markup)."""
     tab = _table(f"registered {what}", ("name", "options (keyword, default)", "summary"))
     for name in reg.names():
         cls = reg.get(name)
         opts = ", ".join(f"{k}={p.default!r}" for k, p in reg.hyperparameters(cls).items())
-        doc = (cls.__doc__ or "").strip().splitlines()
-        tab.add_row(name, opts, doc[0] if doc else "")
+        tab.add_row(escape(name), escape(opts), escape(first_sentence(cls.__doc__)))
     console.print(tab)
 
 
