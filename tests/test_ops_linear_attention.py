@@ -6,6 +6,7 @@ overflow the chunked forms."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -29,14 +30,28 @@ B, H, D_K, D_V = 2, 3, 5, 4
 ATOL64 = 1e-10
 RTOL32 = 1e-4  # float32 forms against the float64 loop, relative to the output's size
 OPS = ["linear_attention", "retention", "gla", "delta_rule", "gated_delta_rule"]
+GATES = {"delta_rule": ("beta",), "gated_delta_rule": ("g", "beta")}  # keyword-only, in order
+
+
+def gates_by_name(fn, names):
+    """fn called as fn(q, k, v, *gates, *rest, **kw): the keyword-only gates given
+    positionally in `names` order, so that one loop serves every op."""
+    def call(q, k, v, *rest, **kw):
+        return fn(q, k, v, *rest[len(names):], **dict(zip(names, rest, strict=False)), **kw)
+
+    return call
+
+
 FNS = {"linear_attention": (linear_attention, linear_attention_step),
        "retention": (retention, retention_step), "gla": (gla, gla_step),
-       "delta_rule": (delta_rule, delta_rule_step),
-       "gated_delta_rule": (gated_delta_rule, gated_delta_rule_step)}
+       "delta_rule": (gates_by_name(delta_rule, GATES["delta_rule"]),
+                      gates_by_name(delta_rule_step, GATES["delta_rule"])),
+       "gated_delta_rule": (gates_by_name(gated_delta_rule, GATES["gated_delta_rule"]),
+                            gates_by_name(gated_delta_rule_step, GATES["gated_delta_rule"]))}
 
 
 def make_inputs(op: str, t: int, *, seed: int = 0, dtype=torch.float64, strength: float = 1.0):
-    """q, k, v and the op's extra inputs (gates), as the op takes them positionally."""
+    """q, k, v and the op's extra inputs (gates), in the order of `FNS`."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -223,3 +238,29 @@ def test_unknown_mode_raises(op):
         assert mode in str(info.value)
     with pytest.raises(ValueError):
         fn(*make_inputs(op, 3), chunk_size=0)
+
+
+# ---- keyword-only gates -------------------------------------------------------------------
+@pytest.mark.parametrize("op", sorted(GATES))
+def test_delta_rule_gates_are_keyword_only(op):
+    """g and beta have the same shape, and fla has taken them as (..., beta, g): every form
+    refuses them positionally, and by name the order of the keywords does not matter."""
+    la = importlib.import_module("seqmem.ops.linear_attention")  # the module, not the op
+    q, k, v, *gates = make_inputs(op, 5)
+    named = dict(zip(GATES[op], gates, strict=True))
+    S0 = make_state()
+    for fn in (getattr(la, op), getattr(la, f"{op}_recurrent")):
+        with pytest.raises(TypeError):
+            fn(q, k, v, *gates)
+        with pytest.raises(TypeError):
+            fn(q, k, v, *gates, state=S0)
+    for step_args in ((), (S0,)):
+        with pytest.raises(TypeError):
+            getattr(la, f"{op}_step")(q[:, 0], k[:, 0], v[:, 0], *(x[:, 0] for x in gates),
+                                      *step_args)
+    with pytest.raises(TypeError):
+        la.delta_rule_chunk(q, k, v, *gates[::-1])  # fla's order, positionally
+    o, S = getattr(la, op)(q, k, v, state=S0, **dict(reversed(named.items())))
+    o_ref, S_ref = getattr(la, f"{op}_recurrent")(q, k, v, state=S0, **named)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=ATOL64)
+    torch.testing.assert_close(S, S_ref, rtol=0, atol=ATOL64)

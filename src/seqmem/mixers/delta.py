@@ -107,18 +107,18 @@ class _DeltaLayer(Mixer):
         q, k, v, beta, g = self._inputs(x, u)  # (b, t, h, .)
         kw = {"state": state.S, "mode": mode, "chunk_size": chunk_size}
         if self.gated:
-            o, S = gated_delta_rule(q, k, v, g, beta, **kw)
+            o, S = gated_delta_rule(q, k, v, g=g, beta=beta, **kw)
         else:
-            o, S = delta_rule(q, k, v, beta, **kw)
+            o, S = delta_rule(q, k, v, beta=beta, **kw)
         return self._output(o, x), DeltaNetState(S, conv)
 
     def _step(self, x_t, state):
         u, conv = self.conv.step(self.qkv(x_t), state.conv)
         q, k, v, beta, g = self._inputs(x_t, u)  # (b, h, .)
         if self.gated:
-            o, S = gated_delta_rule_step(q, k, v, g, beta, state.S)
+            o, S = gated_delta_rule_step(q, k, v, state.S, g=g, beta=beta)
         else:
-            o, S = delta_rule_step(q, k, v, beta, state.S)
+            o, S = delta_rule_step(q, k, v, state.S, beta=beta)
         return self._output(o, x_t), DeltaNetState(S, conv)
 
     def init_state(self, batch_size, *, device=None, dtype=None):

@@ -312,7 +312,8 @@ class MoM(Mixer):
         q, k, v, g, beta, w = self._inputs(x, u)
         S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")
         if self.memory == "gated_delta":
-            o, S = gated_delta_rule(q, k, v, g, beta, state=S0, mode=mode, chunk_size=chunk_size)
+            o, S = gated_delta_rule(q, k, v, g=g, beta=beta, state=S0, mode=mode,
+                                    chunk_size=chunk_size)
         else:
             o, S = linear_attention(q, k, v, state=S0, mode=mode, chunk_size=chunk_size)
         S = rearrange(S, "b (s h) k v -> b s h k v", s=self.n_slots)
@@ -323,7 +324,7 @@ class MoM(Mixer):
         q, k, v, g, beta, w = self._inputs(x_t, u)
         S0 = rearrange(state.memories, "b s h k v -> b (s h) k v")
         if self.memory == "gated_delta":
-            o, S = gated_delta_rule_step(q, k, v, g, beta, S0)
+            o, S = gated_delta_rule_step(q, k, v, S0, g=g, beta=beta)
         else:
             o, S = linear_attention_step(q, k, v, S0)
         S = rearrange(S, "b (s h) k v -> b s h k v", s=self.n_slots)

@@ -19,6 +19,11 @@ quadratic form) or "chunk" (the default: a quadratic form inside chunks of `chun
 tokens, the state carried from chunk to chunk, so the cost is linear in t and dominated by
 matrix products).
 
+The gates of the delta rules are keyword-only: `delta_rule(q, k, v, *, beta)`,
+`gated_delta_rule(q, k, v, *, g, beta)` (and their `_step`, `_recurrent`, `_chunk` forms), because
+g and beta have the same shape (b, t, h) and fla's kernels have taken them in the other order,
+`(..., beta, g)`: a positional call raises TypeError instead of silently swapping the two.
+
 Numerics. Cumulative log decays b_t = sum_{l<=t} g_l only ever enter as exp(b_t - b_s) with
 s <= t (masked to exactly 0 elsewhere before the exponential), so no exponent is positive when
 the gates are forget gates (g <= 0): nothing overflows, however strong the decay. For `gla`,
@@ -123,25 +128,24 @@ def gla_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, state: Tensor |
     return _read(q_t * _scale(q_t, scale), S), S
 
 
-def delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, beta_t: Tensor,
-                    state: Tensor | None = None, *, scale: float | None = None
-                    ) -> tuple[Tensor, Tensor]:
+def delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None = None, *,
+                    beta: Tensor, scale: float | None = None) -> tuple[Tensor, Tensor]:
     """S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
-    beta_t (b, h)."""
+    beta = beta_t (b, h), keyword-only (see the module docstring)."""
     S = _initial(k_t, v_t, state)
-    u = beta_t[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
+    u = beta[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
     S = S + _outer(k_t, u)  # (b, h, d_k, d_v)
     return _read(q_t * _scale(q_t, scale), S), S
 
 
-def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, beta_t: Tensor,
-                          state: Tensor | None = None, *, scale: float | None = None
+def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None = None,
+                          *, g: Tensor, beta: Tensor, scale: float | None = None
                           ) -> tuple[Tensor, Tensor]:
     """S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
-    g_t, beta_t (b, h)."""
+    g = g_t, beta = beta_t (b, h), keyword-only (see the module docstring)."""
     S = _initial(k_t, v_t, state)
-    S = g_t.exp()[..., None, None] * S  # (b, h, d_k, d_v)
-    u = beta_t[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
+    S = g.exp()[..., None, None] * S  # (b, h, d_k, d_v)
+    u = beta[..., None] * (v_t - _read(k_t, S))  # (b, h, d_v)
     S = S + _outer(k_t, u)
     return _read(q_t * _scale(q_t, scale), S), S
 
@@ -167,16 +171,20 @@ def gla_recurrent(q, k, v, g, *, scale=None, state=None):
                      empty=_empty(q, v))
 
 
-def delta_rule_recurrent(q, k, v, beta, *, scale=None, state=None):
+def delta_rule_recurrent(q, k, v, *, beta, scale=None, state=None):
     """The loop of `delta_rule_step`."""
-    return step_loop(partial(delta_rule_step, scale=scale), (q, k, v, beta),
-                     _initial(k, v, state), empty=_empty(q, v))
+    def step(q_t, k_t, v_t, beta_t, S):
+        return delta_rule_step(q_t, k_t, v_t, S, beta=beta_t, scale=scale)
+
+    return step_loop(step, (q, k, v, beta), _initial(k, v, state), empty=_empty(q, v))
 
 
-def gated_delta_rule_recurrent(q, k, v, g, beta, *, scale=None, state=None):
+def gated_delta_rule_recurrent(q, k, v, *, g, beta, scale=None, state=None):
     """The loop of `gated_delta_rule_step`."""
-    return step_loop(partial(gated_delta_rule_step, scale=scale), (q, k, v, g, beta),
-                     _initial(k, v, state), empty=_empty(q, v))
+    def step(q_t, k_t, v_t, g_t, beta_t, S):
+        return gated_delta_rule_step(q_t, k_t, v_t, S, g=g_t, beta=beta_t, scale=scale)
+
+    return step_loop(step, (q, k, v, g, beta), _initial(k, v, state), empty=_empty(q, v))
 
 
 # ---- chunked forms -------------------------------------------------------------------------
@@ -279,7 +287,7 @@ def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | N
     return o, S
 
 
-def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *,
+def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Tensor | None = None,
                      scale: float | None = None, state: Tensor | None = None,
                      chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """The (gated) delta rule in chunks by the WY / UT transform (see the module docstring):
@@ -353,7 +361,7 @@ def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = Non
     return gla_chunk(q, k, v, g, scale=scale, state=state, chunk_size=C)
 
 
-def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
+def delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, scale: float | None = None,
                state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
                ) -> tuple[Tensor, Tensor]:
     """The delta rule (Schlag et al. 2021; chunked as in Yang et al. 2024):
@@ -361,11 +369,11 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | 
     the caller; o_t = scale q_t S_t."""
     C = _dispatch("delta_rule", mode, q.shape[1], chunk_size)
     if C is None:
-        return delta_rule_recurrent(q, k, v, beta, scale=scale, state=state)
-    return delta_rule_chunk(q, k, v, beta, None, scale=scale, state=state, chunk_size=C)
+        return delta_rule_recurrent(q, k, v, beta=beta, scale=scale, state=state)
+    return delta_rule_chunk(q, k, v, beta=beta, scale=scale, state=state, chunk_size=C)
 
 
-def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *,
+def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, g: Tensor, beta: Tensor,
                      scale: float | None = None, state: Tensor | None = None, mode: str = "chunk",
                      chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """The gated delta rule (Yang, Kautz & Hatamizadeh 2025, Gated DeltaNet):
@@ -373,5 +381,5 @@ def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *
     o_t = scale q_t S_t."""
     C = _dispatch("gated_delta_rule", mode, q.shape[1], chunk_size)
     if C is None:
-        return gated_delta_rule_recurrent(q, k, v, g, beta, scale=scale, state=state)
-    return delta_rule_chunk(q, k, v, beta, g, scale=scale, state=state, chunk_size=C)
+        return gated_delta_rule_recurrent(q, k, v, g=g, beta=beta, scale=scale, state=state)
+    return delta_rule_chunk(q, k, v, beta=beta, g=g, scale=scale, state=state, chunk_size=C)
