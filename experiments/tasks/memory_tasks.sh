@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT=${1:-runs/tasks}
 T="train.max_time_s=240 train.max_epochs=1000 train.threads=2 --no-progress --root $ROOT"
 S=.venv/bin/seqmem
-MQAR="--task mqar model.d_model=64 model.n_layers=2 model.block=residual task.n_pairs=8
+MQAR="--task mqar task.vocab_size=8192 model.d_model=64 model.n_layers=2 model.block=residual task.n_pairs=8
       task.seq_len=64 train.batch_size=64 train.target_acc=0.99"
 $S train $MQAR --mixer attention model.mixer.max_len=64 $T
 $S train $MQAR --mixer gated_deltanet $T

@@ -44,10 +44,13 @@ class MQAR(Task):
     the mask}.
 
     seqmem's choices: seq_len may be odd (Zoology asserts even); vocab_size need not exceed
-    seq_len. Defaults: Zoology's vocab 8,192 and seq_len 64, 4 pairs, alpha 0.01, zero filler.
+    seq_len. Defaults: seq_len 64, 4 pairs, alpha 0.01, zero filler as Zoology, and a vocabulary
+    of 64 where Zoology uses 8,192 (`vocab_size=8192` for the paper's setting): with 8,192
+    tokens a 2-layer attention model (d_model 64, batch 64) learned nothing in 300 updates on
+    a 2-core CPU, with 64 it reached 26 % accuracy.
     """
 
-    def __init__(self, *, seq_len: int = 64, n_pairs: int = 4, vocab_size: int = 8192,
+    def __init__(self, *, seq_len: int = 64, n_pairs: int = 4, vocab_size: int = 64,
                  alpha: float = 0.01, random_filler: bool = False):
         self.n_pairs = check_int("n_pairs", n_pairs, low=1)
         self.seq_len = check_int("seq_len", seq_len, low=4)
