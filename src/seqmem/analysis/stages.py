@@ -21,6 +21,7 @@ from seqmem.analysis.context import Context
 from seqmem.analysis.registry import Entry, analysis, figure
 from seqmem.analysis.timescales import dimensionality, network_timescales
 
+XLABEL = "N solved (dotted: trained on, not solved)"
 # the drive of the dimensionality measure: trials, steps kept, steps discarded first
 DIM_TRIALS, DIM_STEPS, DIM_BURN_IN = 4, 1000, 200
 
@@ -101,49 +102,55 @@ def _unsolved(e: Entry) -> int | None:
 
 @figure("tau_vs_N", analysis="stages", summary="stages")
 def tau_figure(entries: list[Entry], canvas):
-    """Single-unit tau (median, 10-90 % band over units) and tau_net (mean ± sd over units
-    with tau_net > 1) against the N solved, per run."""
-    if not any(_tau_rows(e) for e in entries):
+    """Single-unit tau (median, whiskers from the 10 % to the 90 % quantile over units) and
+    tau_net (mean ± standard error over the units with tau_net > 1; each unit's tau_net is
+    fitted to the autocorrelation averaged over trials) against the N solved, per run; runs
+    are offset a little along N so that their whiskers do not hide each other, and an N a run
+    trained on without solving it is a dotted line."""
+    drawn = [(i, e, _tau_rows(e)) for i, e in enumerate(entries)]
+    drawn = [d for d in drawn if d[2]]
+    if not drawn:
         return None
     fig, axes = canvas.subplots(1, 2, figsize=(10, 3.6))
     rows = []
-    for i, e in enumerate(entries):
-        r = _tau_rows(e)
-        if not r:
-            continue
+    for j, (i, e, r) in enumerate(drawn):
         c = canvas.color(e, i)
-        n = np.array([x["N"] for x in r])
-        axes[0].plot(n, [x["mid"] for x in r], "o-", color=c, ms=4, label=e.label)
+        dx = 0.08 * (j - (len(drawn) - 1) / 2)
+        n = np.array([x["N"] for x in r], dtype=float) + dx
+        mid = np.array([x["mid"] for x in r])
         if all(x["lo"] is not None for x in r):
-            axes[0].fill_between(n, [x["lo"] for x in r], [x["hi"] for x in r], color=c,
-                                 alpha=0.18, lw=0)
+            err = [mid - [x["lo"] for x in r], [x["hi"] for x in r] - mid]
+            axes[0].errorbar(n, mid, err, fmt="o-", color=c, ms=4, capsize=3, label=e.label)
+        else:
+            axes[0].plot(n, mid, "o-", color=c, ms=4, label=f"{e.label} (mean)")
         tn = [x for x in r if x["tau_net"] is not None and np.isfinite(x["tau_net"])]
         if tn:
-            axes[1].errorbar([x["N"] for x in tn], [x["tau_net"] for x in tn],
-                             [x["tau_net_sd"] or 0.0 for x in tn], fmt="o-", color=c, ms=4,
-                             capsize=3, label=e.label)
+            sem = [(x["tau_net_sd"] or 0.0) / np.sqrt(max(1, x["n_valid"] or 1)) for x in tn]
+            axes[1].errorbar(np.array([x["N"] for x in tn], dtype=float) + dx,
+                             [x["tau_net"] for x in tn], sem, fmt="o-", color=c, ms=4,
+                             capsize=3)
         u = _unsolved(e)
         if u is not None:
             for ax in axes:
-                ax.axvline(u, color=c, ls=":", lw=1.2, label=f"{e.label}: N = {u} not solved")
+                ax.axvline(u + dx, color=c, ls=":", lw=1.2)
+            axes[0].plot([], [], ls=":", color=c, label=f"{e.label}: N = {u} not solved")
         fmt = "{:.3f}".format
         rows += [[e.label, x["N"], fmt(x["mid"]),
                   "" if x["lo"] is None else f"{fmt(x['lo'])} - {fmt(x['hi'])}", fmt(x["mean"]),
                   "" if x["tau_net"] is None else f"{x['tau_net']:.2f}",
                   "" if x["tau_net_sd"] is None else f"{x['tau_net_sd']:.2f}",
                   "" if x["n_valid"] is None else x["n_valid"]] for x in r]
-    axes[0].set(xlabel="N solved", ylabel="single-unit tau (steps)",
-                title="Single-unit tau: median, 10-90 % of units")
-    axes[1].set(xlabel="N solved", ylabel="tau_net (steps)",
-                title="Network timescale: mean ± sd, units with tau_net > 1")
+    axes[0].set(xlabel=XLABEL, ylabel="single-unit tau (steps)",
+                title="Single-unit tau: median and 10-90 % of units")
+    axes[1].set(xlabel=XLABEL, ylabel="tau_net (steps)",
+                title="Network timescale: mean ± s.e.m., units with tau_net > 1")
     for ax in axes:
         ax.title.set_fontsize(9)
         ax.locator_params(axis="x", integer=True)
-    if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
-    else:
+    if not axes[1].lines:
         axes[1].text(0.5, 0.5, "not measured", ha="center", va="center",
                      transform=axes[1].transAxes, color="#888")
-    axes[0].legend(loc="upper left", framealpha=0.8, fontsize=8)
+    axes[1].legend(*axes[0].get_legend_handles_labels(), loc="upper left",
+                   bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
     return fig, ["run", "N", "tau median", "tau 10-90 %", "tau mean", "tau_net mean",
                  "tau_net sd", "units tau_net > 1"], rows
