@@ -227,3 +227,25 @@ def test_target_acc_waits_for_patience_and_summaries_name_what_ran(tmp_path):
     assert not {"knob", "n_solved", "stages", "epochs_per_N"} & set(s)
     assert s["eval_on"].startswith("NParity(N=[2]")
     assert all("N" not in m for m in run.metrics())
+
+
+def test_a_finite_held_out_split_is_evaluated_in_one_exact_pass():
+    """mnist1d's test split: every example once (batches of any size give the same number),
+    equal to the accuracy counted example by example."""
+    cfg = load_config(None, ["task.kind=mnist1d", "curriculum.kind=none", "model.d_model=8",
+                             "train.batch_size=97", "model.mixer=gru"])
+    parts = build.train_parts(cfg)
+    task = parts.make_task(parts.curriculum, split="test")
+    if not hasattr(task, "iter_batches"):
+        pytest.skip("this task has no exact pass")
+    model, heads = parts.model.eval(), [0]
+    acc, _ = loop.evaluate(cfg, model, task, heads, torch.Generator(), d_out=1)
+    right = 0
+    with torch.no_grad():
+        for i in range(task.n_examples()):
+            b = task.batch_at([i])
+            h, _ = model.features(b.inputs, model.init_state(1))
+            right += int(model.heads[0](h[0, -1]).argmax() == b.targets[0, -1, 0])
+    assert acc[0] == pytest.approx(right / task.n_examples())
+    sampled = load_config(None, ["task.kind=mnist1d", "curriculum.kind=none", "eval.exact=false"])
+    assert not loop.exact_pass(sampled, task) and loop.exact_pass(cfg, task)

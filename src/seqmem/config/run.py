@@ -242,6 +242,8 @@ class EvalConfig(Strict):
     free_run_steps: int = Field(2000, ge=0, description="dynamics: steps the model runs free "
                                 "for D_stsp and D_H (0: skip)")
     free_run_trajectories: int = Field(4, ge=1, description="dynamics: test trajectories")
+    exact: bool | None = Field(None, description="evaluate on one exact pass over a finite "
+                               "held-out split (null: whenever the task has one)")
 
     @field_validator("lengths", mode="before")
     @classmethod

@@ -129,10 +129,16 @@ def run_batch(model, task, batch_size, heads, generator, counter: list | None = 
     """Loss and per-head accuracy (regression tasks: per-channel MSE) of the model on one
     fresh batch (counter[0] += its tokens). `gtf_alpha`: generalised teacher forcing."""
     batch = task.sample(batch_size, generator=generator)
+    return batch_loss(model, task, batch, heads, generator, counter, gtf_alpha=gtf_alpha)
+
+
+def batch_loss(model, task, batch, heads, generator, counter: list | None = None, *,
+               gtf_alpha: float | None = None):
+    """`run_batch` on a given batch (e.g. one of an exact pass over a held-out split)."""
     check_finite_inputs(task, batch)
     if counter is not None:
         counter[0] += batch.mask.numel()
-    state = model.init_state(batch_size, generator=generator)
+    state = model.init_state(batch.mask.shape[0], generator=generator)
     if is_regression(task):
         if gtf_alpha is not None:
             pred = gtf_predictions(model, batch.inputs, gtf_alpha, state)
@@ -141,6 +147,38 @@ def run_batch(model, task, batch_size, heads, generator, counter: list | None = 
         return masked_mse_loss(model, h, batch.targets, batch.mask)
     h, _ = model.features(batch.inputs, state)
     return masked_heads_loss(model, h, batch.targets, batch.mask, heads)
+
+
+def exact_pass(cfg: RunConfig, task) -> bool:
+    """Whether to evaluate on one exact pass over the task's held-out split: `eval.exact`,
+    or by default (None) whenever the task has a finite split to pass over."""
+    finite = hasattr(task, "iter_batches")
+    return finite if cfg.eval.exact is None else (cfg.eval.exact and finite)
+
+
+@torch.no_grad()
+def evaluate(cfg: RunConfig, model, task, heads: list[int], gen, *, d_out: int
+             ) -> tuple[list[float], float]:
+    """Per-head accuracy (regression: per-channel MSE) and the loss summed as eval_batches
+    batches would be: on one exact pass over a finite split (each example once, batches
+    weighted by their size), else on `train.eval_batches` fresh batches."""
+    t = cfg.train
+    accs = torch.zeros(d_out, dtype=torch.float64)
+    if exact_pass(cfg, task):
+        n, loss_sum = 0, 0.0
+        for batch in task.iter_batches(t.batch_size):
+            b = batch.mask.shape[0]
+            loss, acc = batch_loss(model, task, batch, heads, gen)
+            accs += acc.double() * b
+            loss_sum += loss.item() * b
+            n += b
+        return (accs / n).tolist(), loss_sum / n * t.eval_batches
+    eval_loss = 0.0
+    for _ in range(t.eval_batches):
+        loss, acc = run_batch(model, task, t.batch_size, heads, gen)
+        accs += acc.double()
+        eval_loss += loss.item()
+    return (accs / t.eval_batches).tolist(), eval_loss
 
 
 @torch.no_grad()
@@ -273,14 +311,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             accs, scaled, eval_loss = knob_eval(model, values, task_at, heads, gen, t)
         else:
             with torch.no_grad():
-                n_out = task.d_output if regression else len(heads)
-                accs = torch.zeros(n_out, dtype=torch.float64)  # regression: MSE per channel
-                eval_loss = 0.0
-                for _ in range(t.eval_batches):
-                    loss, acc = run_batch(model, eval_task, t.batch_size, heads, gen)
-                    accs += acc.double()
-                    eval_loss += loss.item()
-                accs = (accs / t.eval_batches).tolist()
+                accs, eval_loss = evaluate(cfg, model, eval_task, heads, gen,
+                                           d_out=task.d_output if regression else len(heads))
             scaled = [scaled_accuracy(a, model.heads[i].out_features)
                       for a, i in zip(accs, heads, strict=True)] if not regression else []
         epoch += 1
