@@ -2,18 +2,24 @@
 
 - MNIST-1D: Greydanus, "Scaling down deep learning", 2020 (Greydanus & Kobak, ICML 2024,
   Sec. 2 and Fig. 1); reference generator greydanus/mnist1d `mnist1d/data.py` and
-  `mnist1d/transform.py`. Generated here, offline, by the same pipeline (vectorised torch).
+  `mnist1d/transform.py`. Generated offline: by the `mnist1d` package's own generator when it
+  is installed (`pip install seqmem[mnist1d]`; the published benchmark data), else by seqmem's
+  port of the same pipeline (vectorised torch; the same distribution, another sample).
 - seq_digits: `sklearn.datasets.load_digits` (1,797 images of 8x8 pixels, values 0..16, the
   UCI optical digits test set) read as a sequence, pixel by pixel (length 64) or row by row.
 
 Both are fixed datasets with a train / test split; `sample` draws examples of the chosen split
-uniformly with replacement. The class is read out at the last step (10 classes).
+uniformly with replacement, and `n_examples()` / `batch_at(index)` / `iter_batches(batch_size)`
+enumerate the split in order, for one exact pass over it (an exact held-out evaluation). The
+class is read out at the last step (10 classes).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -108,6 +114,38 @@ def make_mnist1d(n_samples: int = 5000, seed: int = 42, *, shuffle_seq: bool = F
     return x.float(), y
 
 
+def make_mnist1d_package(n_samples: int = 5000, seed: int = 42, *, shuffle_seq: bool = False
+                         ) -> tuple[Tensor, Tensor]:
+    """The MNIST-1D data set from the `mnist1d` package's generator, `make_dataset` with its
+    default `get_dataset_args()` except num_samples, seed and shuffle_seq (the published data
+    set for the defaults 5000, 42, False): x (n, 40) float32 (the package's float64 values,
+    rounded), y (n,) long, train then test rows, in the package's order.
+
+    Only the generating path is used (never `get_dataset`, which downloads a pickle). The
+    package seeds numpy's and Python's global generators (`set_seed`); their states are
+    restored afterwards, so the call leaves no global trace."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.shuffle_seq = n_samples, seed, shuffle_seq
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x = np.concatenate([data["x"], data["x_test"]])  # (n, 40)
+    y = np.concatenate([data["y"], data["y_test"]])
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+
+
+def mnist1d_package_installed() -> bool:
+    """True when the `mnist1d` package can be imported."""
+    return importlib.util.find_spec("mnist1d") is not None
+
+
+MNIST1D_SOURCES = ("auto", "package", "builtin")
+
 _CACHE: dict[tuple, tuple] = {}
 
 
@@ -126,18 +164,48 @@ class _FixedData(Task):
     def _data(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
-        """A batch of examples of the split, the class at the last step."""
-        check_sample_args(self, batch_size, generator)
+    def _meta(self, index: Tensor) -> dict:
+        """The batch's facts for the rows `index` of the split."""
+        return {"split": self.split, "index": index}
+
+    def _batch(self, index: Tensor) -> Batch:
         x, y = self._data()  # (n, t, d), (n,)
-        index = torch.randint(0, len(y), (batch_size,), generator=generator)  # (b,)
         inputs = x[index]  # (b, t, d)
-        t = inputs.shape[1]
-        targets = torch.zeros(batch_size, t, 1, dtype=torch.long)  # (b, t, 1)
+        b, t = inputs.shape[:2]
+        targets = torch.zeros(b, t, 1, dtype=torch.long)  # (b, t, 1)
         targets[:, -1, 0] = y[index]
-        mask = torch.zeros(batch_size, t, dtype=torch.bool)  # (b, t)
+        mask = torch.zeros(b, t, dtype=torch.bool)  # (b, t)
         mask[:, -1] = True
-        return Batch(inputs, targets, mask, {"seq_len": t, "split": self.split, "index": index})
+        return Batch(inputs, targets, mask, {"seq_len": t, **self._meta(index)})
+
+    def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
+        """A batch of examples of the split drawn uniformly with replacement, the class at the
+        last step."""
+        check_sample_args(self, batch_size, generator)
+        n = self.n_examples()
+        return self._batch(torch.randint(0, n, (batch_size,), generator=generator))  # (b,)
+
+    def n_examples(self) -> int:
+        """The number of examples in this task's split."""
+        return len(self._data()[1])
+
+    def batch_at(self, index) -> Batch:
+        """The batch of the split's examples at rows `index` (a sequence or 1-D long tensor
+        of positions in 0 .. n_examples() - 1), in that order, laid out as `sample`'s."""
+        n = self.n_examples()
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.ndim != 1 or len(index) == 0 or bool((index < 0).any() | (index >= n).any()):
+            raise SeqmemError(f"{self.name}: batch_at takes a non-empty 1-D index of rows in "
+                              f"0..{n - 1} of the {self.split} split, got {index.tolist()!r}")
+        return self._batch(index)
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        """One exact pass over the split in order: batches of rows 0..batch_size-1,
+        batch_size.., the last one shorter when batch_size does not divide n_examples()."""
+        check_int(f"{self.name}: batch_size", batch_size)
+        n = self.n_examples()
+        for start in range(0, n, batch_size):
+            yield self._batch(torch.arange(start, min(start + batch_size, n)))
 
 
 @register("mnist1d")
@@ -148,16 +216,29 @@ class MNIST1D(_FixedData):
     transforms of 10 hand-designed templates (padding, dilation, scale, translation, correlated
     and iid noise, shear, subsampling to 40), shuffled, standardised, the first 80 % the train
     split. inputs (b, 40, 1); the class at the last step. meta: {"seq_len", "split",
-    "index": (b,) rows of the split}.
+    "index": (b,) rows of the split, "source": the generator used}.
 
-    seqmem's choices: the random numbers come from a torch.Generator seeded by data_seed (42,
-    the paper's seed), drawn per transform for all examples at once, so the data set has the
-    paper's distribution but not its exact values; batches are drawn with replacement.
+    source: "package" generates with the `mnist1d` package (`make_mnist1d_package`: the
+    published benchmark data for the defaults, values equal to the package's to float32
+    rounding; pip install seqmem[mnist1d]); "builtin" with seqmem's port (`make_mnist1d`: the
+    random numbers come from a torch.Generator seeded by data_seed, drawn per transform for all
+    examples at once, so the data set has the paper's distribution but not its values);
+    "auto" (the default) is "package" when the package is installed, else "builtin". The
+    attribute `source` holds the generator actually used ("package" or "builtin"), which the
+    repr and every batch's meta show. Batches are drawn with replacement; `iter_batches`
+    passes over the split once, in order.
     """
 
     def __init__(self, *, split: str = "train", n_samples: int = 5000, data_seed: int = 42,
-                 shuffle_seq: bool = False):
+                 shuffle_seq: bool = False, source: str = "auto"):
         self.split = check_choice("split", split, ("train", "test"))
+        source = check_choice("source", source, MNIST1D_SOURCES)
+        if source == "package" and not mnist1d_package_installed():
+            raise SeqmemError("mnist1d: source 'package' needs the mnist1d package, which is not "
+                              "installed: pip install seqmem[mnist1d] (or source: builtin)")
+        if source == "auto":
+            source = "package" if mnist1d_package_installed() else "builtin"
+        self.source = source
         self.n_samples = check_int("n_samples", n_samples, low=20)
         self.data_seed = check_int("data_seed", data_seed, low=0)
         if not isinstance(shuffle_seq, bool):
@@ -168,12 +249,16 @@ class MNIST1D(_FixedData):
         self.classes = [str(d) for d in range(10)]
 
     def _data(self) -> tuple[Tensor, Tensor]:
-        key = ("mnist1d", self.n_samples, self.data_seed, self.shuffle_seq)
+        key = ("mnist1d", self.source, self.n_samples, self.data_seed, self.shuffle_seq)
         n = self.n_samples // 10 * 10
-        x, y = _split_of(key, lambda: make_mnist1d(self.n_samples, self.data_seed,
-                                                   shuffle_seq=self.shuffle_seq),
+        make = make_mnist1d_package if self.source == "package" else make_mnist1d
+        x, y = _split_of(key, lambda: make(self.n_samples, self.data_seed,
+                                           shuffle_seq=self.shuffle_seq),
                          self.split, int(n * 0.8))
         return x[..., None], y  # (n, 40, 1)
+
+    def _meta(self, index: Tensor) -> dict:
+        return {**super()._meta(index), "source": self.source}
 
 
 def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +327,6 @@ class SeqDigits(_FixedData):
         rows[-1] += f"[->{self.classes[int(batch.targets[i, -1, 0])]}]"
         return "\n".join([*rows, facts(batch, i)])
 
-    def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
-        """A batch of images of the split as sequences; meta["index"] are load_digits() rows."""
-        batch = super().sample(batch_size, generator=generator)
-        batch.meta["index"] = self._dataset()[2][batch.meta["index"]]
-        return batch
+    def _meta(self, index: Tensor) -> dict:
+        """meta["index"] are the images' rows in load_digits()."""
+        return {**super()._meta(index), "index": self._dataset()[2][index]}

@@ -6,13 +6,34 @@ dynamical-systems-reconstruction benchmarks of Koppe et al. 2019, Brenner et al.
 Hess, Monfared, Brenner & Durstewitz 2023 ("Generalized Teacher Forcing for Learning Chaotic
 Dynamics", ICML). The model reads x_0..x_{t-1} and predicts x_{t+1} at every step t
 (targets (b, t, 3) float, every position supervised, loss: masked MSE).
+
+With the optional `dysts` package (Gilpin 2021, "Chaos as an interpretable benchmark for
+forecasting and data-driven modelling"; pip install seqmem[dysts]) `system="dysts:<Name>"`
+takes the vector field, parameters and attractor statistics of one of its autonomous flows
+(`dysts.flows.<Name>`, e.g. dysts:Lorenz) and keeps seqmem's RK4 integrator, sampling and
+metrics. Where dysts' definitions differ from the built-ins (`dysts_system`):
+- parameters: dysts' metadata values, e.g. Lorenz beta = 2.667 (not 8/3); Rossler (dysts'
+  spelling) a = b = 0.2, c = 5.7 as `roessler`;
+- time step: dysts' `dt` (Lorenz 3.0e-4) is the step of its own adaptive-solver output, far
+  finer than a forecasting sample; seqmem's default step for a dysts system is its `period`
+  / 100 (the 100 points per period of dysts' `make_trajectory`; Lorenz 0.0150, Rossler
+  0.0591), integrated by one RK4 step per sample like the built-ins (`dt` overrides it);
+- standardisation: dysts' metadata mean and std of the attractor (Lorenz std 7.906, 8.999,
+  8.579 against seqmem's 7.924, 9.012, 8.624);
+- initial conditions: a box of half-width 0.1 std around dysts' stored initial condition
+  `ic` (a point on the attractor), then the burn-in.
+Delay and non-autonomous systems are refused (RK4 here integrates dx/dt = f(x)).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import warnings
 from collections.abc import Callable
+from functools import cache
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,18 +95,69 @@ SYSTEMS: dict[str, dict] = {
 }
 
 
+DYSTS_PREFIX = "dysts:"
+DYSTS_POINTS_PER_PERIOD = 100  # dysts' make_trajectory default: the default sampling step
+
+
+@cache
+def dysts_system(name: str) -> dict:
+    """The entry of `SYSTEMS` for the dysts flow `name` (`dysts.flows.<name>`, parameters
+    and statistics from dysts' metadata): its vector field (dysts' right-hand side, evaluated
+    in float64 on all examples at once), the default step period / 100, the box of initial
+    conditions ic +- 0.1 std, and dysts' attractor mean and std."""
+    if importlib.util.find_spec("dysts") is None:
+        raise SeqmemError(f"dynamics: system '{DYSTS_PREFIX}{name}' needs the dysts package, "
+                          f"which is not installed: pip install seqmem[dysts]")
+    with warnings.catch_warnings():
+        # dysts says once that it runs its right-hand sides without numba's JIT; they are
+        # only evaluated here, so that is a matter of speed.
+        warnings.filterwarnings("ignore", message="Numba not installed")
+        from dysts import base, flows
+    cls = getattr(flows, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base.DynSys)) or name.startswith("_"):
+        flow_names = sorted(n for n, c in vars(flows).items() if isinstance(c, type)
+                            and issubclass(c, base.DynSys) and c.__module__ == flows.__name__)
+        raise SeqmemError(f"dynamics: unknown dysts flow {name!r}; accepted: "
+                          f"{', '.join(DYSTS_PREFIX + n for n in flow_names)}")
+    if issubclass(cls, base.DynSysDelay):
+        raise SeqmemError(f"dynamics: dysts flow {name!r} is a delay equation; only "
+                          f"ordinary autonomous flows are accepted")
+    flow = cls()
+    if flow.nonautonomous:
+        raise SeqmemError(f"dynamics: dysts flow {name!r} is non-autonomous (its field depends "
+                          f"on time); only autonomous flows are accepted")
+    mean = tuple(float(v) for v in np.asarray(flow.mean, dtype=np.float64))
+    std = tuple(float(v) for v in np.asarray(flow.std, dtype=np.float64))
+    ic = tuple(float(v) for v in np.asarray(flow.ic, dtype=np.float64).reshape(-1))
+
+    def field(x: Tensor) -> Tensor:
+        dx = flow.rhs(x.detach().cpu().numpy(), 0.0)  # d arrays of (b,)
+        return torch.as_tensor(np.stack(dx, axis=-1), dtype=x.dtype, device=x.device)
+
+    return {"f": field, "dt": float(flow.period) / DYSTS_POINTS_PER_PERIOD,
+            "box": (ic, tuple(0.1 * v for v in std)), "mean": mean, "std": std,
+            "params": dict(flow.params)}
+
+
+def system_spec(system: str) -> dict:
+    """The entry of a system: `SYSTEMS[system]`, or `dysts_system` for "dysts:<Name>"."""
+    if system.startswith(DYSTS_PREFIX):
+        return dysts_system(system[len(DYSTS_PREFIX):])
+    return SYSTEMS[system]
+
+
 def estimate_moments(system: str, *, n_traj: int = 64, n_steps: int = 100_000,
                      burn_in: float = 100.0, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation per dimension of the system's attractor (the source of the
     constants in `SYSTEMS`), from RK4 trajectories started in the system's box."""
-    s = SYSTEMS[system]
+    s = system_spec(system)
     g = torch.Generator().manual_seed(seed)
     x = _initial(s, n_traj, g)
     dt = s["dt"]
     for _ in range(math.ceil(burn_in / dt)):
         x = rk4_step(s["f"], x, dt)
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
+    total = torch.zeros(x.shape[-1], dtype=torch.float64)
+    total_sq = torch.zeros(x.shape[-1], dtype=torch.float64)
     for _ in range(n_steps):
         x = rk4_step(s["f"], x, dt)
         total += x.sum(0)
@@ -97,8 +169,8 @@ def estimate_moments(system: str, *, n_traj: int = 64, n_steps: int = 100_000,
 
 def _initial(s: dict, b: int, generator: torch.Generator) -> Tensor:
     centre, half = (torch.tensor(v, dtype=torch.float64) for v in s["box"])
-    u = torch.rand(b, 3, generator=generator, dtype=torch.float64)
-    return centre + half * (2 * u - 1)  # (b, 3) uniform in the box
+    u = torch.rand(b, len(centre), generator=generator, dtype=torch.float64)
+    return centre + half * (2 * u - 1)  # (b, d) uniform in the box
 
 
 @register("dynamics")
@@ -118,15 +190,22 @@ class Dynamics(Task):
     Systems: lorenz63 (sigma 10, rho 28, beta 8/3; default dt 0.01, as Hess et al. 2023) and
     roessler (a = b = 0.2, c = 5.7; default dt 0.05, seqmem's choice: ~120 samples per
     revolution). `trajectory(n, b, generator=)` gives long trajectories for the free-running
-    metrics D_stsp and D_H (`seqmem.analysis.dynamics`).
-    meta: {"seq_len", "system", "dt", "x0": (b, 3) the first sample, unstandardised}.
+    metrics D_stsp and D_H (`seqmem.analysis.dynamics`). "dysts:<Name>": a flow of the
+    dysts package (see the module docstring for how it differs), with its own dimension d
+    (inputs and targets (b, seq_len, d)).
+    meta: {"seq_len", "system", "dt", "x0": (b, d) the first sample, unstandardised}.
     """
 
     loss = "mse"
 
     def __init__(self, *, system: str = "lorenz63", seq_len: int = 200, dt: float | None = None,
                  burn_in: float = 10.0, noise: float = 0.0):
-        self.system = check_choice("system", system, SYSTEMS)
+        if isinstance(system, str) and system.startswith(DYSTS_PREFIX):
+            self.system = system
+            spec = dysts_system(system[len(DYSTS_PREFIX):])  # checks the name
+        else:
+            self.system = check_choice("system", system, [*SYSTEMS, DYSTS_PREFIX + "<Name>"])
+            spec = SYSTEMS[system]
         self.seq_len = check_int("seq_len", seq_len, low=1)
         if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float))
                                or not 0 < dt <= 0.5):
@@ -137,25 +216,25 @@ class Dynamics(Task):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise SeqmemError(f"{what} must be a finite number >= 0, got {v!r}")
         self.burn_in, self.noise = float(burn_in), float(noise)
-        self.d_input = 3
-        self.d_output = 3
+        self.d_input = len(spec["mean"])
+        self.d_output = self.d_input
         self.heads = []
 
     @property
     def step_size(self) -> float:
         """The sampling (and integration) step: `dt`, or the system's default."""
-        return self.dt if self.dt is not None else SYSTEMS[self.system]["dt"]
+        return self.dt if self.dt is not None else system_spec(self.system)["dt"]
 
     def standardise(self, x: Tensor) -> Tensor:
         """(x - mean) / std per dimension with the system's stated constants."""
-        s = SYSTEMS[self.system]
+        s = system_spec(self.system)
         mean = torch.tensor(s["mean"], dtype=x.dtype)
         std = torch.tensor(s["std"], dtype=x.dtype)
         return (x - mean) / std
 
     def raw_trajectory(self, n: int, batch_size: int, *, generator: torch.Generator) -> Tensor:
-        """n samples on the attractor per example, unstandardised float64: (b, n, 3)."""
-        s = SYSTEMS[self.system]
+        """n samples on the attractor per example, unstandardised float64: (b, n, d)."""
+        s = system_spec(self.system)
         dt = self.step_size
         x = _initial(s, batch_size, generator)
         for _ in range(math.ceil(self.burn_in / dt)):
@@ -163,7 +242,7 @@ class Dynamics(Task):
         return torch.cat([x[:, None], rk4_trajectory(s["f"], x, dt, n - 1)], dim=1)
 
     def trajectory(self, n: int, batch_size: int, *, generator: torch.Generator) -> Tensor:
-        """n standardised (and noisy, if `noise`) samples per example: (b, n, 3) float32."""
+        """n standardised (and noisy, if `noise`) samples per example: (b, n, d) float32."""
         check_sample_args(self, batch_size, generator)
         check_int("trajectory length n", n, low=1)
         x = self.standardise(self.raw_trajectory(n, batch_size, generator=generator))
@@ -195,7 +274,8 @@ class Dynamics(Task):
         def vec(v: Tensor) -> str:
             return "(" + " ".join(f"{a:+.2f}" for a in v.tolist()) + ")"
 
-        lines = [f"{name}: {sparkline(x[:, k].tolist())}" for k, name in enumerate("xyz")]
+        names = "xyz" if x.shape[1] == 3 else [f"x{k}" for k in range(x.shape[1])]
+        lines = [f"{name}: {sparkline(x[:, k].tolist())}" for k, name in enumerate(names)]
         shown = list(range(min(t, 3)))
         if t > 6:
             shown += [-1, *range(t - 3, t)]
