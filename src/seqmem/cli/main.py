@@ -23,6 +23,7 @@ from seqmem.config import load_config, parse_value
 from seqmem.continual.loop import aggregate
 from seqmem.dashboard import sweep_dashboard
 from seqmem.engine import api
+from seqmem.engine.display import Status
 from seqmem.engine.jobs import BenchRequest
 from seqmem.errors import SeqmemError
 from seqmem.report import load_entries, write_report
@@ -79,8 +80,8 @@ def cmd_run(args, overrides, console) -> int:
     tables.flagship_comparison(console, jobs, ended, flagship.comparison_rows)
     ok = all(ended[j.run_id]["status"] == "done" for j in jobs)
     if ok and not args.no_analysis:
-        with console.status("analysing the runs (timescales, tau_net, ablation, perturbation, "
-                            "forgetting)"):
+        with Status(console, "analysing the runs (timescales, tau_net, ablation, "
+                    "perturbation, forgetting)"):
             heads, path = flagship.analyse_and_report(store, [j.run_id for j in jobs],
                                                       quick=args.quick,
                                                       parallel=not args.sequential)
@@ -203,10 +204,9 @@ def cmd_analyze(args, overrides, console) -> int:
               + (f" ({row['reason']})" if row.get("reason") else "")
               + "; analysing the curriculum steps it reached", file=sys.stderr)
     what = tuple(w.strip() for w in args.what.split(",") if w.strip())
-    with console.status(f"analysing {args.run_id}") as status:
-        out, head = analyze_and_record(
-            store, args.run_id, what=what, seed=args.seed,
-            progress=lambda msg: status.update(f"analysing {args.run_id}: {msg}"))
+    with Status(console, f"analysing {args.run_id}") as status:
+        out, head = analyze_and_record(store, args.run_id, what=what, seed=args.seed,
+                                       progress=status.message)
     tables.analysis(console, store.open_run(args.run_id), out, head)
     return 0
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from seqmem.bench.run import markdown_table, ratios
+from seqmem.bench.run import markdown_table, ratios, unsteady
 from seqmem.store.query import run_field
 
 
@@ -280,6 +280,8 @@ def bench(console: Console, ctx: dict, rows: list[dict], paths: dict) -> None:
     console.print(markdown_table(rows), markup=False, soft_wrap=True)
     for line in ratios(rows):
         console.print(line, markup=False)
+    for line in unsteady(rows):
+        console.print(f"unsteady: {line}", markup=False)
     for line in ctx["skipped"]:
         console.print(f"not measured: {line}", markup=False)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}", markup=False)

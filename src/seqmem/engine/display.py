@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from seqmem import tasks
+
 
 class Quiet:
     """No progress display (`--no-progress`), or a callback that receives status lines."""
@@ -34,8 +36,9 @@ class Quiet:
 
 class Display(Quiet):
     """Live table of the jobs (a line per notable event where the console is not a terminal):
-    curriculum stage, accuracy (or the evaluation MSE of regression tasks), epoch, elapsed
-    time and mean tau for training runs; experience and step for continual runs."""
+    curriculum stage, accuracy (or the evaluation MSE of regression tasks; the column is
+    named by what the jobs report), epoch, elapsed time and mean tau for training runs;
+    experience and step for continual runs."""
 
     refresh_s = 0.25
 
@@ -64,9 +67,15 @@ class Display(Quiet):
         self.jobs.setdefault(job.run_id, job)
         self.rows.setdefault(job.run_id, {"status": "starting"})
 
+    def score_name(self) -> str:
+        """"acc" where every job is scored by accuracy, "eval mse" where every one is a
+        regression, both where the jobs are mixed."""
+        names = {score_of(j) for j in self.jobs.values()}
+        return " | ".join(n for n in ("acc", "eval mse") if n in names) or "acc"
+
     def table(self) -> Table:
         tab = Table(title="seqmem", title_justify="left")
-        for col in ("run", "curriculum / method", "N / experience", "acc | eval mse",
+        for col in ("run", "curriculum / method", "N / experience", self.score_name(),
                     "epoch / step", "elapsed", "tau mean", "status"):
             tab.add_column(col)
         for rid, j in self.jobs.items():
@@ -122,22 +131,50 @@ class Display(Quiet):
             self.live.update(self.table(), refresh=True)
 
 
-class Status(Quiet):
-    """One spinner line with the newest progress message of the jobs (`message` events, e.g.
-    a bench's or an analysis's stage)."""
+def score_of(job) -> str:
+    """What a job's progress reports: "eval mse" for a regression task (`loss = "mse"`),
+    "acc" otherwise (classification tasks and continual runs)."""
+    task = getattr(getattr(job, "cfg", None), "task", None)
+    kind = getattr(task, "kind", None)
+    if job.kind == "continual" or not isinstance(kind, str) or kind not in tasks.names():
+        return "acc"
+    return "eval mse" if getattr(tasks.get(kind), "loss", "ce") == "mse" else "acc"
 
-    def __init__(self, console: Console, title: str):
+
+class Status(Quiet):
+    """Progress messages of the jobs (`message` events, e.g. a bench's or an analysis's stage)
+    on stderr: one spinner line with the newest message on a terminal, else one timestamped
+    line per message (a log of what ran, and when)."""
+
+    def __init__(self, console: Console, title: str, *, err: Console | None = None):
         super().__init__(lambda msg: console.print(msg, markup=False))
         self.title = title
-        self.status = console.status(title)
+        self.err = err or Console(stderr=True)
+        self.status = self.err.status(title) if self.err.is_terminal else None
 
     def __enter__(self):
-        self.status.__enter__()
+        if self.status:
+            self.status.__enter__()
+        else:
+            self.message("started")
         return self
 
     def __exit__(self, *exc):
-        return self.status.__exit__(*exc)
+        if self.status:
+            return self.status.__exit__(*exc)
+        self.message("interrupted" if exc[0] is KeyboardInterrupt else
+                     "failed" if exc[0] is not None else "done")
+        return None
+
+    def message(self, msg: str) -> None:
+        """Show one progress message."""
+        if self.status:
+            self.status.update(f"{self.title}: {msg}")
+        else:
+            self.err.print(f"{time.strftime('%H:%M:%S')} {self.title}: {msg}", markup=False,
+                           soft_wrap=True)
 
     def update(self, run_id: str, ev: dict) -> None:
         if "message" in ev:
-            self.status.update(f"{self.title}: {ev['message']}")
+            self.message(ev["message"])
+
