@@ -195,8 +195,18 @@ class Ray:
         if self.started:
             kw = {"address": address} if address else {"num_cpus": workers}
             try:
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                         **kw)
+                # ray.init warns through its own loggers (e.g. "Token authentication is
+                # enabled ..."), which would land in the middle of the progress display
+                import logging
+
+                ray_log = logging.getLogger("ray")
+                level = ray_log.level
+                ray_log.setLevel(logging.ERROR)
+                try:
+                    ray.init(include_dashboard=False, log_to_driver=False,
+                             configure_logging=False, **kw)
+                finally:
+                    ray_log.setLevel(level)
             except Exception as e:  # e.g. the raylet did not start in time on a loaded machine
                 raise SeqmemError(f"Ray did not start ({str(e).splitlines()[0][:200]}); run "
                                   f"again, or use --backend process") from None
