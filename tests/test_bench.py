@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -157,3 +158,56 @@ def test_flops_per_token_counts_a_fixed_cost_directly():
     # forward 2 c^3 + 2 d^2 T; backward: two products each (the input needs a gradient too)
     expected = (3 * 2 * c_size**3 + 3 * 2 * d * d * T) / T
     assert per_token == pytest.approx(expected)
+
+
+def test_rows_whose_repeated_runs_differ_too_much_are_flagged(tmp_path, monkeypatch):
+    """A fake timing whose slowest run is 3x its fastest at T = 16 (and 1.2x elsewhere): that
+    row's spread is 3, marked in bench.md and printed; the steady row is not."""
+    from rich.console import Console
+
+    import seqmem.bench.run as bench_run
+    from seqmem.bench.measure import Timing
+    from seqmem.cli import tables
+
+    state = {"T": 0}
+    real_randn = torch.randn
+
+    def randn(*size, **kw):  # the bench draws each length's input first: remember T
+        if len(size) == 3:
+            state["T"] = size[1]
+        return real_randn(*size, **kw)
+
+    def fake_time_it(fn, repeats, warmup=1):
+        for _ in range(warmup + repeats):
+            fn()
+        wide = 3.0 if state["T"] == 16 else 1.2
+        return Timing(median=0.01, low=0.01 / wide ** 0.5, high=0.01 * wide ** 0.5, n=repeats)
+
+    monkeypatch.setattr(bench_run.torch, "randn", randn)
+    monkeypatch.setattr(bench_run, "time_it", fake_time_it)
+    cfg = BenchConfig(mixers=("elman",), references=(), lengths=(8, 16), batch=1, d_model=4,
+                      repeats=2, step_repeats=1, memory=False)
+    ctx, rows = run_bench(cfg)
+    assert [r["spread"] for r in rows] == [pytest.approx(1.2), pytest.approx(3.0)]
+    assert bench_run.unsteady(rows) == [
+        "elman [recurrent] T=16: repeated runs differ 3.0x (max/min) > 1.5x: not to be trusted"]
+    paths = write_outputs(ctx, rows, tmp_path, skipped=[], command="seqmem bench")
+    md = paths["md"].read_text()
+    assert "| 1.20x |" in md and "| 3.00x ! |" in md and "Not to be trusted" in md
+    out = io.StringIO()
+    tables.bench(Console(file=out, width=200), ctx, rows, paths)
+    printed = [line for line in out.getvalue().splitlines() if line.startswith("unsteady:")]
+    assert printed == ["unsteady: " + bench_run.unsteady(rows)[0]]
+
+
+def test_one_run_has_no_spread_and_the_thread_count_is_restored():
+    import seqmem.bench.run as bench_run
+    from seqmem.bench.measure import Timing
+
+    assert bench_run.spread(Timing(1.0, 1.0, 1.0, 1), None) is None
+    assert bench_run.spread(Timing(1.0, 1.0, 2.0, 3), Timing(1.0, 1.0, 1.5, 3)) == 2.0
+    before = torch.get_num_threads()
+    ctx, _ = run_bench(BenchConfig(mixers=("elman",), references=(), lengths=(4,), batch=1,
+                                   d_model=4, repeats=1, step_repeats=1, memory=False,
+                                   threads=1))
+    assert ctx["threads"] == 1 and torch.get_num_threads() == before

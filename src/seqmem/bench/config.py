@@ -27,7 +27,12 @@ class BenchConfig(Strict):
     budget_s: float = Field(20.0, gt=0)  # one run slower than this: no longer lengths
     step_repeats: int = Field(20, ge=1)
     memory: bool = True
-    threads: int | None = Field(None, ge=1)
+    # one thread by default, as training runs (train.threads): on a machine whose cores are
+    # busy, torch's intra-op pool waits for descheduled threads at every small op, and a
+    # recurrent loop of thousands of small ops then runs 10-200x slower, unevenly (a fused
+    # GRU at 41 tokens/s with 2 threads on a loaded 2-core VM, 9,097 with 1); None: torch's
+    # choice (every core)
+    threads: int | None = Field(1, ge=1)
     seed: int = 0
     memory_limit_mib: float | None = Field(None, gt=0)  # None: 60 % of the memory available
 

@@ -24,6 +24,7 @@ from torch import nn
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
 from seqmem.bench.measure import (
+    Timing,
     count_flops,
     fwd_bwd,
     fwd_only,
@@ -59,6 +60,25 @@ def predicted_peak_mib(history: list[tuple[int, float]], T: int) -> float | None
     p1, p2 = max(p1, 1.0), max(p2, 1.0)
     e = min(2.0, max(1.0, math.log(p2 / p1) / math.log(t2 / t1))) if t2 > t1 else 2.0
     return p2 * (T / t2) ** e
+
+
+SPREAD_LIMIT = 1.5  # slowest / fastest of a point's repeated runs above this: not to be trusted
+
+
+def spread(*timings: Timing | None) -> float | None:
+    """The widest max/min ratio of the repeated runs' times (forward and fwd+bwd), None where
+    a point ran once (nothing to compare)."""
+    ratios = [t.high / t.low for t in timings if t is not None and t.n > 1 and t.low > 0]
+    return max(ratios) if ratios else None
+
+
+def unsteady(rows: list[dict], limit: float = SPREAD_LIMIT) -> list[str]:
+    """One line per row whose repeated runs differ by more than `limit` (max/min): its
+    median is not to be trusted (a loaded machine, a thread pool waiting, a warm-up that did
+    not warm up); re-measure it on a quiet machine or with more repeats."""
+    return [f"{r['subject']} [{r['form']}] T={r['T']}: repeated runs differ {r['spread']:.1f}x "
+            f"(max/min) > {limit:g}x: not to be trusted"
+            for r in rows if r.get("spread") is not None and r["spread"] > limit]
 
 
 def machine() -> str:
@@ -147,8 +167,17 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
     if limit is None:
         avail = available_mib()
         limit = 0.6 * avail if avail else None
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _measure_all(cfg, limit, progress, on_row)
+    finally:
+        torch.set_num_threads(threads)  # the process's own setting, for what runs next
+
+
+def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str], None],
+                 on_row: Callable[[dict], None] | None) -> tuple[dict, list[dict]]:
     gen = torch.Generator().manual_seed(cfg.seed)
     skipped: list[str] = []
     subjects = list(_subjects(cfg))  # unknown names fail before anything is measured
@@ -194,6 +223,7 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
                 "fwdbwd_tok_s_low": tokens / (tb.high if tb else first),
                 "fwdbwd_tok_s_high": tokens / (tb.low if tb else first),
                 "runs": repeats,
+                "spread": spread(tf, tb),
                 "iterations": _newton_iterations(module, x) if form == "newton" else None,
                 "step_ms": _step_ms(module, form, cfg, T, gen),
                 "peak_mib": peak_memory_mib(run) if cfg.memory else None,
@@ -242,7 +272,7 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
 
 # ---- outputs ----------------------------------------------------------------------------------
 COLUMNS = ("subject", "form", "T", "fwdbwd_tok_s", "fwd_tok_s", "step_ms", "peak_mib",
-           "roofline_frac")
+           "roofline_frac", "spread")
 
 
 def _fmt(key: str, v) -> str:
@@ -252,6 +282,8 @@ def _fmt(key: str, v) -> str:
         return f"{v:,.0f}"
     if key == "roofline_frac":
         return f"{100 * v:.1f} %"
+    if key == "spread":  # max/min of the repeated runs; "!" marks a row not to be trusted
+        return f"{v:.2f}x" + (" !" if v > SPREAD_LIMIT else "")
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
@@ -302,12 +334,18 @@ def write_outputs(ctx: dict, rows: list[dict], out_dir: str | Path, *, skipped: 
         "Throughput in tokens/s (median of the runs; fwd+bwd = forward and backward of the sum "
         "of outputs); step_ms: one decode step after a prefill of T tokens; peak_mib: peak "
         "resident memory of one fwd+bwd; roofline: counted matmul FLOPs per token x fwd+bwd "
-        "tokens/s over the matmul rate.", "",
+        "tokens/s over the matmul rate; spread: slowest over fastest of the repeated runs "
+        f"(forward or fwd+bwd, whichever is wider), marked ! above {SPREAD_LIMIT:g}x: such a "
+        "row's median is not to be trusted.", "",
         markdown_table(rows), "",
     ]
     rel = ratios(rows)
     if rel:
         lines += ["Against PyTorch's fused RNNs (fwd+bwd):", "", *(f"- {s}" for s in rel), ""]
+    bad = unsteady(rows)
+    if bad:
+        lines += ["Not to be trusted (repeated runs too far apart):", "",
+                  *(f"- {s}" for s in bad), ""]
     if skipped:
         lines += ["Not measured:", "", *(f"- {s}" for s in skipped), ""]
     lines += ["![fwd+bwd tokens/s against T](bench.png)", ""]
