@@ -135,7 +135,7 @@ def test_status_into_a_pipe_is_one_timestamped_line_per_message():
 
 
 def test_analyze_into_a_pipe_reports_progress_on_stderr(capsys, store):
-    code, out, err = run_cli(capsys, "analyze", IDS[0], "--root", store.root,
+    code, _out, err = run_cli(capsys, "analyze", IDS[0], "--root", store.root,
                              "--what", "timescales")
     assert code == 2  # this run has no checkpoints to analyse
     assert re.search(r"^\d\d:\d\d:\d\d analysing .*: started$", err, re.M), err
