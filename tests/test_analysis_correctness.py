@@ -139,10 +139,12 @@ def test_ablation_equals_zeroing_the_units_weights(tmp_path):
         for u, r in zip(a[f"{order}_tau_units"], d1, strict=True):
             assert r == pytest.approx(direct([u]), abs=0.02)
         assert a[f"{order}_rel"] == pytest.approx(np.mean(d1))
-    # the whole network silenced reads out constant predictions: k = d is at most chance-ish
     assert [p["k"] for p in a["curve"]["random"]] == ablation_ks(8)
     s = a["single"]
-    assert s["n_units"] == 1 and s["longest"]["units"] == [int(np.argsort(tau)[-1])]
+    assert s["n_units"] == 1 and s["longest"]["units"] == [[int(np.argmax(tau))]] * 3
+    want = np.mean([direct([u[0]]) for u in s["shortest"]["units"]])
+    assert s["shortest"]["rel"][0] == pytest.approx(want, abs=0.02)
+    assert all(tau[u[0]] == tau.min() for u in s["shortest"]["units"])
 
 
 def test_tau_order_breaks_ties_by_the_permutation():

@@ -15,7 +15,8 @@ argsort's order there.
 Here:
 
 - `single`: as the authors, the `round(4 % of d)` (20 of 500) shortest and longest units, each
-  ablated alone: mean and sd over the units of acc / base and of (acc - 0.5) / (base - 0.5);
+  ablated alone, the mean over those units of acc / base and of (acc - 0.5) / (base - 0.5)
+  (the authors' measure); ties broken at random as below, mean and sd over the draws;
 - `longest_rel` / `shortest_rel` (the headline): the one unit of longest / shortest tau. Many
   units can share the extreme value (tau is clamped at 1, and a trained network often has a
   quarter of its units there), so ties are broken at random, `ablation_draws` draws of a
@@ -108,13 +109,16 @@ def ablation(ctx: Context) -> dict:
     shortest = [tau_order(tau, "shortest", p)[0] for p in perms]
 
     n_single = max(1, round(SINGLE_FRACTION * d))
-    by_tau = np.argsort(tau, kind="stable")
     single = {"n_units": n_single}
-    for order, units in (("shortest", by_tau[:n_single]), ("longest", by_tau[::-1][:n_single])):
-        r = [rel([u]) for u in units]
-        chance = [(x * base - 0.5) / (base - 0.5) if base != 0.5 else float("nan") for x in r]
-        single[order] = {"units": [int(u) for u in units], "tau_mean": float(tau[units].mean()),
-                         "rel": _mean_sd(r), "chance_rel": _mean_sd(chance)}
+    for order in ("shortest", "longest"):
+        units = [tau_order(tau, order, p)[:n_single] for p in perms]  # per draw
+        r = [[rel([u]) for u in us] for us in units]
+        chance = [[(x * base - 0.5) / (base - 0.5) if base != 0.5 else float("nan") for x in rs]
+                  for rs in r]
+        single[order] = {"units": [[int(u) for u in us] for us in units],
+                         "tau_mean": float(np.mean([tau[us].mean() for us in units])),
+                         "rel": _mean_sd([np.mean(rs) for rs in r]),
+                         "chance_rel": _mean_sd([np.mean(cs) for cs in chance])}
 
     lr, lr_sd = curve["longest"][0]["rel_mean"], curve["longest"][0]["rel_sd"]
     sr, sr_sd = curve["shortest"][0]["rel_mean"], curve["shortest"][0]["rel_sd"]

@@ -34,10 +34,12 @@ def forgetting_figure(entries: list[Entry], canvas):
         f = e.analysis["forgetting"]
         R = np.array([[np.nan if v is None else v for v in row] for row in f["R"]], dtype=float)
         im = ax.imshow(R, vmin=0.5, vmax=1.0, cmap="viridis", origin="lower")
-        ax.set_xticks(range(len(f["N"])), f["N"], fontsize=7)
-        ax.set_yticks(range(len(f["N"])), f["N"], fontsize=7)
-        ax.set(xlabel="tested on N", ylabel="after solving N", title=f"{e.label}: accuracy")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_xticks(range(len(f["N"])), f["N"], fontsize=8)
+        ax.set_yticks(range(len(f["N"])), f["N"], fontsize=8)
+        ax.set(xlabel="tested on N", ylabel="after solving N")
+        ax.set_title(f"{e.label}: streaming accuracy on each N\nafter each curriculum stage",
+                     fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="accuracy")
         for i, n_i in enumerate(f["N"]):
             earlier = [R[i, j] for j in range(i) if np.isfinite(R[i, j])]
             rows.append([e.label, n_i, f"{R[i, i]:.3f}",
