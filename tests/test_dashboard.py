@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import re
 
+import matplotlib.pyplot as plt
 import pytest
 
-from seqmem.dashboard import fig_state_size, sweep_dashboard, write_dashboard
+from seqmem.dashboard import (
+    fig_length,
+    fig_speed,
+    fig_state_size,
+    fig_timescales,
+    sweep_dashboard,
+    write_dashboard,
+)
 from seqmem.errors import SeqmemError
+from seqmem.report.render import figure_checks
 from seqmem.store import RunStore
 from test_report import _chromium, _render
 
@@ -28,18 +37,77 @@ def _rows():
     return rows
 
 
+FIGURES = ("accuracy_vs_state_size", "accuracy_vs_length", "timescales", "speed")
+
+
+def _elman(rows):
+    """`rows` and two elman runs: same state size as a gru run, no timescales (an Elman unit
+    has no leak or gate), the same accuracies by length as gru's best."""
+    return rows + [{"id": f"e{i}", "status": "done", "summary": {
+        "mixer": "elman", "acc_mean": 0.9, "state_size": 128, "epochs": 3,
+        "train_tokens_per_s": 500.0, "acc_by_length": {"64": 0.9, "128": 0.45},
+        "point": {"model.mixer.kind": "elman", "train.lr": 1e-3}}} for i in (1, 2)]
+
+
 def test_best_accuracy_per_mixer_and_state_size():
-    _, header, table = fig_state_size(_rows())
+    fig, header, table, caption = fig_state_size(_rows())
     assert header[0] == "mixer"
     assert table == [["attention", 4096, "0.950"], ["gru", 64, "0.700"], ["gru", 128, "0.900"]]
+    assert "runs per mixer: attention 2, gru 4" in caption
+    plt.close(fig)
+
+
+def test_points_of_equal_x_stay_apart_and_axes_are_log_only_past_a_decade():
+    fig, _, table, _ = fig_state_size(_elman(_rows()))
+    ax = fig.axes[0]
+    assert ["elman", 128, "0.900"] in table and ["gru", 128, "0.900"] in table
+    pts = {ln.get_label(): list(zip(ln.get_xdata(), ln.get_ydata(), strict=True))
+           for ln in ax.get_lines()}
+    (ex, ey), = pts["elman"]
+    gx, gy = pts["gru"][1]
+    assert ey == gy == 0.9 and ex != gx  # shifted apart, not drawn on top of each other
+    assert ax.get_xscale() == "log"  # 64 .. 4096: more than a decade
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all(re.fullmatch(r"[\d,.]+", t) for t in labels), labels  # 64, not 10^2
+    assert figure_checks(fig) == {"legend_overlaps": 0, "empty_panels": 0}
+    plt.close(fig)
+    fig, *_ = fig_state_size([r for r in _elman(_rows()) if r["summary"]["mixer"] != "attention"])
+    assert fig.axes[0].get_xscale() == "linear"  # 64 .. 128
+    assert [t for t in fig.axes[0].get_xticks()] == [64, 128]
+    plt.close(fig)
+    fig, *_ = fig_length(_elman(_rows()))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and list(ax.get_xticks()) == [64, 128]
+    xs = {ln.get_label(): tuple(ln.get_xdata()) for ln in ax.get_lines()}
+    assert len(set(xs.values())) == 3  # elman, gru and attention side by side
+    plt.close(fig)
+
+
+def test_timescales_name_every_mixer_and_speed_is_a_figure():
+    fig, _header, table, caption = fig_timescales(_elman(_rows()))
+    assert [r[0] for r in table] == ["attention", "elman", "gru"]
+    assert table[1] == ["elman", 2, "none", "none"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["attention", "elman", "gru"]
+    assert "elman declare no per-unit timescale" in caption
+    assert fig.axes[0].get_yscale() == "linear"  # 2.0 .. 9.5: less than a decade
+    plt.close(fig)
+    fig, _header, table, caption = fig_speed(_elman(_rows()))
+    assert table == [["attention", 2, "5,500"], ["elman", 2, "500"], ["gru", 4, "2,500"]]
+    bars = [p.get_width() for p in fig.axes[0].patches]
+    assert bars == [5500.0, 500.0, 2500.0]
+    assert figure_checks(fig)["empty_panels"] == 0
+    assert "tokens per second" in caption
+    plt.close(fig)
+    assert fig_speed([{"id": "x", "status": "done", "summary": {}}]) is None
 
 
 def test_dashboard_page_has_figures_numbers_and_runs(tmp_path):
     path = write_dashboard(_rows(), tmp_path, title="t", bench=None)
     page = path.read_text()
-    for name in ("accuracy_vs_state_size", "accuracy_vs_length", "timescales"):
+    for name in FIGURES:
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
-    assert page.count("<img class='figure'") == 3
+        assert f"<figure data-name='{name}'" in page
+    assert page.count("<svg class='figure'") == 4 and page.count("<figcaption>") == 4
     assert "0.950" in page and "r6" in page and "train.lr" in page
     assert "http://" not in page and "https://" not in page
 
@@ -63,9 +131,13 @@ def test_sweep_dashboard_of_a_stored_sweep(tmp_path):
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium here: install Debian's chromium")
 def test_dashboard_renders_in_a_headless_browser(tmp_path):
-    path = write_dashboard(_rows(), tmp_path, title="t")
+    path = write_dashboard(_elman(_rows()), tmp_path, title="t")
     dom, errors = _render(path)
     assert errors == []
-    assert re.search(r'data-figures-loaded="(\d+)"', dom).group(1) == "3"
-    assert re.search(r'data-figures-total="(\d+)"', dom).group(1) == "3"
+    assert re.search(r'data-figures-loaded="(\d+)"', dom).group(1) == "4"
+    assert re.search(r'data-figures-total="(\d+)"', dom).group(1) == "4"
     assert dom.count("<table>") >= 5
+    for f in re.findall(r"<figure (.*?)</figure>", dom, re.S):
+        assert 'data-legend-overlaps="0"' in f and 'data-empty-panels="0"' in f
+        assert 'data-browser-overlaps="0"' in f
+        assert len(re.search(r"<figcaption>(.*?)</figcaption>", f, re.S).group(1)) > 20

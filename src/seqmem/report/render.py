@@ -89,18 +89,18 @@ def png_bytes(fig, *, close: bool = True) -> bytes:
 
 
 def svg_text(fig, *, close: bool = True) -> str:
-    """The figure as an inline <svg> element (no XML prolog, no fixed size: it scales to its
-    box); the figure is closed unless told."""
+    """The figure as an <svg> element to inline in HTML (no XML prolog, no namespace
+    declarations, no metadata; it scales to its box); the figure is closed unless told."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     if close:
         plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
-    # the Dublin Core metadata block names no resource the page needs; drop it and its
-    # namespaces, leaving only the SVG and XLink ones
+    # inline in HTML, the parser gives <svg> and xlink:href their namespaces; the metadata
+    # block (Dublin Core) names no resource the page needs
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
-    svg = re.sub(r'\s+xmlns:(dc|cc|rdf)="[^"]*"', "", svg)
+    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
     w = re.search(r'<svg[^>]*?\swidth="([\d.]+)pt"', svg)
     return re.sub(r'<svg', f"<svg class='figure' style='max-width:{w.group(1)}pt' "
                   if w else "<svg class='figure' ", svg, count=1)
