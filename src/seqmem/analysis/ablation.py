@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from seqmem.analysis.context import Context
-from seqmem.analysis.registry import Entry, analysis, figure
+from seqmem.analysis.registry import Entry, analysis, figure, run_styles
 
 ORDERS = ("longest", "shortest", "random")  # which k units are ablated together
 FRACTIONS = (0.05, 0.1, 0.25, 0.5)  # k as fractions of the units (k = 1 always)
@@ -63,7 +63,9 @@ def tau_order(tau: np.ndarray, order: str, perm: np.ndarray) -> np.ndarray:
 
 def _mean_sd(x) -> tuple[float, float]:
     x = np.asarray(x, dtype=float)
-    return float(np.mean(x)), float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    if np.all(x == x.flat[0]):  # one value: exactly it, sd exactly 0
+        return float(x.flat[0]), 0.0
+    return float(np.mean(x)), float(np.std(x, ddof=1))
 
 
 @analysis("ablation", needs="last_stage", writes=("base_accuracy", "ablation"),
@@ -142,13 +144,14 @@ def ablation_figure(entries: list[Entry], canvas):
     rows = []
     x = np.arange(2)
     width = 0.8 / len(entries)
-    for i, e in enumerate(entries):
+    for i, (e, (label, color)) in enumerate(zip(entries, run_styles(entries, canvas),
+                                                strict=True)):
         a = e.analysis["ablation"]
         vals = [a["longest_rel"], a["shortest_rel"]]
         sds = [a.get("longest_rel_sd", 0.0), a.get("shortest_rel_sd", 0.0)]
         ax.bar(x + (i - (len(entries) - 1) / 2) * width, vals, width, yerr=sds, capsize=3,
-               color=canvas.color(e, i), label=f"{e.label} (N = {a['N']})")
-        rows.append([e.label, a["N"], f"{a['longest_tau']:.3f}", a.get("n_longest_tied", ""),
+               color=color, label=f"{label} (N = {a['N']})")
+        rows.append([label, a["N"], f"{a['longest_tau']:.3f}", a.get("n_longest_tied", ""),
                      f"{vals[0]:.3f} ± {sds[0]:.3f}", f"{a['shortest_tau']:.3f}",
                      a.get("n_shortest_tied", ""), f"{vals[1]:.3f} ± {sds[1]:.3f}"])
     ax.set_xticks(x, ["longest-tau unit", "shortest-tau unit"])
@@ -173,7 +176,7 @@ def ablation_curve_figure(entries: list[Entry], canvas):
     styles = {"longest": ("#8C7AAE", "o-"), "shortest": ("#AA9C39", "s-"),
               "random": ("#777777", "^--")}
     rows = []
-    for ax, e in zip(axes[0], entries, strict=True):
+    for ax, e, (label, _) in zip(axes[0], entries, run_styles(entries, canvas), strict=True):
         a = e.analysis["ablation"]
         for order, pts in a["curve"].items():
             k = np.array([p["k"] for p in pts])
@@ -183,13 +186,13 @@ def ablation_curve_figure(entries: list[Entry], canvas):
             ax.plot(k, m, fmt, color=c, ms=4, label=f"{order}" + (" tau first" if order !=
                                                                   "random" else " units"))
             ax.fill_between(k, m - sd, m + sd, color=c, alpha=0.2, lw=0)
-            rows += [[e.label, order, p["k"], f"{p['rel_mean']:.3f}", f"{p['rel_sd']:.3f}"]
+            rows += [[label, order, p["k"], f"{p['rel_mean']:.3f}", f"{p['rel_sd']:.3f}"]
                      for p in pts]
         ax.axhline(1.0, color="k", lw=0.5)
         ax.locator_params(axis="x", integer=True)
         ax.set(xlabel=f"units silenced, k (of {a.get('d', '?')})",
                ylabel="accuracy / intact accuracy",
-               title=f"{e.label}, N = {a['N']}: silencing k units ({a.get('draws', 1)} draws)")
+               title=f"{label}, N = {a['N']}: silencing k units ({a.get('draws', 1)} draws)")
         ax.title.set_fontsize(9)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
     return fig, ["run", "order", "k", "rel. acc (mean)", "sd"], rows

@@ -8,7 +8,7 @@ import numpy as np
 
 from seqmem.analysis.context import Context
 from seqmem.analysis.probes import forgetting_matrix
-from seqmem.analysis.registry import Entry, analysis, figure
+from seqmem.analysis.registry import Entry, analysis, figure, run_styles
 
 
 @analysis("forgetting", needs="all_stages", writes=("forgetting",))
@@ -30,18 +30,18 @@ def forgetting_figure(entries: list[Entry], canvas):
     fig, axes = canvas.subplots(1, len(entries), figsize=(4.2 * len(entries), 3.6),
                                 squeeze=False)
     rows = []
-    for ax, e in zip(axes[0], entries, strict=True):
+    for ax, e, (label, _) in zip(axes[0], entries, run_styles(entries, canvas), strict=True):
         f = e.analysis["forgetting"]
         R = np.array([[np.nan if v is None else v for v in row] for row in f["R"]], dtype=float)
         im = ax.imshow(R, vmin=0.5, vmax=1.0, cmap="viridis", origin="lower")
         ax.set_xticks(range(len(f["N"])), f["N"], fontsize=8)
         ax.set_yticks(range(len(f["N"])), f["N"], fontsize=8)
         ax.set(xlabel="tested on N", ylabel="after solving N")
-        ax.set_title(f"{e.label}: streaming accuracy on each N\nafter each curriculum stage",
+        ax.set_title(f"{label}: streaming accuracy on each N\nafter each curriculum stage",
                      fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="accuracy")
         for i, n_i in enumerate(f["N"]):
             earlier = [R[i, j] for j in range(i) if np.isfinite(R[i, j])]
-            rows.append([e.label, n_i, f"{R[i, i]:.3f}",
+            rows.append([label, n_i, f"{R[i, i]:.3f}",
                          f"{np.mean(earlier):.3f}" if earlier else ""])
     return fig, ["run", "after N", "acc on N", "mean acc on earlier N"], rows

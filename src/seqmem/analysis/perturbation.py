@@ -15,7 +15,7 @@ import numpy as np
 
 from seqmem.analysis.context import Context
 from seqmem.analysis.probes import perturbable, perturbed
-from seqmem.analysis.registry import Entry, analysis, figure
+from seqmem.analysis.registry import Entry, analysis, figure, run_styles
 
 EPS = (0.0, 0.05, 0.1, 0.2, 0.5)
 KINDS = ("W", "tau")  # the parameters perturbed, where the mixer has them
@@ -66,20 +66,27 @@ def perturbation_figure(entries: list[Entry], canvas):
         return None
     fig, axes = canvas.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.2), squeeze=False)
     rows = []
+    styles = run_styles(entries, canvas)
     for ax, kind in zip(axes[0], kinds, strict=True):
-        for i, e in enumerate(entries):
+        for e, (label, color) in zip(entries, styles, strict=True):
             curve = e.analysis["perturbation"].get(kind)
             if not isinstance(curve, list) or not curve:
                 continue
             eps = [p["eps"] for p in curve]
             ax.errorbar(eps, [p["rel_mean"] for p in curve], [p["rel_sd"] for p in curve],
-                        fmt="o-", color=canvas.color(e, i), label=e.label, capsize=2)
-            rows += [[e.label, kind, p["eps"], f"{p['rel_mean']:.3f}", f"{p['rel_sd']:.3f}"]
+                        fmt="o-", color=color, label=label, capsize=2)
+            rows += [[label, kind, p["eps"], f"{p['rel_mean']:.3f}", f"{p['rel_sd']:.3f}"]
                      for p in curve]
         ax.set(xlabel="eps, relative size of the perturbation",
                ylabel="accuracy / intact accuracy", ylim=(0, 1.1),
                title=f"Perturbing {kind} (mean ± sd over draws)")
         ax.legend(loc="lower left", framealpha=0.8, fontsize=8)
-    rows += [[e.label, kind, "", "skipped", c["skipped"]] for e in entries
+        skipped = [label for e, (label, _) in zip(entries, styles, strict=True)
+                   if isinstance(e.analysis["perturbation"].get(kind), dict)]
+        if skipped:
+            ax.text(0.98, 0.04, f"no parameter tau to perturb: {', '.join(skipped)}", ha="right",
+                    va="bottom", transform=ax.transAxes, color="#666", fontsize=8)
+    rows += [[label, kind, "", "skipped", c["skipped"]]
+             for e, (label, _) in zip(entries, styles, strict=True)
              for kind, c in e.analysis["perturbation"].items() if isinstance(c, dict)]
     return fig, ["run", "perturbed", "eps", "rel. acc (mean)", "sd"], rows

@@ -222,6 +222,27 @@ def figure(name: str, *, analysis: str | tuple[str, ...] = (),
     return register
 
 
+def run_styles(entries: list[Entry], canvas) -> list[tuple[str, str]]:
+    """(label, colour) per entry: the label and `canvas.color`, made distinct where runs
+    share them: a repeated label gets the run's mixer (and id) added, a repeated colour
+    gives way to matplotlib's cycle."""
+    labels = [e.label for e in entries]
+    out, used = [], set()
+    for i, e in enumerate(entries):
+        label = e.label
+        if labels.count(label) > 1:
+            label = f"{label}, {e.summary.get('mixer', '')}".rstrip(", ")
+            if sum(1 for x in entries if x.label == e.label
+                   and x.summary.get("mixer") == e.summary.get("mixer")) > 1:
+                label = f"{label} ({e.run_id[-6:]})"
+        color = canvas.color(e, i)
+        if color in used:
+            color = next(f"C{j}" for j in range(i, i + 20) if f"C{j}" not in used)
+        used.add(color)
+        out.append((label, color))
+    return out
+
+
 def figures() -> list[Figure]:
     """The registered figures, in the order of registration."""
     return list(FIGURE_REGISTRY.values())

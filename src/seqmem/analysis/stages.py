@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from seqmem.analysis.context import Context
-from seqmem.analysis.registry import Entry, analysis, figure
+from seqmem.analysis.registry import Entry, analysis, figure, run_styles
 from seqmem.analysis.timescales import dimensionality, network_timescales
 
 XLABEL = "N solved (dotted: trained on, not solved)"
@@ -107,6 +107,7 @@ def tau_figure(entries: list[Entry], canvas):
     fitted to the autocorrelation averaged over trials) against the N solved, per run; runs
     are offset a little along N so that their whiskers do not hide each other, and an N a run
     trained on without solving it is a dotted line."""
+    styles = run_styles(entries, canvas)
     drawn = [(i, e, _tau_rows(e)) for i, e in enumerate(entries)]
     drawn = [d for d in drawn if d[2]]
     if not drawn:
@@ -114,15 +115,15 @@ def tau_figure(entries: list[Entry], canvas):
     fig, axes = canvas.subplots(1, 2, figsize=(10, 3.6))
     rows = []
     for j, (i, e, r) in enumerate(drawn):
-        c = canvas.color(e, i)
+        label, c = styles[i]
         dx = 0.08 * (j - (len(drawn) - 1) / 2)
         n = np.array([x["N"] for x in r], dtype=float) + dx
         mid = np.array([x["mid"] for x in r])
         if all(x["lo"] is not None for x in r):
             err = [mid - [x["lo"] for x in r], [x["hi"] for x in r] - mid]
-            axes[0].errorbar(n, mid, err, fmt="o-", color=c, ms=4, capsize=3, label=e.label)
+            axes[0].errorbar(n, mid, err, fmt="o-", color=c, ms=4, capsize=3, label=label)
         else:
-            axes[0].plot(n, mid, "o-", color=c, ms=4, label=f"{e.label} (mean)")
+            axes[0].plot(n, mid, "o-", color=c, ms=4, label=f"{label} (mean)")
         tn = [x for x in r if x["tau_net"] is not None and np.isfinite(x["tau_net"])]
         if tn:
             sem = [(x["tau_net_sd"] or 0.0) / np.sqrt(max(1, x["n_valid"] or 1)) for x in tn]
@@ -133,9 +134,9 @@ def tau_figure(entries: list[Entry], canvas):
         if u is not None:
             for ax in axes:
                 ax.axvline(u + dx, color=c, ls=":", lw=1.2)
-            axes[0].plot([], [], ls=":", color=c, label=f"{e.label}: N = {u} not solved")
+            axes[0].plot([], [], ls=":", color=c, label=f"{label}: N = {u} not solved")
         fmt = "{:.3f}".format
-        rows += [[e.label, x["N"], fmt(x["mid"]),
+        rows += [[label, x["N"], fmt(x["mid"]),
                   "" if x["lo"] is None else f"{fmt(x['lo'])} - {fmt(x['hi'])}", fmt(x["mean"]),
                   "" if x["tau_net"] is None else f"{x['tau_net']:.2f}",
                   "" if x["tau_net_sd"] is None else f"{x['tau_net_sd']:.2f}",
