@@ -77,7 +77,7 @@ def fig_state_size(rows: list[dict]):
     # mixers of equal state size would hide each other: shift each a little (a factor on a
     # log axis), the table keeps the exact sizes
     sizes = [k[1] for k in best]
-    width = 0.3 if log else 0.08 * (max(sizes) - min(sizes) or max(sizes))
+    width = 0.3 if log else 0.12 * (max(sizes) - min(sizes) or max(sizes))
     off, style = _offsets(names, width), _style(names)
     for m in names:
         pts = sorted((s, a) for (mm, s), a in best.items() if mm == m)
