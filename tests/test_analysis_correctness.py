@@ -18,6 +18,7 @@ from seqmem.analysis.probes import head_for, load_stage, perturbed, stream_accur
 from seqmem.analysis.registry import analyses, analysis_names
 from seqmem.config import load_config
 from seqmem.engine.jobs import train_run
+from seqmem.errors import SeqmemError
 from seqmem.store import RunStore
 
 SMALL = ["model.d_model=8", "train.batch_size=16", "train.steps_per_epoch=1",
@@ -92,6 +93,17 @@ def test_a_partial_rerun_replaces_only_its_own_entries(trained):
     # the report's keys stay where they were
     assert {"N", "curriculum", "stages", "ablation", "forgetting"} <= set(again)
     assert headline(again)["ablate_longest_rel"] == again["ablation"]["longest_rel"]
+
+
+def test_an_unreadable_analysis_file_is_one_error(trained):
+    cfg, run = trained
+    (run.dir / "analysis.json").write_text("{not json")
+    with pytest.raises(SeqmemError, match=r"cannot be read .*delete it and analyse the run"):
+        analyze_run(cfg, run, what=("timescales",), **FAST)
+    (run.dir / "analysis.json").write_text("[1, 2]")
+    with pytest.raises(SeqmemError, match="holds no analysis"):
+        analyze_run(cfg, run, what=("timescales",), **FAST)
+    (run.dir / "analysis.json").unlink()
 
 
 def _zeroed(model, units):

@@ -160,7 +160,17 @@ def headline(out: dict) -> dict:
 def read_analysis(run: Run) -> dict:
     """A run's analysis.json; {} if it has none."""
     p = run.dir / ANALYSIS_FILE
-    return json.loads(p.read_text()) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        out = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SeqmemError(f"{p} cannot be read ({exc}); delete it and analyse the run again "
+                          f"(seqmem analyze {run.id})") from None
+    if not isinstance(out, dict):
+        raise SeqmemError(f"{p} holds no analysis (a JSON object); delete it and analyse the "
+                          f"run again (seqmem analyze {run.id})")
+    return out
 
 
 def analyze_stored(root: str, run_id: str, what: Sequence[str] | None = None, seed: int = 0,
