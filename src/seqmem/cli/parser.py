@@ -12,7 +12,7 @@ from seqmem.errors import SeqmemError
 
 EPILOG = """examples:
   seqmem run --quick                      the flagship in at most 60 s
-  seqmem run                              the flagship (at most 10 minutes)
+  seqmem run                              the flagship (about 10 minutes on 2 cores)
   seqmem train --mixer gru --task n_dms --curriculum multi train.max_epochs=20
   seqmem train --resume RUN_ID            continue an interrupted run
   seqmem runs                             list runs and their status
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "LSTM, in one process. Writes bench.jsonl, bench.csv, bench.png and "
                        "bench.md (the full run also README.md) to --out.")
     b.add_argument("--quick", action="store_true",
-                   help="a small grid that runs in well under a minute")
+                   help="a small grid (about 12 s on 2 cores)")
     b.add_argument("--mixers", help="comma-separated mixer names (default: all)")
     b.add_argument("--forms", help="comma-separated forms, e.g. chunk,recurrent, or default "
                    "(each mixer's training form only); default: all")
@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, help="measured runs per point (default 3)")
     b.add_argument("--budget", type=float, help="seconds: a form whose one run is slower "
                    "is not measured at longer T (default 20)")
-    b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    b.add_argument("--threads", type=int, help="torch threads (default 1: a busy machine's "
+                   "thread pool makes small ops slow and uneven)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
 
