@@ -218,6 +218,18 @@ def test_dimensionality_per_N_from_the_stage_rows():
     assert [list(ln.get_ydata()) for ln in fig.axes[0].get_lines()] == [[3, 5], [2, 7]]
     plt.close(fig)
     assert dimensionality_figure(_entries(), CANVAS) is None  # no stage measured it
+    # one N and one value: still integer ticks only, and the second run's equal point shows
+    one = [Entry(lab, lab, {"curriculum": lab}, {"stages": [{"N": 2, "dimensionality": 2}]})
+           for lab in ("single", "multi")]
+    fig, *_ = dimensionality_figure(one, CANVAS)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    for ticks in (ax.get_xticks(), ax.get_yticks()):
+        assert all(float(t).is_integer() for t in ticks), ticks
+    first, second = ax.get_lines()
+    assert second.get_markerfacecolor() == "none" and second.get_markersize() < \
+        first.get_markersize()
+    plt.close(fig)
     page = write_report(_curriculum_entries(), tempfile.mkdtemp()).read_text()
     assert {"dimensionality", "N_reached", "epochs_per_N"} <= set(_sections(page))
 

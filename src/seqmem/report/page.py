@@ -45,6 +45,14 @@ def _solved(e: Entry) -> list[int]:
     return [int(k) for k in e.summary.get("epochs_per_N", {}) if n is not None and int(k) <= n]
 
 
+def _layered(i: int, color: str) -> dict:
+    """Line and marker style of the i-th run drawn: equal curves would hide each other, so
+    later runs are thinner, dashed and hollow, on top of the earlier ones."""
+    return {"color": color, "linewidth": max(3.2 - 1.1 * i, 1.0),
+            "linestyle": ("-", "--", ":", "-.")[i % 4], "markersize": 8 - 1.5 * min(i, 3),
+            "markerfacecolor": "none" if i else color, "markeredgewidth": 1.5}
+
+
 def _runs_phrase(entries: list[Entry]) -> str:
     labels = ", ".join(dict.fromkeys(e.label for e in entries))
     return f"{len(entries)} run{'s' if len(entries) != 1 else ''} ({labels})"
@@ -115,13 +123,10 @@ def reach_figure(entries: list[Entry], canvas):
         c = canvas.color(e, i)
         t, ep, n = (np.array(v) for v in zip(*pts, strict=True))
         k = len(e.summary["stages"])
-        # equal curves would hide each other: later runs are drawn thinner and dashed on top
-        line = {"color": c, "linewidth": max(3.2 - 1.1 * i, 1.0),
-                "linestyle": ("-", "--", ":", "-.")[i % 4]}
+        style = _layered(i, c)
         for ax, x in ((axes[0], t), (axes[1], ep)):
-            ax.step(x, n, where="post", label=e.label, **line)
-            ax.plot(x[1:k + 1], n[1:k + 1], "o", color=c, markersize=7 - 1.5 * min(i, 3),
-                    markerfacecolor="none" if i else c)
+            ax.step(x, n, where="post", label=e.label, **style)
+            ax.plot(x[1:k + 1], n[1:k + 1], marker="o", **{**style, "linestyle": "none"})
         rows += [[e.label, s["N"], s["epoch"], s["elapsed_s"]] for s in e.summary["stages"]]
     axes[0].set(xlabel="wall time (s)", ylabel="largest N solved", title="N reached vs time")
     axes[1].set(xlabel="epoch", ylabel="largest N solved", title="N reached vs epochs")
@@ -152,7 +157,8 @@ def dimensionality_figure(entries: list[Entry], canvas):
     rows = []
     for i, e in enumerate(have):
         r = _dim_rows(e)
-        ax.plot(*zip(*r, strict=True), "o-", color=canvas.color(e, i), label=e.label)
+        ax.plot(*zip(*r, strict=True), marker="o", label=e.label,
+                **_layered(i, canvas.color(e, i)))
         rows += [[e.label, n, d] for n, d in r]
     ax.set(xlabel="N solved", ylabel="PCs for 90 % of variance", title="dimensionality vs N")
     canvas.integer_axis(ax, "x")

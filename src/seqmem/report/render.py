@@ -59,7 +59,7 @@ class Canvas:
     def integer_axis(self, ax, which: str = "x") -> None:
         """Integer ticks only on axis `which` ("x" or "y") of a count (N, epochs, units)."""
         axis = ax.xaxis if which == "x" else ax.yaxis
-        axis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
     def auto_log(self, ax, values, which: str = "x", *, base: int = 10) -> bool:
         """Log scale on axis `which` if the positive `values` span more than a decade (True),
