@@ -155,16 +155,10 @@ class Status(Quiet):
     def __enter__(self):
         if self.status:
             self.status.__enter__()
-        else:
-            self.message("started")
         return self
 
     def __exit__(self, *exc):
-        if self.status:
-            return self.status.__exit__(*exc)
-        self.message("interrupted" if exc[0] is KeyboardInterrupt else
-                     "failed" if exc[0] is not None else "done")
-        return None
+        return self.status.__exit__(*exc) if self.status else None
 
     def message(self, msg: str) -> None:
         """Show one progress message."""
