@@ -42,9 +42,11 @@ def _headline(w: dict) -> dict:
     a = w.get("ablation")
     if not a:
         return {}
-    return {"ablate_longest_rel": a["longest_rel"], "ablate_longest_rel_sd": a["longest_rel_sd"],
+    # analyses written before ties were drawn at random have no sd: one draw, sd 0
+    return {"ablate_longest_rel": a["longest_rel"],
+            "ablate_longest_rel_sd": a.get("longest_rel_sd", 0.0),
             "ablate_shortest_rel": a["shortest_rel"],
-            "ablate_shortest_rel_sd": a["shortest_rel_sd"]}
+            "ablate_shortest_rel_sd": a.get("shortest_rel_sd", 0.0)}
 
 
 def ablation_ks(d: int, fractions=FRACTIONS) -> list[int]:

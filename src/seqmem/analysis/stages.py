@@ -147,7 +147,7 @@ def tau_figure(entries: list[Entry], canvas):
                 title="Network timescale: mean ± s.e.m., units with tau_net > 1")
     for ax in axes:
         ax.title.set_fontsize(9)
-        ax.locator_params(axis="x", integer=True)
+        canvas.integer_axis(ax, "x")
     if not axes[1].lines:
         axes[1].text(0.5, 0.5, "not measured", ha="center", va="center",
                      transform=axes[1].transAxes, color="#888")
