@@ -154,3 +154,15 @@ def test_show_is_a_summary_and_json_the_record(capsys, store):
     code, out, _ = run_cli(capsys, "show", IDS[2], "--root", store.root, "--json")
     record = json.loads(out)
     assert record["row"]["id"] == IDS[2] and "config" in record and "writer" in record
+
+
+def test_continual_table_lists_runs_by_whole_prefixes_at_80_columns():
+    cfg = SimpleNamespace(protocol="n_curriculum", setting=None, mixer="leaky_rnn", steps=100)
+    rows = [{"method": "finetune", "avg_acc": "0.5", "bwt": "-0.1", "fwt": "0", "lca": "0.4",
+             "runs": f"{IDS[0]}, {IDS[2]}"}]
+    out = io.StringIO()
+    tables.continual(Console(file=out, width=80), cfg, rows, 2, all_ids=IDS)
+    cells = {c.strip() for line in out.getvalue().splitlines() for c in line.split("│")}
+    short = tables.short_ids(IDS, IDS)
+    assert short[IDS[0]] in cells and short[IDS[2]] in cells
+    assert f"runs: {IDS[0]}, {IDS[2]}" in out.getvalue()

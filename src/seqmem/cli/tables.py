@@ -112,8 +112,10 @@ def continual(console: Console, cfg, rows: list[dict], n_seeds: int,
                               "LCA", "runs"))
     for r in rows:
         tab.add_row(r["method"], r["avg_acc"], r["bwt"], r["fwt"], r["lca"],
-                    ", ".join(short[rid] for rid in r["runs"].split(", ") if rid))
-    tab.columns[-1].overflow = "fold"  # an id is never cut
+                    "\n".join(short[rid] for rid in r["runs"].split(", ") if rid))
+    runs_col = tab.columns[-1]  # a prefix per line, never cut
+    runs_col.no_wrap, runs_col.overflow = True, "fold"
+    runs_col.min_width = max((len(v) for v in short.values()), default=4)
     console.print(tab)
     console.print("runs: " + ", ".join(run_ids), markup=False, soft_wrap=True)
 
