@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-run: $(STAMP)  ## the flagship experiment (at most 10 minutes)
+run: $(STAMP)  ## the flagship experiment (about 9.5 minutes on 2 cores; 11 with the install)
 	$(BIN)/seqmem run
 
 quick: $(STAMP)  ## the flagship experiment in at most 60 s

@@ -114,6 +114,8 @@ def tau_figure(entries: list[Entry], canvas):
         return None
     fig, axes = canvas.subplots(1, 2, figsize=(10, 3.6))
     rows = []
+    has_net = any(x["tau_net"] is not None and np.isfinite(x["tau_net"])
+                  for _, _, r in drawn for x in r)
     for j, (i, e, r) in enumerate(drawn):
         label, c = styles[i]
         dx = 0.08 * (j - (len(drawn) - 1) / 2)
@@ -132,7 +134,7 @@ def tau_figure(entries: list[Entry], canvas):
                              capsize=3)
         u = _unsolved(e)
         if u is not None:
-            for ax in axes:
+            for ax in axes if has_net else axes[:1]:
                 ax.axvline(u + dx, color=c, ls=":", lw=1.2)
             axes[0].plot([], [], ls=":", color=c, label=f"{label}: N = {u} not solved")
         fmt = "{:.3f}".format
@@ -148,9 +150,10 @@ def tau_figure(entries: list[Entry], canvas):
     for ax in axes:
         ax.title.set_fontsize(9)
         canvas.integer_axis(ax, "x")
-    if not axes[1].lines:
-        axes[1].text(0.5, 0.5, "not measured", ha="center", va="center",
-                     transform=axes[1].transAxes, color="#888")
+    if not has_net:
+        axes[1].set_xticks([])
+        axes[1].text(0.5, 0.5, "not measured\n(seqmem analyze RUN --what tau_net)",
+                     ha="center", va="center", transform=axes[1].transAxes, color="#888")
     axes[1].legend(*axes[0].get_legend_handles_labels(), loc="upper left",
                    bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
     return fig, ["run", "N", "tau median", "tau 10-90 %", "tau mean", "tau_net mean",
