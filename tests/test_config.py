@@ -154,3 +154,17 @@ def test_configs_pickle_by_value():
                             schema=ContinualConfig)):
         again = pickle.loads(pickle.dumps(cfg))
         assert again == cfg and again.config_hash() == cfg.config_hash()
+
+
+def test_config_show_lists_every_key_with_its_default():
+    from seqmem.config.describe import describe
+
+    rows = {r["key"]: r for r in describe("train")}
+    assert set(rows) == {f"train.{k}" for k in load_config().train.model_fields}
+    assert rows["train.batch_size"]["default"] == 256 and rows["train.lr"]["help"]
+    mixer = {r["key"]: r for r in describe("mixer", "leaky_rnn")}
+    params = mixers.hyperparameters(mixers.get("leaky_rnn"))
+    assert set(mixer) == {"model.mixer.kind", *(f"model.mixer.{k}" for k in params)}
+    assert mixer["model.mixer.rule"]["default"] == "default" and mixer["model.mixer.rule"]["help"]
+    with pytest.raises(Exception, match="unknown config section 'nope'; accepted: run"):
+        describe("nope")

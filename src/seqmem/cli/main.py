@@ -20,6 +20,7 @@ from seqmem.bench import BenchConfig
 from seqmem.cli import tables
 from seqmem.cli.parser import build_parser, check_config_argument, join_dotted, split_overrides
 from seqmem.config import load_config, parse_value
+from seqmem.config.describe import describe
 from seqmem.continual.loop import aggregate
 from seqmem.dashboard import sweep_dashboard
 from seqmem.engine import api
@@ -168,6 +169,11 @@ def cmd_show(args, overrides, console) -> int:
     return 0
 
 
+def cmd_config(args, overrides, console) -> int:
+    tables.config_keys(console, args.show, describe(args.show, args.kind))
+    return 0
+
+
 def cmd_store(args, overrides, console) -> int:
     store = RunStore(args.root)
     report = store.check() if args.action == "check" else store.rebuild()
@@ -256,7 +262,7 @@ def _csv(text: str | None, what: str, conv=str) -> list | None:
 COMMANDS = {"run": cmd_run, "continual": cmd_continual, "analyze": cmd_analyze,
             "report": cmd_report, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep,
-            "store": cmd_store}
+            "store": cmd_store, "config": cmd_config}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,7 @@ EPILOG = """examples:
   seqmem list mixers                      registered mixers (also: tasks)
   seqmem show-task mqar n_pairs=4         a few examples of a task, decoded, targets marked
   seqmem store check                      the store's index against its run folders
+  seqmem config --show train              every train.* key: type, default, help
   seqmem train --mixer "gated_deltanet*3,attention" --task mqar --eval.lengths 128,256
   seqmem continual --method finetune,ewc,replay,hnet --seeds 0,1,2   forgetting on N-parity
 
@@ -164,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "thread pool makes small ops slow and uneven)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
+
+    cf = sub.add_parser("config", help="every config key of a section: type, default, help",
+                        description="Print the dotted keys of a config section with their "
+                        "type, default and one line of help: train, eval, curriculum, model, "
+                        "run (the top level), or mixer / task (a registered component's "
+                        "options; --kind names it, default the default mixer or task).")
+    cf.add_argument("--show", required=True, metavar="SECTION",
+                    help="train, eval, curriculum, model, run, mixer or task")
+    cf.add_argument("--kind", help="with --show mixer|task: which one (e.g. gru, mqar)")
 
     sto = sub.add_parser("store", help="check the run store's index, or rebuild it from the "
                          "run folders", description="check: compare the SQLite index with the "

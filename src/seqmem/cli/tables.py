@@ -287,3 +287,11 @@ def bench(console: Console, ctx: dict, rows: list[dict], paths: dict) -> None:
     for line in ctx["skipped"]:
         console.print(f"not measured: {line}", markup=False)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}", markup=False)
+
+
+def config_keys(console: Console, section: str, rows: list[dict]) -> None:
+    tab = _table(f"config keys: {section} (override any as key=value)",
+                 ("key", "type", "default", "help"))
+    for r in rows:
+        tab.add_row(*(escape(str(r[k])) for k in ("key", "type", "default", "help")))
+    console.print(tab)
