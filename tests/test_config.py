@@ -160,7 +160,7 @@ def test_config_show_lists_every_key_with_its_default():
     from seqmem.config.describe import describe
 
     rows = {r["key"]: r for r in describe("train")}
-    assert set(rows) == {f"train.{k}" for k in load_config().train.model_fields}
+    assert set(rows) == {f"train.{k}" for k in type(load_config().train).model_fields}
     assert rows["train.batch_size"]["default"] == 256 and rows["train.lr"]["help"]
     mixer = {r["key"]: r for r in describe("mixer", "leaky_rnn")}
     params = mixers.hyperparameters(mixers.get("leaky_rnn"))
