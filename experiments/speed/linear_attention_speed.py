@@ -47,7 +47,11 @@ def fwd_bwd(op: str, mode: str, t: int, chunk_size: int):
     args = inputs(op, t, torch.Generator().manual_seed(0))
 
     def run():
-        o, S = fn(*args, mode=mode, chunk_size=chunk_size)
+        if op == "gla":
+            o, S = fn(*args, mode=mode, chunk_size=chunk_size)
+        else:  # the delta rule's gates are keyword arguments
+            q, k, v, g, beta = args
+            o, S = fn(q, k, v, g=g, beta=beta, mode=mode, chunk_size=chunk_size)
         (o.square().mean() + S.square().mean()).backward()
 
     return run
