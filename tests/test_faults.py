@@ -308,8 +308,11 @@ def test_two_writers_of_one_run_are_refused_and_no_epoch_is_logged_twice(tmp_pat
             for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in pair]
     codes = sorted(p.returncode for p in pair)
-    assert codes in ([0, 1], [0, 2]), (codes, outs)
-    assert any("is being written by" in err or "refused" in out + err for out, err in outs)
+    # together: one trains, the other is refused; on a loaded machine the second may start
+    # only after the first has finished, and then has nothing left to train
+    assert codes in ([0, 0], [0, 1], [0, 2]), (codes, outs)
+    if codes != [0, 0]:
+        assert any("is being written by" in err or "refused" in out + err for out, err in outs)
     epochs = [m["epoch"] for m in RunStore(tmp_path).open_run(rid).metrics() if "epoch" in m]
     assert epochs == list(range(1, done + 31))
     assert RunStore(tmp_path).get(rid)["status"] == "done"
