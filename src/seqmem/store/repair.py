@@ -35,7 +35,7 @@ from seqmem.errors import SeqmemError
 from seqmem.store.faults import StoreError, db_error, os_error, rebuild_hint
 from seqmem.store.lock import holder as lock_holder
 from seqmem.store.lock import pid_alive
-from seqmem.store.run import CKPT_SUFFIX, Run, read_json, slot
+from seqmem.store.run import CKPT_SUFFIX, Run, read_json, read_records, slot
 from seqmem.store.schema import (
     COLUMNS,
     DB_NAME,
@@ -237,19 +237,9 @@ def read_folder(path: Path) -> Folder:
 
 def _logged_twice(path: Path) -> list[tuple[str, str]]:
     """(key, value) of the epochs (or experiences) logged more than once in metrics.jsonl."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise os_error(e, path, "read") from e
     seen, twice = set(), []
-    for line in data.decode(errors="replace").split("\n"):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        s = slot(rec) if isinstance(rec, dict) else None
+    for rec in read_records(path):
+        s = slot(rec)
         if s is None:
             continue
         if s in seen and s not in twice:

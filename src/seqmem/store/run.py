@@ -118,6 +118,28 @@ def read_json(path: Path) -> dict | None:
     return obj
 
 
+def read_records(path: Path) -> list[dict]:
+    """The JSON-object lines of a JSON-lines file, in order ([] if there is no such file); a
+    line cut short (a process killed mid-write) is skipped."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise os_error(e, path, "read") from e
+    out = []
+    for line in data.decode(errors="replace").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def order_key(record: dict) -> str | None:
     """The key (of ORDER_KEYS) by which `record` is logged once, None for an event."""
     return next((k for k in ORDER_KEYS if k in record), None)
@@ -288,23 +310,7 @@ class Run:
         """All records, oldest first; a line cut short (a process killed mid-write) is
         skipped, and of records with the same "epoch" (or "experience"), as an older
         version could write, only the last is kept."""
-        p = self.dir / "metrics.jsonl"
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise os_error(e, p, "read") from e
-        out = []
-        for line in data.decode(errors="replace").split("\n"):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
+        out = read_records(self.dir / "metrics.jsonl")
         slots = [slot(rec) for rec in out]
         last = {s: i for i, s in enumerate(slots) if s is not None}
         return [rec for i, (rec, s) in enumerate(zip(out, slots, strict=True))

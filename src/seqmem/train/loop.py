@@ -331,7 +331,7 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             "epoch": epoch, **({"N": n_trained} if cur.kind != "none" else {}),
             "active_N": task_N(task), **scores,
             # what the accuracy is measured on: the evaluation task with its split and lengths
-            "eval_on": repr(parts.make_task(cur, split="test") if knob else eval_task),
+            "eval_on": repr(eval_task),
             "loss": sum(losses) / len(losses),
             "train_tokens_per_s": round(tokens[0] / max(train_s, 1e-9), 1),
             "eval_loss": eval_loss / t.eval_batches, "elapsed_s": round(elapsed, 3),
