@@ -3,7 +3,8 @@
 
 Sections: train, eval, curriculum, model (the run's own fields, described on their pydantic
 fields), and mixer / task (a registered component's options: the keyword hyperparameters of
-its constructor, described in its docstring's "Args:" section).
+its constructor, described in its docstring's "Args:" section; a task's section also lists
+the training settings it changes, `Task.train_defaults`, and its source's own setting).
 """
 
 from __future__ import annotations
@@ -96,4 +97,13 @@ def describe(section: str, kind: str | None = None) -> list[dict]:
         rows.append({"key": prefix + name, "type": _type_text(hints.get(name, Any)),
                      "default": None if p.default is inspect.Parameter.empty else p.default,
                      "help": helps.get(name, "")})
+    if section == "task":
+        for name, value in cls.train_defaults.items():
+            f = TrainConfig.model_fields[name]
+            rows.append({"key": f"train.{name}", "type": _type_text(f.annotation),
+                         "default": value, "help": f"{kind}'s training default (other tasks: "
+                         f"{_default(f)}); {f.description}"})
+        if cls.paper_setting:
+            rows.append({"key": "(source)", "type": "", "default": "",
+                         "help": cls.paper_setting})
     return rows

@@ -190,7 +190,8 @@ class TrainConfig(Strict):
         "auto", description="learning-rate schedule over the budget; auto: the task's recipe")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up updates")
     clip: float | None = Field(2.0, gt=0, description="gradient norm clipping (null: none)")
-    batch_size: int = Field(256, ge=1, description="sequences per update and per evaluation batch")
+    batch_size: int = Field(256, ge=1, description="sequences per update and per evaluation "
+                            "batch (some tasks start from less: `config --show task`)")
     steps_per_epoch: int = Field(50, ge=1, description="updates per epoch")
     eval_batches: int = Field(10, ge=1, description="evaluation batches per epoch")
     max_epochs: int = Field(1000, ge=1, description="budget in epochs")
@@ -316,18 +317,31 @@ class RunConfig(Strict):
         return "multi" if has_N and c.knob == "N" else "none"
 
     def resolve(self) -> RunConfig:
-        """The config that runs, as a run stores it: every "auto" that the config alone
-        decides made explicit (`curriculum.kind`), and under a curriculum the task option it
-        grows (`task.N`, or `curriculum.knob`) at the value training starts from
-        (`curriculum.n_start`), so that the stored config never differs from what ran."""
+        """The config that runs, as a run stores it, so that the stored config never differs
+        from what ran:
+        - every "auto" that the config alone decides made explicit (`curriculum.kind`);
+        - the task's training defaults (`Task.train_defaults`) filled into the train keys
+          that the config leaves unset;
+        - the task's "auto" options that the installed packages decide made explicit
+          (`Task.resolve_options`, e.g. mnist1d's `source`);
+        - under a curriculum, the task option it grows (`task.N`, or `curriculum.knob`) at
+          the value training starts from (`curriculum.n_start`)."""
         kind = self.curriculum_kind()
         update: dict = {}
         if kind != self.curriculum.kind:
             update["curriculum"] = self.curriculum.model_copy(update={"kind": kind})
+        defaults = {k: v for k, v in self.task.task_class().train_defaults.items()
+                    if k not in self.train.model_fields_set}
+        if defaults:  # the task's training defaults, where the config leaves them unset
+            update["train"] = self.train.model_copy(update=defaults)
+        task_update = {k: v for k, v in self.task.task_class().resolve_options(
+            self.task.options()).items() if getattr(self.task, k, v) != v}
         knob = self.curriculum.knob
         if kind != "none" and knob in type(self.task).model_fields \
                 and getattr(self.task, knob) != self.curriculum.n_start:
-            update["task"] = self.task.model_copy(update={knob: self.curriculum.n_start})
+            task_update[knob] = self.curriculum.n_start
+        if task_update:  # "auto" task options made explicit, the curriculum's start value
+            update["task"] = self.task.model_copy(update=task_update)
         return self.model_copy(update=update) if update else self
 
     @model_validator(mode="after")

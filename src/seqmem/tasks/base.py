@@ -35,7 +35,7 @@ A task is a seeded generator of batches. For task authors:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -79,10 +79,21 @@ class Task:
     d_output: int | None = None  # target channels of a regression task
     vocab: list[str] | None = None
     fixed_data: ClassVar[bool] = False  # True: a fixed labelled set, _data() -> x, y of its split
+    # The training settings (keys of the config's `train` section) that a run of this task
+    # starts from unless its config sets them: sized so that learning shows within minutes on
+    # a 2-core CPU. `paper_setting` says what the task's source trained with, for comparison.
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    paper_setting: ClassVar[str] = ""
 
     def sample(self, batch_size: int, *, generator: torch.Generator) -> Batch:
         """A batch of `batch_size` examples drawn with `generator` only."""
         raise NotImplementedError
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` with every "auto" that the installed packages decide made explicit, as
+        a run stores them (e.g. mnist1d's `source`); by default unchanged."""
+        return options
 
     def max_length(self) -> int:
         """The most steps a sequence of this task can have (a bound for memory checks): the

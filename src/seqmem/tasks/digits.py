@@ -227,6 +227,14 @@ class MNIST1D(_FixedData):
     attribute `source` holds the generator actually used ("package" or "builtin"), which the
     repr and every batch's meta show. Batches are drawn with replacement; `iter_batches`
     passes over the split once, in order.
+
+    Args:
+        split: "train" (the first 80 %) or "test".
+        n_samples: examples generated, both splits.
+        data_seed: seed of the data set (42: the published one).
+        shuffle_seq: permute the 40 time steps (one fixed permutation), destroying temporal
+            order.
+        source: "auto", "package" (the mnist1d package) or "builtin" (seqmem's port).
     """
 
     def __init__(self, *, split: str = "train", n_samples: int = 5000, data_seed: int = 42,
@@ -247,6 +255,14 @@ class MNIST1D(_FixedData):
         self.d_input = 1
         self.heads = [10]
         self.classes = [str(d) for d in range(10)]
+
+    @classmethod
+    def resolve_options(cls, options: dict) -> dict:
+        """source "auto" made explicit: "package" if the mnist1d package is installed, else
+        "builtin" (so a run's stored config names the generator its data came from)."""
+        if options.get("source", "auto") == "auto":
+            return {**options, "source": "package" if mnist1d_package_installed() else "builtin"}
+        return options
 
     def _data(self) -> tuple[Tensor, Tensor]:
         key = ("mnist1d", self.source, self.n_samples, self.data_seed, self.shuffle_seq)
@@ -279,6 +295,12 @@ class SeqDigits(_FixedData):
     ceil(test_fraction * 1797) (20 %: 360) the test split. The class at the last step.
     meta: {"seq_len", "split", "index": (b,) rows of load_digits()}.
     Needs scikit-learn: pip install seqmem[data].
+
+    Args:
+        split: "train" or "test".
+        by: "pixel" (64 steps of 1) or "row" (8 steps of 8).
+        split_seed: seed of the fixed train/test permutation.
+        test_fraction: fraction of the images in the test split.
     """
 
     def __init__(self, *, split: str = "train", by: str = "pixel", split_seed: int = 0,

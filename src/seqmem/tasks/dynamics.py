@@ -32,6 +32,7 @@ import math
 import warnings
 from collections.abc import Callable
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -194,7 +195,18 @@ class Dynamics(Task):
     dysts package (see the module docstring for how it differs), with its own dimension d
     (inputs and targets (b, seq_len, d)).
     meta: {"seq_len", "system", "dt", "x0": (b, d) the first sample, unstandardised}.
+
+    Args:
+        system: lorenz63, roessler, or "dysts:<Name>" (needs dysts).
+        seq_len: samples per training sequence.
+        dt: sampling step (None: the system's default).
+        burn_in: time units integrated and discarded before the first sample.
+        noise: observation noise sd, in standardised units.
     """
+
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "eval_batches": 4}
+    paper_setting: ClassVar[str] = ("Hess et al. 2023: Lorenz-63 at dt 0.01, sequences of "
+                                    "200 steps, evaluated by D_stsp and D_H of free runs")
 
     loss = "mse"
 

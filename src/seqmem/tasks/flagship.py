@@ -149,6 +149,13 @@ class NParity(_BitsTask):
     seqmem's choices: draw order per training batch is M, then p, then the bits (all from the
     generator); the stream's unscored steps also include t < N_max - 1, where the longest
     window is not yet full.
+
+    Args:
+        N: the window (an int, or a list: one read-out head per N, the multi-head curriculum).
+        streaming: evaluate on long Bernoulli(0.5) streams with a label at every step instead
+            of one label per sequence.
+        stream_len: bits per stream when streaming.
+        burn_in: unscored first steps of a stream.
     """
 
     def _training_bits(self, batch_size, M, generator):
@@ -176,6 +183,13 @@ class NDMS(_BitsTask):
 
     seqmem's choices: draw order per training batch is M, then the bits; the stream's unscored
     steps also include t < N_max - 1.
+
+    Args:
+        N: the window (an int, or a list: one read-out head per N, the multi-head curriculum).
+        streaming: evaluate on long Bernoulli(0.5) streams with a label at every step instead
+            of one label per sequence.
+        stream_len: bits per stream when streaming.
+        burn_in: unscored first steps of a stream.
     """
 
     def _training_bits(self, batch_size, M, generator):

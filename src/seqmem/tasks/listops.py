@@ -118,7 +118,19 @@ class ListOps(Task):
     token ids: an expression is in the test split iff crc32 mod 100 < test_percent (10).
     Generation is a Python walk over uniforms drawn in chunks, abandoned as soon as a tree
     reaches max_len tokens (about 0.1 s for 64 examples at the default lengths).
+
+    Args:
+        min_len: expressions must be longer than this (tokens).
+        max_len: expressions must be shorter than this (tokens).
+        max_depth: deepest nesting of operators.
+        max_args: most arguments of one operator.
+        split: "train" or "test" (disjoint by a hash of each expression).
+        test_percent: percent of expressions that fall in the test split.
     """
+
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "eval_batches": 4}
+    paper_setting: ClassVar[str] = ("Long Range Arena (Tay et al. 2021): lengths 500..2,000 "
+                                    "(min_len=500 max_len=2000), batch 32")
 
     length_option: ClassVar[str] = "max_len"
 

@@ -64,6 +64,11 @@ class NeuroGym(Task):
     one at a time by the environment (a Python loop over the batch, unavoidable here).
     meta: {"seq_len", "env", "length": (b,) steps of each trial}.
     Needs the optional extra: pip install 'seqmem[neurogym]'.
+
+    Args:
+        env: the NeuroGym environment id, e.g. DelayMatchSample-v0.
+        env_kwargs: keyword arguments of the environment, e.g. {"dt": 100}.
+        mask: "all" (every step) or "decision" (the decision period only) is supervised.
     """
 
     def __init__(self, *, env: str = "PerceptualDecisionMaking-v0",

@@ -18,6 +18,8 @@ is `seq_len` (the batch length t); test at longer lengths with `--eval.lengths`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -48,7 +50,19 @@ class MQAR(Task):
     of 64 where Zoology uses 8,192 (`vocab_size=8192` for the paper's setting): with 8,192
     tokens a 2-layer attention model (d_model 64, batch 64) learned nothing in 300 updates on
     a 2-core CPU, with 64 it reached 26 % accuracy.
+
+    Args:
+        seq_len: tokens per sequence, context and queries.
+        n_pairs: key-value pairs per example (each key queried once).
+        vocab_size: token vocabulary V (keys below V/2, values above).
+        alpha: query-position power law: P(slot j) ~ j^(alpha - 1).
+        random_filler: random tokens instead of 0 between the queries.
     """
+
+    train_defaults: ClassVar[dict] = {"batch_size": 64, "eval_batches": 4}
+    paper_setting: ClassVar[str] = ("Zoology (Arora et al. 2023), Fig. 2: vocabulary 8,192, "
+                                    "100,000 training and 3,000 test examples, batch 256, the "
+                                    "learning rate swept over 1e-4..1e-2")
 
     def __init__(self, *, seq_len: int = 64, n_pairs: int = 4, vocab_size: int = 64,
                  alpha: float = 0.01, random_filler: bool = False):
@@ -116,6 +130,11 @@ class SelectiveCopy(Task):
     seq_len counts everything, markers included: the s4 generator's L noise tokens are
     seq_len - 2 M. Paper scale: A = 16, M = 16, L = 4096 (seq_len = 4128); the laptop default
     is seq_len = 128 (L = 96).
+
+    Args:
+        seq_len: tokens per sequence, markers included.
+        n_tokens: data tokens M to copy.
+        vocab_size: vocabulary A, noise and marker included.
     """
 
     def __init__(self, *, seq_len: int = 128, n_tokens: int = 16, vocab_size: int = 16):
@@ -164,7 +183,15 @@ class InductionHeads(Task):
     vocabulary is vocab_size - 1 tokens (safari reserves an unused no-op token as well).
     Paper scale: vocab 16, train seq_len 256, tests up to 2^20; test longer lengths with
     `--eval.lengths`.
+
+    Args:
+        seq_len: tokens per sequence.
+        vocab_size: vocabulary, the trigger included.
     """
+
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "eval_batches": 4}
+    paper_setting: ClassVar[str] = ("Gu & Dao 2023: vocabulary 16, trained at length 256, "
+                                    "tested at lengths up to 2^20")
 
     def __init__(self, *, seq_len: int = 256, vocab_size: int = 16):
         self.seq_len = check_int("seq_len", seq_len, low=4)
@@ -204,6 +231,12 @@ class SetDisjointness(Task):
     "pos_first": (b,), "pos_second": (b,) positions of the shared token}.
 
     Paper scale: vocab 2,048; (first, second) lengths from (4, 16) to (256, 16) and reversed.
+
+    Args:
+        n_first: tokens of the first list.
+        n_second: tokens of the second list.
+        vocab_size: vocabulary, the four special tokens included.
+        mixed_order: swap the two list lengths in a random half of the examples.
     """
 
     def __init__(self, *, n_first: int = 4, n_second: int = 16, vocab_size: int = 2048,
