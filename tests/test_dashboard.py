@@ -141,3 +141,13 @@ def test_dashboard_renders_in_a_headless_browser(tmp_path):
         assert 'data-legend-overlaps="0"' in f and 'data-empty-panels="0"' in f
         assert 'data-browser-overlaps="0"' in f
         assert len(re.search(r"<figcaption>(.*?)</figcaption>", f, re.S).group(1)) > 20
+
+
+def test_a_figure_no_run_measured_says_what_would_fill_it(tmp_path):
+    rows = _rows()
+    for r in rows:
+        del r["summary"]["acc_by_length"]
+    page = write_dashboard(rows, tmp_path, title="t").read_text()
+    assert "<figure data-name='accuracy_vs_length'" not in page
+    assert "no run of this sweep measured it: add eval.lengths" in page
+    assert page.count("<figcaption>") == 3

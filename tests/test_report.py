@@ -304,7 +304,10 @@ def test_summary_table_shows_every_analysis_headline(scratch_registry):
     assert header == ["measure", "single", "multi"]
     table = {r[0]: r[1:] for r in rows}
     assert table["spectral radius (last N)"] == ["", "0.812"]
-    assert table["ablate longest-tau unit (rel. acc, mean)"] == ["0.437", "0.991"]
+    # a mean and its sd share one row
+    assert table["ablate longest-tau unit (rel. acc.): mean ± sd over tie draws"] == \
+        ["0.437 ± 0.010", "0.991 ± 0.010"]
+    assert not [label for label in table if label.startswith("sd over")]
     assert table["perturb tau, eps 0.1 (rel. acc)"] == [f"{1 - 0.1 * 0.437:.3f}",
                                                        f"{1 - 0.1 * 0.991:.3f}"]
     assert table["tau_net mean (last N)"] == ["2.400", "2.500"]
@@ -387,3 +390,12 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     assert errors
     assert re.search(r'data-figures-loaded="(\d+)"', dom).group(1) == str(n - 1)
     assert re.search(r'data-browser-overlaps="[1-9]', dom)
+
+
+def test_paired_rows_join_a_mean_and_its_sd():
+    from seqmem.report.page import paired_rows
+
+    rows = paired_rows([("a", "x"), ("sd of a", "x_sd"), ("b", "y_mean"), ("spread", "y_sd"),
+                        ("lonely", "z_sd"), ("c", "w")])
+    assert rows == [("a: mean ± sd of a", "x", "x_sd"), ("b: mean ± spread", "y_mean", "y_sd"),
+                    ("lonely", "z_sd", None), ("c", "w", None)]

@@ -223,6 +223,13 @@ def fig_speed(rows: list[dict]):
 
 FIGURES = [("accuracy_vs_state_size", fig_state_size), ("accuracy_vs_length", fig_length),
            ("timescales", fig_timescales), ("speed", fig_speed)]
+#: What a sweep adds to fill a figure that none of its runs measured.
+EMPTY_HINTS = {
+    "accuracy_vs_length": ": add eval.lengths (e.g. eval.lengths=64,128,256) to the sweep's "
+                          "overrides, on a task with a length option (seqmem config --show "
+                          "eval)",
+    "timescales": ": it needs mixers with per-unit timescales (leaky_rnn, gru, lstm)",
+}
 
 
 def speed_table(rows: list[dict]) -> tuple[list[str], list[list]]:
@@ -255,7 +262,7 @@ def write_dashboard(rows: list[dict], out_dir: str | Path, *, title: str,
         res = make(rows)
         if res is None:
             parts.append(f"<h2>{name.replace('_', ' ')}</h2><p class='empty'>no run of this "
-                         f"sweep measured it</p>")
+                         f"sweep measured it{html.escape(EMPTY_HINTS.get(name, ''))}</p>")
         else:
             parts.append(figure_section(name, *res[:3], out, caption=res[3]))
     if bench:

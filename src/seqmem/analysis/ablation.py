@@ -71,10 +71,10 @@ def _mean_sd(x) -> tuple[float, float]:
 
 
 @analysis("ablation", needs="last_stage", writes=("base_accuracy", "ablation"),
-          headline={"ablate_longest_rel": "ablate longest-tau unit (rel. acc, mean)",
-                    "ablate_longest_rel_sd": "ablate longest-tau unit (sd over tie draws)",
-                    "ablate_shortest_rel": "ablate shortest-tau unit (rel. acc, mean)",
-                    "ablate_shortest_rel_sd": "ablate shortest-tau unit (sd over tie draws)"},
+          headline={"ablate_longest_rel": "ablate longest-tau unit (rel. acc.)",
+                    "ablate_longest_rel_sd": "sd over tie draws",
+                    "ablate_shortest_rel": "ablate shortest-tau unit (rel. acc.)",
+                    "ablate_shortest_rel_sd": "sd over tie draws"},
           headline_of=_headline,
           options={"ablation_draws": 5, "ablation_fractions": FRACTIONS})
 def ablation(ctx: Context) -> dict:

@@ -28,8 +28,8 @@ from seqmem.store import RunStore
 
 #: Rows of the summary table from the training summary: (label, summary key).
 TRAINING_ROWS = (("max N solved", "n_solved"), ("epochs", "epochs"),
-                 ("training time (s)", "elapsed_s"), ("tau mean (end)", "tau_mean"),
-                 ("tau sd (end)", "tau_sd"))
+                 ("training time (s)", "elapsed_s"), ("tau at the end", "tau_mean"),
+                 ("sd over units", "tau_sd"))
 CONTINUAL_ROWS = (("method", "method"), ("protocol", "protocol"),
                   ("average accuracy", "avg_acc"), ("backward transfer", "bwt"),
                   ("forward transfer", "fwt"), ("forgetting", "forgetting"),
@@ -253,20 +253,44 @@ def _fmt(v) -> str:
     return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def _mean_sd(mean, sd) -> str:
+    return _fmt(mean) if sd is None or mean is None else f"{_fmt(mean)} ± {_fmt(sd)}"
+
+
+def paired_rows(labels: list[tuple[str, str]]) -> list[tuple[str, str, str | None]]:
+    """(label, key, sd key or None) for (label, key) rows in order: a key `K_sd` whose `K`
+    (or `K_mean`) is also a row joins that row, which reads "label: mean ± <sd label>", e.g.
+    "tau at the end: mean ± sd over units"."""
+    keys = {key for _, key in labels}
+    sd_of = {}
+    for _, key in labels:
+        if key.endswith("_sd"):
+            base = next((b for b in (key[:-3], key[:-3] + "_mean") if b in keys), None)
+            if base is not None:
+                sd_of[base] = key
+    sd_label = dict((key, label) for label, key in labels)
+    return [(f"{label}: mean ± {sd_label[sd_of[key]]}" if key in sd_of else label, key,
+             sd_of.get(key)) for label, key in labels if key not in sd_of.values()]
+
+
 def summary_table(entries: list[Entry]) -> tuple[list[str], list[list]]:
     """(header, rows): a column per run; rows of its training summary, then the headline
     numbers of every registered analysis that some run has (from its analysis, else its
-    summary), then, for continual-learning runs, their metrics."""
+    summary), then, for continual-learning runs, their metrics. A mean and its sd share one
+    row, "mean ± sd" (`paired_rows`)."""
     header = ["measure", *(e.label for e in entries)]
     rows = [["run id", *(e.run_id for e in entries)]]
-    rows += [[label, *(_fmt(e.summary.get(key)) for e in entries)]
-             for label, key in TRAINING_ROWS]
+    rows += [[label, *(_mean_sd(e.summary.get(key), e.summary.get(sd) if sd else None)
+                       for e in entries)]
+             for label, key, sd in paired_rows([(lb, k) for lb, k in TRAINING_ROWS])]
     heads = [headline(e.analysis) for e in entries]
     for spec in analyses():
-        for key, label in spec.headline.items():
+        for label, key, sd in paired_rows([(lb, k) for k, lb in spec.headline.items()]):
             vals = [h.get(key, e.summary.get(key)) for h, e in zip(heads, entries, strict=True)]
+            sds = [None if sd is None else h.get(sd, e.summary.get(sd))
+                   for h, e in zip(heads, entries, strict=True)]
             if any(v is not None for v in vals):
-                rows.append([label, *map(_fmt, vals)])
+                rows.append([label, *map(_mean_sd, vals, sds)])
     if any("avg_acc" in e.summary for e in entries):
         rows += [[label, *(_fmt(e.summary.get(key)) for e in entries)]
                  for label, key in CONTINUAL_ROWS]
