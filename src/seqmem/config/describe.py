@@ -40,22 +40,31 @@ def _type_text(annotation: Any) -> str:
         if "SerializeAsAny" in text else text.replace("NoneType", "None")
 
 
-def _args_help(cls: type) -> dict[str, str]:
-    """name -> first line of its description in the class docstring's "Args:" section."""
+def _args_help(cls: type, registry=None) -> dict[str, str]:
+    """name -> first sentence of its description in the class docstring's "Args:" section.
+    An entry may describe several names ("expand_k, expand_v: ..."), and "Args: as `other`"
+    takes the entries of the registered component `other` (from `registry`)."""
     doc = inspect.getdoc(cls) or ""
     out: dict[str, str] = {}
-    in_args, current = False, None
+    in_args, current = False, []
     for line in doc.splitlines():
+        ref = re.match(r"^Args:\s*as `(\w+)`", line.strip())
+        if ref and registry is not None and ref.group(1) in registry.names():
+            out.update(_args_help(registry.get(ref.group(1)), registry))
+            in_args = True
+            continue
         if line.strip() == "Args:":
             in_args = True
             continue
         if in_args:
-            m = re.match(r"^ {4}(\w+):\s*(.*)$", line)
+            m = re.match(r"^ {4}(\w+(?:,\s*\w+)*):\s*(.*)$", line)
             if m:
-                current = m.group(1)
-                out[current] = m.group(2).strip()
+                current = [n.strip() for n in m.group(1).split(",")]
+                for name in current:
+                    out[name] = m.group(2).strip()
             elif line.startswith("        ") and current:
-                out[current] += " " + line.strip()
+                for name in current:
+                    out[name] += " " + line.strip()
             elif line.strip() and not line.startswith(" "):
                 break
     return {k: v.split(". ")[0].rstrip(".") for k, v in out.items()}
@@ -89,7 +98,7 @@ def describe(section: str, kind: str | None = None) -> list[dict]:
     kind = kind or (DEFAULT_MIXER if section == "mixer" else DEFAULT_TASK)
     cls = reg.get(kind)
     hints = typing.get_type_hints(cls.__init__)
-    helps = _args_help(cls)
+    helps = _args_help(cls, reg)
     prefix = "model.mixer." if section == "mixer" else "task."
     rows = [{"key": prefix + "kind", "type": "str", "default": kind,
              "help": f"the {section}: one of {', '.join(reg.names())}"}]
