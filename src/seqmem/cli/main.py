@@ -217,6 +217,33 @@ def cmd_analyze(args, overrides, console) -> int:
     return 0
 
 
+def cmd_prune(args, overrides, console) -> int:
+    store = RunStore(args.root)
+    opts = {"prune_methods": tuple(_csv(args.method, "--method")),
+            "prune_sparsities": tuple(_csv(args.sparsities, "--sparsities", float)),
+            "prune_schedule": args.schedule,
+            "prune_finetune_epochs": _int(args.finetune_epochs, "--finetune-epochs"),
+            "prune_retrain": args.retrain, "prune_save": args.save,
+            "prune_retrain_epochs": None if args.retrain_epochs is None
+            else _int(args.retrain_epochs, "--retrain-epochs", 1)}
+    seed = _int(args.seed, "--seed")
+    with Status(console, f"pruning {args.run_id}") as status:
+        out, head = analyze_and_record(store, args.run_id, what=("pruning",), seed=seed,
+                                       progress=status.message, **opts)
+    tables.pruning(console, store.open_run(args.run_id), out["pruning"], head)
+    return 0
+
+
+def _int(text: str, what: str, low: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise SeqmemError(f"{what} must be an integer >= {low}, got {text!r}")
+    return value
+
+
 def cmd_bench(args, overrides, console) -> int:
     flags = [f"{k}={v}" for k, v in (
         ("mixers", args.mixers), ("forms", args.forms), ("references", args.references),
@@ -260,6 +287,7 @@ def _csv(text: str | None, what: str, conv=str) -> list | None:
 
 
 COMMANDS = {"run": cmd_run, "continual": cmd_continual, "analyze": cmd_analyze,
+            "prune": cmd_prune,
             "report": cmd_report, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep,
             "store": cmd_store, "config": cmd_config}

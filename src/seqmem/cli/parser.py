@@ -19,6 +19,7 @@ EPILOG = """examples:
   seqmem sweep experiments/sweeps/quick.yaml   a grid of runs; re-run to finish what is missing
   seqmem runs --sweep quick --where 'acc>0.9' --best mixer --format csv
   seqmem analyze RUN_ID                   timescales, tau_net, ablation, perturbation
+  seqmem prune RUN_ID --finetune-epochs 2 accuracy against sparsity, tau of pruned units
   seqmem list mixers                      registered mixers (also: tasks)
   seqmem show-task mqar n_pairs=4         a few examples of a task, decoded, targets marked
   seqmem store check                      the store's index against its run folders
@@ -126,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
     an.add_argument("--seed", type=int, default=0, help="seed of the probe inputs")
     an.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    pr = sub.add_parser("prune", help="prune a run: accuracy against sparsity, tau of the "
+                        "units removed first", description="Prune the model of a run's last "
+                        "curriculum stage at several sparsities (magnitude: the smallest |w| of "
+                        "every mixer weight; structured: whole units of an RNN or heads of "
+                        "linear attention with every parameter that depends on them), "
+                        "optionally fine-tune it with the masks held and retrain the pruned "
+                        "mask from scratch; accuracy against sparsity and the tau (and tau_net) "
+                        "of the pruned units go to <run>/analysis.json under 'pruning'.")
+    pr.add_argument("run_id")
+    pr.add_argument("--method", default="magnitude,structured",
+                    help="comma-separated: magnitude, structured (default both)")
+    pr.add_argument("--sparsities", default="0.1,0.25,0.5,0.75,0.9",
+                    help="comma-separated target sparsities in (0, 1): the fraction of weights "
+                    "(magnitude) or of units / heads (structured) removed")
+    pr.add_argument("--schedule", default="oneshot", help="magnitude pruning: oneshot (all at "
+                    "once), zhu_gupta (cubic sparsity ramp, Zhu & Gupta 2017) or narang "
+                    "(threshold ramp, Narang et al. 2017) over the first half of fine-tuning")
+    pr.add_argument("--finetune-epochs", default="0", metavar="E",
+                    help="epochs of training at the last stage with the masks held (default 0)")
+    pr.add_argument("--retrain", action="store_true", help="also train each pruned mask from "
+                    "a fresh initialisation (Liu et al. 2019)")
+    pr.add_argument("--retrain-epochs", default=None, metavar="E", help="epochs of --retrain "
+                    "(default: as many as the run took to reach the stage)")
+    pr.add_argument("--save", action="store_true", help="save each pruned model as checkpoint "
+                    "prune-<method>-s<percent> (weights and masks)")
+    pr.add_argument("--seed", default="0", help="seed of the probe inputs and fine-tuning")
+    pr.add_argument("--root", default="runs", help="store root (default runs/)")
 
     rp = sub.add_parser("report", help="one self-contained HTML page (and PNGs) for runs",
                         description="Write report.html (figures embedded) and one PNG per "

@@ -276,6 +276,25 @@ def analysis(console: Console, run, out: dict, head: dict) -> None:
     console.print(f"written: {run.dir / 'analysis.json'}")
 
 
+def pruning(console: Console, run, p: dict, head: dict) -> None:
+    """Accuracy against sparsity of `seqmem prune` (relative to the intact model: one-shot,
+    fine-tuned, retrained from scratch), with the target s, the fraction of mixer weights at
+    zero, and the mean tau of the units structured pruning removed (out) and kept (in)."""
+    tab = _table(f"pruning of {run.id} at N = {p['N']} (intact accuracy "
+                 f"{p['base_accuracy']:.3f}; relative accuracies)",
+                 ("method", "s", "zeros", "1-shot", "tuned", "scratch", "tau out",
+                  "tau in"))
+    for q in p["points"]:
+        tab.add_row(q["method"], f"{q['target']:.2f}", f"{q['sparsity']:.3f}",
+                    _num(q["rel_oneshot"]), _num(q.get("rel_finetuned")),
+                    _num(q.get("rel_retrained")), _num(q.get("tau_removed_mean")),
+                    _num(q.get("tau_kept_mean")))
+    console.print(tab)
+    for k, v in head.items():
+        console.print(f"{k}: {_num(v)}", markup=False)
+    console.print(f"written: {run.dir / 'analysis.json'}", markup=False)
+
+
 def bench(console: Console, ctx: dict, rows: list[dict], paths: dict) -> None:
     console.print(f"{ctx['machine']}; torch {ctx['torch']}, {ctx['threads']} thread(s); "
                   f"matmul {ctx['matmul_gflops']} GFLOP/s", markup=False)
