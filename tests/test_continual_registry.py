@@ -42,7 +42,7 @@ def test_registries_list_every_builder_in_registration_order():
     assert tuple(continual_base.method_names()) == METHODS and METHODS[0] == "finetune"
     assert set(METHODS) == {"finetune", "joint", "multihead", "replay", "ewc", "si", "hnet",
                             "rnn_hnet"}
-    assert PROTOCOLS == ("n_curriculum", "split", "permuted", "tasks")
+    assert PROTOCOLS == ("n_curriculum", "split", "permuted", "tasks", "dynamics", "power_law")
 
 
 @pytest.mark.parametrize("name", METHODS)

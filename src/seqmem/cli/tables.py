@@ -106,12 +106,15 @@ def continual(console: Console, cfg, rows: list[dict], n_seeds: int,
     """The methods x seeds table; runs by their short unique prefix, the full ids below it."""
     run_ids = [rid for r in rows for rid in r["runs"].split(", ") if rid]
     short = short_ids(run_ids, all_ids)
+    regression = any(r.get("avg_loss") for r in rows) and not any(r.get("avg_acc") for r in rows)
+    key, avg = ("avg_loss", "avg MSE") if regression else ("avg_acc", "avg accuracy")
     tab = _table(f"continual learning: {cfg.protocol} ({cfg.setting or 'default'} setting), "
                  f"{cfg.mixer}, {cfg.steps} steps per experience; mean ± sd over {n_seeds} "
-                 f"seed(s)", ("method", "avg accuracy", "backward transfer", "forward transfer",
-                              "LCA", "runs"))
+                 f"seed(s)", ("method", avg, "backward transfer", "forward transfer",
+                              "forgetting", "LCA", "runs"))
     for r in rows:
-        tab.add_row(r["method"], r["avg_acc"], r["bwt"], r["fwt"], r["lca"],
+        tab.add_row(r["method"], r.get(key, ""), r["bwt"], r["fwt"], r.get("forgetting", ""),
+                    r["lca"],
                     "\n".join(short[rid] for rid in r["runs"].split(", ") if rid))
     runs_col = tab.columns[-1]  # a prefix per line, never cut
     runs_col.no_wrap, runs_col.overflow = True, "fold"

@@ -8,6 +8,12 @@ continual learning"):
 - "domain" (domain-incremental): one head shared by all experiences (as many classes as the
   largest experience), the identity is not given.
 
+An experience is a classification (`loss = "ce"`, scored by accuracy, higher is better) or a
+regression (`loss = "mse"`, e.g. forecasting the `dynamics` task, scored by its MSE, lower is
+better; its head is a linear read-out of `n_classes` = d_output channels); one protocol holds
+experiences of one kind. A protocol may revisit its experiences: `schedule` lists the
+experience trained in each session (default: each experience once, in order).
+
 A protocol is a function `(setting="<its default>", *, **options) -> Protocol`, registered
 with `@register_protocol("name")`; its keyword-only parameters are its options.
 
@@ -16,6 +22,8 @@ A method wraps one `SequenceModel` and answers, for experience i:
 - `train_batches(i, batch_size, gen)`: the (experience, batch) pairs of one step; their losses
   are summed;
 - `penalty(i)`: a regulariser added to the loss (0 for most);
+- `earlier(i)`: the experiences trained in earlier sessions (0..i-1 unless the protocol
+  revisits experiences);
 - `logits(j, x)`: the read-out of experience j on inputs x;
 - hooks before and after each step and experience, and `state()` / `load_state()` for
   checkpoints.
@@ -38,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmem.errors import check_choice
+from seqmem.errors import SeqmemError, check_choice
 from seqmem.models import SequenceModel
 from seqmem.registry import Registry
 from seqmem.tasks.base import Batch, Task
@@ -52,31 +60,62 @@ _METHODS = Registry("method", sort=False)
 # ---- protocols ----------------------------------------------------------------------------
 @dataclass
 class Experience:
-    """One experience: train on `train`, evaluate on `test`, read out by head `head`."""
+    """One experience: train on `train`, evaluate on `test`, read out by head `head` (of
+    `n_classes` outputs: classes, or regression channels when `loss` is "mse")."""
 
     name: str
     train: Task
     test: Task
     n_classes: int
     head: int
+    loss: str = "ce"  # "ce": classification (accuracy); "mse": regression (MSE)
 
 
 @dataclass
 class Protocol:
-    """A sequence of experiences in one setting, and what the model needs to read them."""
+    """A sequence of experiences in one setting, and what the model needs to read them.
+    `schedule` (None: 0, 1, ..., T-1) is the experience trained in each session, for protocols
+    that revisit experiences (`power_law`); the metrics are over the distinct experiences."""
 
     name: str
     setting: str
     experiences: list[Experience]
     d_input: int
     vocab_size: int | None
+    schedule: list[int] | None = None
+
+    def __post_init__(self):
+        losses = {e.loss for e in self.experiences}
+        if len(losses) > 1:
+            raise SeqmemError(f"protocol {self.name!r} mixes classification and regression "
+                              f"experiences; one protocol holds experiences of one kind")
+        if self.setting == "domain" and "mse" in losses \
+                and len({e.n_classes for e in self.experiences}) > 1:
+            raise SeqmemError(f"protocol {self.name!r}: the domain setting shares one "
+                              f"regression head, so every experience needs the same number of "
+                              f"output channels; got {[e.n_classes for e in self.experiences]}")
+        if self.schedule is not None:
+            T = len(self.experiences)
+            if not self.schedule or any(not 0 <= j < T for j in self.schedule):
+                raise SeqmemError(f"protocol {self.name!r}: a schedule is a non-empty list of "
+                                  f"experience indices in [0, {T})")
 
     @property
     def heads(self) -> list[int]:
-        """Classes of each read-out head of the model."""
+        """Outputs of each read-out head of the model (classes, or regression channels)."""
         if self.setting == "task":
             return [e.n_classes for e in self.experiences]
         return [max(e.n_classes for e in self.experiences)]
+
+    @property
+    def loss(self) -> str:
+        """"ce" (classification, scored by accuracy) or "mse" (regression, scored by MSE)."""
+        return self.experiences[0].loss if self.experiences else "ce"
+
+    @property
+    def sessions(self) -> list[int]:
+        """The experience trained in each session: `schedule`, or each once in order."""
+        return list(self.schedule) if self.schedule is not None else list(range(len(self)))
 
     def __len__(self) -> int:
         return len(self.experiences)
@@ -110,8 +149,17 @@ def build_protocol(name: str, setting: str | None = None, **options) -> Protocol
 
 # ---- methods ------------------------------------------------------------------------------
 def experience_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Cross-entropy (mean over supervised positions) and accuracy of logits (b, t, C)
-    against the batch's first target column."""
+    """The loss and the score of one batch. Class targets (integers): cross-entropy (mean over
+    supervised positions) and accuracy of logits (b, t, C) against the batch's first target
+    column. Real-valued targets (b, t, d) (a regression experience): the MSE over supervised
+    positions and channels, which is both the loss and the score (lower is better)."""
+    if batch.targets.is_floating_point():
+        if logits.shape != batch.targets.shape:
+            raise SeqmemError(f"a regression experience needs predictions of its targets' "
+                              f"shape {tuple(batch.targets.shape)}, got {tuple(logits.shape)}")
+        err = (logits[batch.mask] - batch.targets[batch.mask].to(logits.dtype)) ** 2  # (n, d)
+        mse = err.mean()
+        return mse, mse.detach()
     y = batch.targets[..., 0][batch.mask]  # (n,)
     z = logits[batch.mask]  # (n, C)
     return F.cross_entropy(z, y), (z.argmax(-1) == y).float().mean()
@@ -142,12 +190,21 @@ class Method:
     def __init__(self, model: SequenceModel, protocol: Protocol, seed: int = 0):
         self.model, self.protocol = model, protocol
         self.seed = seed  # the run's seed, from which the method's own generators derive
+        # the experiences trained in earlier sessions, in first-seen order (set by the loop
+        # before each session; None until then: see `earlier`)
+        self.seen: list[int] | None = None
 
     def generator(self, stream: int) -> torch.Generator:
         """A CPU generator of the method's own, seeded by 10007 stream + seed (stream >= 1), so
         that what it draws leaves the run's generator, and so the training batches, as
         fine-tuning's."""
         return torch.Generator().manual_seed(10007 * stream + self.seed)
+
+    def earlier(self, i: int) -> list[int]:
+        """The experiences other than i trained in earlier sessions: `seen` (set by the loop),
+        or 0..i-1 (every experience once, in order) where no loop set it."""
+        seen = range(i) if self.seen is None else self.seen
+        return [t for t in seen if t != i]
 
     # ---- what is trained ------------------------------------------------------------------
     def parameters(self, i: int) -> list[nn.Parameter]:

@@ -123,13 +123,15 @@ def _small_output(layer: nn.Linear) -> None:
         layer.bias.zero_()
 
 
-def output_regularizer(hnet: ChunkedHyperNetwork, stored: list[Tensor], beta: float
-                       ) -> Tensor | float:
-    """beta / n sum_{t < n} || f_h(e_t) - stored[t] ||^2 over the n = len(stored) earlier
-    tasks (0 on the first task)."""
+def output_regularizer(hnet: ChunkedHyperNetwork, stored: list[Tensor] | dict[int, Tensor],
+                       beta: float) -> Tensor | float:
+    """beta / n sum_t || f_h(e_t) - stored[t] ||^2 over the n = len(stored) earlier tasks t
+    (a list: tasks 0..n-1; a dict: its keys, for protocols that revisit tasks; 0 on the first
+    task)."""
     if not stored:
         return 0.0
-    return beta / len(stored) * sum(((hnet(t) - w) ** 2).sum() for t, w in enumerate(stored))
+    items = stored.items() if isinstance(stored, dict) else enumerate(stored)
+    return beta / len(stored) * sum(((hnet(t) - w) ** 2).sum() for t, w in items)
 
 
 @register_method("hnet")
@@ -156,7 +158,7 @@ class HNet(Method):
                                  device=next(model.parameters()).device, d_emb=hnet_emb,
                                  d_chunk_emb=hnet_chunk_emb, chunk=hnet_chunk,
                                  hidden=hnet_hidden)
-        self.stored: list[Tensor] = []
+        self.stored: dict[int, Tensor] = {}
 
     def weights(self, j: int) -> dict[str, Tensor]:
         """The target network's weights for task j: theta_0 + f_h(e_j)."""
@@ -179,8 +181,8 @@ class HNet(Method):
         return output_regularizer(self.hnet, self.stored, self.beta)
 
     def before_experience(self, i, gen):
-        with torch.no_grad():  # f_h(e_t, Theta_h*) of the earlier tasks
-            self.stored = [self.hnet(t).detach().clone() for t in range(i)]
+        with torch.no_grad():  # f_h(e_t, Theta_h*) of the earlier tasks (all but task i)
+            self.stored = {t: self.hnet(t).detach().clone() for t in self.earlier(i)}
 
     def state(self):
         return {"hnet": self.hnet.state_dict(), "theta0": self.theta0}

@@ -1,6 +1,12 @@
 """Run a continual-learning protocol with a method: train experience after experience, evaluate
 every experience after each, record the accuracy matrix and its metrics in the store.
 
+A protocol with a `schedule` (experiences revisited, `power_law`) trains one session per entry
+of the schedule: R[k, j] is the score on distinct experience j after session k (L x T), and
+the method is told the experience each session trains (`i`) and, in `method.seen`, the
+experiences trained in earlier sessions. A regression protocol (loss "mse") records MSEs
+instead of accuracies; its metrics follow the sign convention of `seqmem.continual.metrics`.
+
 Schedule (the same for every method, so budgets match): `steps` optimizer steps per
 experience, batches of `batch_size`, a fresh optimizer per experience; after experience i,
 R[i, j] = accuracy on experience j's test task (`eval_batches` batches of `eval_batch_size`,
@@ -26,13 +32,14 @@ from seqmem.continual.protocols import Protocol
 from seqmem.errors import RunFailed
 
 EVAL_SEED = 12345
-HEADLINE = ("protocol", "setting", "method", "mixer", "seed", "avg_acc", "bwt", "fwt",
-            "forgetting", "lca", "elapsed_s")  # what the store indexes of a continual run
+HEADLINE = ("protocol", "setting", "method", "mixer", "seed", "avg_acc", "avg_loss", "bwt",
+            "fwt", "forgetting", "lca", "elapsed_s")  # what the store indexes of a continual run
 
 
 @torch.no_grad()
 def evaluate(method: Method, j: int, n_batches: int, batch_size: int, seed: int) -> float:
-    """Accuracy of the method on experience j's test task (a fixed seed per experience)."""
+    """Accuracy (for a regression experience: MSE) of the method on experience j's test task
+    (a fixed seed per experience)."""
     gen = torch.Generator().manual_seed(seed + 7919 * j)
     task = method.protocol.experiences[j].test
     accs = []
@@ -52,12 +59,15 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     T = len(protocol)
+    sessions = protocol.sessions
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def eval_all() -> list[float]:
         return [evaluate(method, j, cfg.eval_batches, cfg.eval_batch_size, EVAL_SEED)
                 for j in range(T)]
 
+    regression = protocol.loss == "mse"
+    score = "mse" if regression else "acc"  # what R, the baseline and the curves hold
     R: list[list[float]] = []
     curves: list[list[float]] = []
     start, elapsed0 = 0, 0.0
@@ -70,7 +80,9 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
     else:
         baseline = eval_all()
     t0 = time.monotonic() - elapsed0
-    for i in range(start, T):
+    for k in range(start, len(sessions)):
+        i = sessions[k]  # the experience this session trains
+        method.seen = list(dict.fromkeys(sessions[:k]))  # trained before, in first-seen order
         method.before_experience(i, gen)
         opt = torch.optim.Adam(method.parameters(i), lr=cfg.lr)
         curve = [evaluate(method, i, 1, cfg.eval_batch_size, EVAL_SEED + 1)]
@@ -80,7 +92,8 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
             loss = sum(experience_loss(method.logits(j, b.inputs), b)[0] for j, b in batches)
             loss = loss + method.penalty(i)
             if not torch.isfinite(loss):
-                raise RunFailed(f"non-finite loss ({loss.item()}) in experience {i}, step {step}")
+                raise RunFailed(f"non-finite loss ({loss.item()}) in session {k} (experience "
+                                f"{i}), step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,28 +101,30 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
             losses.append(loss.item())
             if step % cfg.curve_every == 0:
                 curve.append(evaluate(method, i, 1, cfg.eval_batch_size, EVAL_SEED + 1))
-            emit({"event": "step", "experience": i, "step": step, "loss": losses[-1]})
+            emit({"event": "step", "experience": k, "step": step, "loss": losses[-1]})
         method.after_experience(i, gen)
         R.append(eval_all())
         curves.append(curve)
         elapsed = time.monotonic() - t0
-        record = {"experience": i, "name": protocol.experiences[i].name,
+        record = {"experience": k, "trained": i, "name": protocol.experiences[i].name,
                   "loss": sum(losses) / len(losses), "acc": R[-1], "curve": curve,
                   "elapsed_s": round(elapsed, 3)}
-        emit({"event": "experience", **record,
-              "summary": {"experience": i, "acc_last_row": R[-1]}})
+        emit({"event": "experience", **record, "score": score,
+              "summary": {"experience": k, "acc_last_row": R[-1]}})
         if run is not None:
             run.log(record)
             run.save_checkpoint("last", {"method": method.state(), "gen": gen.get_state(),
                                          "R": R, "curves": curves, "baseline": baseline,
-                                         "experience": i, "elapsed_s": elapsed})
+                                         "experience": k, "elapsed_s": elapsed})
     summary = {"protocol": protocol.name, "setting": protocol.setting, "method": cfg.method,
                "mixer": cfg.mixer, "seed": cfg.seed,
                "experiences": [e.name for e in protocol.experiences], "R": R,
-               "baseline": baseline, "curves": curves,
+               "baseline": baseline, "curves": curves, "score": score,
                "elapsed_s": round(time.monotonic() - t0, 3),
-               **{k: (None if isinstance(v, float) and math.isnan(v) else v)
-                  for k, v in summarize(R, baseline, curves).items()}}
+               **({"schedule": sessions} if protocol.schedule is not None else {}),
+               **{key: (None if isinstance(v, float) and math.isnan(v) else v)
+                  for key, v in summarize(R, baseline, curves, schedule=sessions,
+                                          lower_is_better=regression).items()}}
     if run is not None:
         run.write_summary(summary)
     return summary
@@ -117,7 +132,8 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
 
 def aggregate(jobs, outcome) -> list[dict]:
     """The continual table of a methods x seeds grid: per method, the mean ± sd over seeds of
-    the average accuracy, backward and forward transfer and LCA (text cells), and the runs."""
+    the average accuracy (regression: average loss), backward and forward transfer,
+    forgetting and LCA (text cells), and the runs."""
     by_method: dict[str, list[dict]] = {}
     for j in jobs:
         by_method.setdefault(j.cfg.method, []).append(
@@ -130,5 +146,6 @@ def aggregate(jobs, outcome) -> list[dict]:
         sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
         return f"{statistics.mean(vals):.3f}{sd}"
 
-    return [{"method": m, **{k: stat(rows, k) for k in ("avg_acc", "bwt", "fwt", "lca")},
+    return [{"method": m, **{k: stat(rows, k) for k in ("avg_acc", "avg_loss", "bwt", "fwt",
+                                                         "forgetting", "lca")},
              "runs": ", ".join(r["run"] for r in rows)} for m, rows in by_method.items()]

@@ -15,7 +15,12 @@ Protocols (`PROTOCOLS`, in registration order):
   MNIST", Goodfellow et al. 2013, read as sequences); one shared label space; on the same
   tasks as `split`.
 - `tasks`: any list of task configs [{"task": name, **options}, ...] (their inputs must be of
-  one kind: all token ids or all real-valued).
+  one kind: all token ids or all real-valued; all classification or all regression tasks).
+- `dynamics`: next-step forecasting (regression, MSE) of the `dynamics` task, one experience
+  per system or parameter regime (e.g. lorenz63 then roessler, or one system at several
+  sampling steps dt).
+- `power_law`: another protocol's experiences, each revisited after power-law gaps
+  (`seqmem.continual.power_law`).
 
 A new protocol is a function `(setting=<default>, *, **options) -> Protocol` registered with
 `@register_protocol("name")`, in this module or in one imported here.
@@ -97,10 +102,18 @@ class PermutedTask(Task):
 
 # ---- builders ---------------------------------------------------------------------------------
 def _n_classes(task: Task) -> int:
+    """Classes of a classification task's one head, or the output channels of a regression
+    task (`loss = "mse"`)."""
+    if _loss(task) == "mse":
+        return task.d_output
     if len(task.heads) != 1:
         raise SeqmemError(f"a continual experience reads one head; task {task.name!r} has "
                           f"{len(task.heads)} (for the N-curriculum use protocol n_curriculum)")
     return task.heads[0]
+
+
+def _loss(task: Task) -> str:
+    return getattr(task, "loss", "ce")
 
 
 def n_tasks() -> list[str]:
@@ -181,12 +194,53 @@ def from_tasks(setting: str = "task", *, configs: list[dict] | None = None) -> P
         else:
             d_input = max(d_input, train.d_input)
         exps.append(Experience(f"{i}:{c['task']}", train, test, _n_classes(train),
-                               i if setting == "task" else 0))
+                               i if setting == "task" else 0, _loss(train)))
     if len(kinds) > 1:
         raise SeqmemError("protocol tasks: the tasks' inputs must be all token ids or all "
                           "real-valued")
     return Protocol("tasks", setting, exps, d_input, vocab or None)
 
+
+@register_protocol("dynamics")
+def dynamics(setting: str = "domain", *, systems: list[str] | None = None,
+             dt: list[float | None] | None = None, seq_len: int = 50, burn_in: float = 10.0,
+             noise: float = 0.0) -> Protocol:
+    """Forecasting (next-step regression, MSE) of the dynamics task: experience i is system
+    systems[i] sampled with step dt[i], so experiences are different systems or parameter
+    regimes of one. The domain setting (default) shares one forecaster; "task" gives each
+    experience its own linear read-out.
+
+    Args:
+        systems: the system of each experience (default [lorenz63, roessler]).
+        dt: the sampling step of each experience (null entries, or null: each system's own).
+        seq_len: steps per sequence.
+        burn_in: time units integrated before the first sample.
+        noise: observation noise (standardised units).
+    """
+    systems = ["lorenz63", "roessler"] if systems is None else systems
+    if not isinstance(systems, list) or not systems:
+        raise SeqmemError(f"dynamics systems must be a non-empty list of systems, got "
+                          f"{systems!r}")
+    dts = [None] * len(systems) if dt is None else dt
+    if not isinstance(dts, list) or len(dts) != len(systems):
+        raise SeqmemError(f"dynamics dt must be a list of one step (or null) per system "
+                          f"({len(systems)}), got {dt!r}")
+    exps = []
+    for i, (system, step) in enumerate(zip(systems, dts, strict=True)):
+        train = tasks.build("dynamics", system=system, dt=step, seq_len=seq_len,
+                            burn_in=burn_in, noise=noise)
+        name = system if step is None else f"{system}@dt={step:g}"
+        exps.append(Experience(name, train, train, train.d_output, i if setting == "task" else 0,
+                               "mse"))
+    dims = {e.train.d_input for e in exps}
+    if len(dims) > 1:
+        got = ", ".join(f"{e.name}: {e.train.d_input}" for e in exps)
+        raise SeqmemError(f"dynamics: one model reads every experience, so the systems need "
+                          f"one dimension; got {got}")
+    return Protocol("dynamics", setting, exps, dims.pop(), None)
+
+
+from seqmem.continual import power_law as _power_law  # noqa: E402, F401  (registers it)
 
 PROTOCOLS = tuple(protocol_names())
 

@@ -3,7 +3,9 @@
 - `ewc`: online elastic weight consolidation (Kirkpatrick et al. 2017; the online form of
   Schwarz et al. 2018): after experience i, F <- gamma F + F_i with F_i the diagonal empirical
   Fisher (squared per-example gradients of the log-likelihood of the true label, averaged
-  over `fisher_batches` batches of `fisher_batch_size` examples), theta* <- theta; penalty
+  over `fisher_batches` batches of `fisher_batch_size` examples; for a regression experience
+  the log-likelihood of a unit-variance Gaussian around the prediction, -1/2 sum (y - z)^2),
+  theta* <- theta; penalty
   (lambda / 2) sum F (theta - theta*)^2.
 - `si`: synaptic intelligence (Zenke, Poole & Ganguli 2017): omega += -g * dtheta along the
   training path (g the gradient of the task loss, without the penalty), and after the
@@ -65,8 +67,11 @@ class EWC(Method):
             for b in range(batch.mask.shape[0]):
                 one = Batch(batch.inputs[b:b + 1], batch.targets[b:b + 1], batch.mask[b:b + 1])
                 z = self.logits(i, one.inputs)[one.mask]  # (positions, C)
-                y = one.targets[..., 0][one.mask]  # (positions,)
-                loglik = -F.cross_entropy(z, y, reduction="sum")
+                if one.targets.is_floating_point():  # regression: a unit-variance Gaussian
+                    loglik = -0.5 * ((z - one.targets[one.mask].to(z.dtype)) ** 2).sum()
+                else:
+                    y = one.targets[..., 0][one.mask]  # (positions,)
+                    loglik = -F.cross_entropy(z, y, reduction="sum")
                 grads = torch.autograd.grad(loglik, list(params.values()), allow_unused=True)
                 for (name, _), g in zip(params.items(), grads, strict=True):
                     if g is not None:

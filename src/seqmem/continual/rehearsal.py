@@ -31,11 +31,12 @@ class Joint(Method):
 
 @register_method("multihead")
 class MultiHead(Method):
-    """The current and every earlier experience, a fresh batch of each per step."""
+    """The current and every earlier experience (every one trained in an earlier session), a
+    fresh batch of each per step."""
 
     def train_batches(self, i, batch_size, gen):
         return [(j, self.protocol.experiences[j].train.sample(batch_size, generator=gen))
-                for j in range(i + 1)]
+                for j in sorted({*self.earlier(i), i})]
 
 
 # ---- replay -----------------------------------------------------------------------------------
@@ -71,9 +72,10 @@ class ReservoirBuffer:
 
 
 def _examples(j: int, batch: Batch) -> list[tuple]:
-    """A batch as a list of (experience, inputs, targets, mask) per example."""
-    return [(j, batch.inputs[b], batch.targets[b, :, :1], batch.mask[b])
-            for b in range(batch.mask.shape[0])]
+    """A batch as a list of (experience, inputs, targets, mask) per example (class targets:
+    the first column; regression targets: every channel)."""
+    targets = batch.targets if batch.targets.is_floating_point() else batch.targets[..., :1]
+    return [(j, batch.inputs[b], targets[b], batch.mask[b]) for b in range(batch.mask.shape[0])]
 
 
 def _collate(items: list[tuple]) -> list[tuple[int, Batch]]:
@@ -88,7 +90,7 @@ def _collate(items: list[tuple]) -> list[tuple[int, Batch]]:
             return F.pad(x, [0, 0] * (x.ndim - 1) + [0, t - x.shape[0]])
 
         inputs = torch.stack([pad(it[1]) for it in group])  # (b, t, d) or (b, t)
-        targets = torch.stack([pad(it[2]) for it in group])  # (b, t, 1)
+        targets = torch.stack([pad(it[2]) for it in group])  # (b, t, 1) or (b, t, d)
         mask = torch.stack([pad(it[3]) for it in group])  # (b, t)
         out.append((j, Batch(inputs, targets, mask, {"seq_len": t, "replay": True})))
     return out

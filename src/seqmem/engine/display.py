@@ -114,7 +114,9 @@ class Display(Quiet):
             if quiet_lines:
                 accs = ", ".join(f"{a:.3f}" for a in ev["acc"])
                 self.console.print(f"[{label}] experience {ev['experience'] + 1} done "
-                                   f"({ev['elapsed_s']:.0f} s): accuracy on each: {accs}",
+                                   f"({ev['elapsed_s']:.0f} s): "
+                                   f"{'MSE' if ev.get('score') == 'mse' else 'accuracy'} on "
+                                   f"each: {accs}",
                                    markup=False)
         elif kind == "advance" and quiet_lines:
             st = ev["stage"]
