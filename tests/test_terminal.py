@@ -103,6 +103,15 @@ def test_first_sentence(doc, first):
     assert tables.first_sentence(doc) == first
 
 
+def test_every_registered_summary_is_a_whole_sentence():
+    from seqmem import mixers, tasks
+
+    for reg in (mixers, tasks):
+        for name in reg.names():
+            text = tables.first_sentence(reg.get(name).__doc__)
+            assert text.endswith("."), f"{name}'s summary stops mid-sentence: {text!r}"
+
+
 def _job(task: str | None, kind: str = "train"):
     cfg = SimpleNamespace(task=SimpleNamespace(kind=task), curriculum=SimpleNamespace(kind="none"),
                           method="finetune")

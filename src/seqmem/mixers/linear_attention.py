@@ -46,7 +46,7 @@ class LinearAttnState(NamedTuple):
 
 @register("linear_attn")
 class LinearAttn(Mixer):
-    """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"), causal, per head:
+    """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"), causal. Per head:
 
         phi(x) = elu(x) + 1,   S_t = S_{t-1} + phi(k_t)^T v_t,   z_t = z_{t-1} + phi(k_t)
         o_t = phi(q_t) S_t / (phi(q_t) . z_t + eps),   y = W_o o
@@ -130,7 +130,7 @@ class MatrixStateMixer(Mixer):
 
 @register("retnet")
 class RetNet(MatrixStateMixer):
-    """Multi-scale retention (Sun et al. 2023, "Retentive Network", section 2.2), per head i:
+    """Multi-scale retention (Sun et al. 2023, "Retentive Network", section 2.2). Per head i:
 
         q_t = (W_Q x_t) Theta_t,  k_t = (W_K x_t) Theta_t,  v_t = W_V x_t
         o_t = sum_{s<=t} gamma_i^{t-s} (q_t . k_s) v_s / sqrt(d_k),  gamma_i = 1 - 2^(-5-i)
@@ -213,7 +213,7 @@ class RetNet(MatrixStateMixer):
 @register("gla")
 class GLA(MatrixStateMixer):
     """Gated linear attention (Yang, Wang, Shen, Panda & Kim 2023, "Gated Linear Attention
-    Transformers with Hardware-Efficient Training", section 4.4), per head:
+    Transformers with Hardware-Efficient Training", section 4.4). Per head:
 
         q, k, v = W_{Q,K,V} x,   log alpha_t = logsigmoid(W_a2 W_a1 x_t + b_a) / tau
         S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,   o_t = q_t S_t / sqrt(d_k)

@@ -254,7 +254,7 @@ class S4D(Mixer):
 @register("s5")
 class S5(Mixer):
     """S5 (Smith, Warrington & Linderman 2023, "Simplified State Space Layers for Sequence
-    Modeling"): one MIMO diagonal SSM over the whole d_model vector,
+    Modeling"): one MIMO diagonal SSM over the whole d_model vector. Per step:
 
         x_t = a * x_{t-1} + B_bar u_t,   y_t = 2 Re(C~ x_t) + D * u_t,
         a = exp(dt Lambda),  B_bar = (a - 1) / Lambda * B~   (ZOH; or bilinear),
