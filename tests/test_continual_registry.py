@@ -41,7 +41,7 @@ def _setup(n_max: int = 3) -> tuple:
 def test_registries_list_every_builder_in_registration_order():
     assert tuple(continual_base.method_names()) == METHODS and METHODS[0] == "finetune"
     assert set(METHODS) == {"finetune", "joint", "multihead", "replay", "ewc", "si", "hnet",
-                            "rnn_hnet"}
+                            "rnn_hnet", "sparse"}
     assert PROTOCOLS == ("n_curriculum", "split", "permuted", "tasks", "dynamics", "power_law")
 
 

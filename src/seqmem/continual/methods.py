@@ -5,13 +5,14 @@ earlier experiences), and `build_method`, which builds one by name.
 - `ewc`, `si`: regularisation, `seqmem.continual.regularization`.
 - `joint`, `multihead`, `replay`: rehearsal, `seqmem.continual.rehearsal`.
 - `hnet`, `rnn_hnet`: task-conditioned hypernetworks, `seqmem.continual.hnet`.
+- `sparse`: dynamic sparse training (prune and regrow), `seqmem.continual.sparse`.
 
 A new method is one module that subclasses `Method` and registers it with
 `@register_method("name")` (see `seqmem.continual.base` for the contract), imported here.
 `METHODS` lists the names in registration order, "finetune" first.
 """
 
-from seqmem.continual import hnet, regularization, rehearsal  # noqa: F401  (registers them)
+from seqmem.continual import hnet, regularization, rehearsal, sparse  # noqa: F401  (registers)
 from seqmem.continual.base import Method, build_method, experience_loss, method_names
 from seqmem.continual.rehearsal import ReservoirBuffer
 
