@@ -31,7 +31,7 @@ from seqmem.report import load_entries, write_report
 from seqmem.store import RunStore
 from seqmem.store.mlflow_export import export_mlflow
 from seqmem.store.query import export, select
-from seqmem.sweep import plan_sweep, read_sweep, run_sweep
+from seqmem.sweep import phase_spec, plan_sweep, read_sweep, run_sweep, run_two_phase
 
 TAKES_OVERRIDES = ("run", "train", "show-task", "continual")
 
@@ -147,13 +147,18 @@ def cmd_runs(args, overrides, console) -> int:
 def cmd_sweep(args, overrides, console) -> int:
     spec = read_sweep(args.file)
     store = RunStore(args.root)
+    first = phase_spec(spec, "tune") if spec.two_phase else spec
     if args.dry_run:
-        tables.sweep_plan(console, spec, plan_sweep(spec, store))
+        tables.sweep_plan(console, first, plan_sweep(first, store))
         return 0
     say = (lambda msg: console.print(msg, markup=False)) if not args.no_progress else None
-    res = run_sweep(spec, store, workers=args.workers, backend=args.backend,
-                    address=args.address, progress=say)
-    tables.sweep_result(console, spec, res)
+    run = run_two_phase if spec.two_phase else run_sweep
+    res = run(spec, store, workers=args.workers, backend=args.backend, address=args.address,
+              progress=say)
+    if spec.two_phase:
+        tables.two_phase_result(console, spec, res)
+    else:
+        tables.sweep_result(console, spec, res)
     if res.interrupted:
         raise KeyboardInterrupt
     return 0 if all(st == "done" for st in res.status.values()) else 1

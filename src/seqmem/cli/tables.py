@@ -181,6 +181,31 @@ def sweep_result(console: Console, spec, res) -> None:
                   + f"; see seqmem runs --sweep {spec.name}", markup=False)
 
 
+def two_phase_result(console: Console, spec, res) -> None:
+    """A two-phase sweep: every point's score on the tuning stream (the selected one marked),
+    then the frozen point's score on the evaluation stream."""
+    tp = spec.two_phase
+
+    def fmt(v) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    tab = _table(f"sweep {spec.name}, tuning phase ({spec.name}-tune): {tp.select} "
+                 f"(mean over seeds; {tp.mode or 'default'} direction)",
+                 ("point", tp.select, "runs", "selected"))
+    for s in res.tune_scores:
+        tab.add_row(s.label, fmt(s.score), str(len(s.summaries)),
+                    "best" if res.best is not None and s is res.best else "")
+    console.print(tab)
+    if res.best is None:
+        console.print(f"no point of {spec.name}-tune has {tp.select}; the evaluation phase did "
+                      f"not run", markup=False)
+        return
+    ev = res.eval_score
+    console.print(f"evaluation phase ({spec.name}-eval): {res.best.label}: {tp.select} "
+                  f"{fmt(ev.score if ev else None)} (tuning phase {fmt(res.best.score)}); see "
+                  f"seqmem runs --sweep {spec.name}-eval", markup=False)
+
+
 def show(console: Console, record: dict) -> None:
     """A run as a readable summary (`seqmem show`; `--json` prints the record itself)."""
     row, cfg = record["row"], record.get("config") or {}
@@ -295,6 +320,8 @@ def pruning(console: Console, run, p: dict, head: dict) -> None:
     console.print(tab)
     for k, v in head.items():
         console.print(f"{k}: {_num(v)}", markup=False)
+    for method, why in (p.get("skipped") or {}).items():
+        console.print(f"skipped {method}: {why}", markup=False)
     console.print(f"written: {run.dir / 'analysis.json'}", markup=False)
 
 

@@ -13,6 +13,9 @@ Backends (`workers` runs at a time; see `seqmem.engine`):
 - "inline": one run after another in this process (`workers=1`).
 A run whose worker dies or raises is recorded as failed with its reason and retried (resumed)
 up to `retries` times; a non-finite loss is not retried (it would fail the same way).
+
+A two-phase sweep (`two_phase`, Cha & Cho 2024) is two plain sweeps, `run_two_phase`: the
+tuning phase's, then the evaluation phase's of the point selected on the first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from seqmem.engine import Job, Quiet, execute
 from seqmem.engine.backends import choose_backend
 from seqmem.errors import SeqmemError
 from seqmem.store import RunStore, config_hash
-from seqmem.sweep.spec import SweepSpec, expand, point_label
+from seqmem.sweep.spec import SweepSpec, expand, phase_spec, point_label
 
 
 @dataclass
@@ -55,10 +58,10 @@ def plan_sweep(spec: SweepSpec, store: RunStore) -> Plan:
             run = store.open_run(rows[0]["id"])
             rid = run.id
             plan.jobs.append(Job(cfg, run.id, str(run.dir), label=label,
-                                 resume="last" in run.checkpoints()))
+                                 resume="last" in run.checkpoints(), kind=spec.kind))
         else:  # created when it starts, so a sweep stopped early leaves no empty rows
             rid = f"new-{len(plan.points)}"
-            plan.jobs.append(Job(cfg, rid, "", label=label))
+            plan.jobs.append(Job(cfg, rid, "", label=label, kind=spec.kind))
         plan.points[rid] = point
     return plan
 
@@ -94,7 +97,7 @@ def run_sweep(spec: SweepSpec, store: RunStore, *, workers: int | None = None,
         plan.points[run.id] = plan.points.pop(job.run_id)
         started[run.id] = started.pop(job.run_id)
         store.update_summary(run.id, {"point": plan.points[run.id]})
-        return Job(job.cfg, run.id, str(run.dir), job.label)
+        return Job(job.cfg, run.id, str(run.dir), job.label, kind=job.kind)
 
     def line(out=None, pending=(), running=()) -> str:
         status = {**{rid: "done" for rid in plan.done}, **(out.status if out else {})}
@@ -119,3 +122,81 @@ def run_sweep(spec: SweepSpec, store: RunStore, *, workers: int | None = None,
                   poll_s=poll_s)
     status = {**{rid: "done" for rid in plan.done}, **out.status}
     return SweepResult(plan, status, out.attempts, interrupted=out.interrupted)
+
+
+# ---- two phases: tune on one stream, evaluate the frozen choice on another -------------------
+@dataclass
+class PhaseScore:
+    """One point of a phase: the mean of the selected metric over its done runs."""
+
+    point: dict
+    label: str
+    score: float | None
+    runs: list[str]
+    summaries: list[dict]
+
+
+@dataclass
+class TwoPhaseResult:
+    tune: SweepResult
+    tune_scores: list[PhaseScore]
+    best: PhaseScore | None
+    evaluate: SweepResult | None = None
+    eval_score: PhaseScore | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.tune.interrupted or bool(self.evaluate and self.evaluate.interrupted)
+
+    @property
+    def status(self) -> dict[str, str]:
+        return {**self.tune.status, **(self.evaluate.status if self.evaluate else {})}
+
+
+def phase_scores(res: SweepResult, store: RunStore, metric: str) -> list[PhaseScore]:
+    """Per point (seeds pooled): the mean of summary metric `metric` over the done runs that
+    have it (None if none has it), in the order of the sweep."""
+    groups: dict[str, PhaseScore] = {}
+    for rid, point in res.plan.points.items():
+        frozen = {k: v for k, v in point.items() if k != "seed"}
+        key = point_label(frozen)
+        g = groups.setdefault(key, PhaseScore(frozen, key, None, [], []))
+        g.runs.append(rid)
+        if res.status.get(rid) == "done" and not rid.startswith("new-"):
+            g.summaries.append(store.get(rid)["summary"])
+    for g in groups.values():
+        vals = [s[metric] for s in g.summaries if isinstance(s.get(metric), (int, float))]
+        g.score = sum(vals) / len(vals) if vals else None
+    return list(groups.values())
+
+
+def select_best(scores: list[PhaseScore], mode: str) -> PhaseScore | None:
+    """The point of best score ("min" or "max"; the first of equal ones), None if none has
+    a score."""
+    scored = [s for s in scores if s.score is not None]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda s: s.score)
+
+
+def run_two_phase(spec: SweepSpec, store: RunStore, **kw) -> TwoPhaseResult:
+    """Run a two-phase sweep (Cha & Cho 2024): the grid on the tuning stream (`<name>-tune`),
+    then the point whose mean `select` over its seeds is best, frozen, on the evaluation stream
+    (`<name>-eval`, the same seeds). Keyword arguments go to `run_sweep` for both phases. If
+    the first phase is interrupted or no point has the metric, the second does not run."""
+    tp = spec.two_phase
+    if tp is None:
+        raise SeqmemError(f"sweep {spec.name!r} has no two_phase key")
+    mode = tp.direction()
+    tune = run_sweep(phase_spec(spec, "tune"), store, **kw)
+    scores = phase_scores(tune, store, tp.select)
+    best = select_best(scores, mode)
+    out = TwoPhaseResult(tune, scores, best)
+    if tune.interrupted or best is None:
+        return out
+    ev_spec = phase_spec(spec, "evaluate", best.point)
+    out.evaluate = run_sweep(ev_spec, store, **kw)
+    ev = phase_scores(out.evaluate, store, tp.select)
+    out.eval_score = ev[0] if ev else None
+    return out

@@ -12,9 +12,20 @@ A sweep is a YAML file, or a Python file defining a dict `SWEEP`, with these key
       - {model.mixer.kind: leaky_rnn, train.optimizer: sgd}
     seeds: [0, 1]                 # shorthand for grid key `seed`
     retries: 2                    # a run whose worker dies or raises is retried this often
+    kind: train                   # the runs' kind: train (default) or continual
+    two_phase:                    # optional: tune on one stream, evaluate on another
+      tune: {protocol: n_curriculum}           # dotted keys of the tuning phase's runs
+      evaluate: {protocol: power_law}          # ... and of the evaluation phase's
+      select: forgetting                       # the summary metric that picks the best point
+      mode: min                                # min or max (default: known per metric)
 
-Each point's resolved config is validated like `seqmem train`'s, and identified by its hash,
-so re-running a sweep finds what is already done.
+Each point's resolved config is validated like `seqmem train`'s (`seqmem continual`'s for
+kind continual), and identified by its hash, so re-running a sweep finds what is already done.
+
+Two phases (Cha & Cho 2024, "Hyperparameters in Continual Learning: a Reality Check"): the
+grid runs with the `tune` keys (sweep `<name>-tune`); the point whose mean of `select` over
+its seeds is best is frozen and run with the `evaluate` keys (sweep `<name>-eval`, the same
+seeds); both phases' scores are reported (`seqmem.sweep.driver.run_two_phase`).
 """
 
 from __future__ import annotations
@@ -22,13 +33,40 @@ from __future__ import annotations
 import itertools
 import runpy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seqmem.config import RunConfig, load_config
+from seqmem.continual.config import ContinualConfig
 from seqmem.errors import ConfigError
+
+SCHEMAS = {"train": RunConfig, "continual": ContinualConfig}
+# the direction of the summary metrics a two-phase sweep may select by without `mode`
+MODES = {"avg_acc": "max", "bwt": "max", "fwt": "max", "forgetting": "min", "avg_loss": "min",
+         "acc": "max", "acc_mean": "max", "mse": "min", "eval_mse": "min"}
+
+
+class TwoPhase(BaseModel):
+    """The `two_phase` key of a sweep file: the dotted keys of the tuning and the evaluation
+    phase, the summary metric that selects the best point, and whether lower or higher wins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tune: dict[str, Any]
+    evaluate: dict[str, Any]
+    select: str
+    mode: Literal["min", "max"] | None = None
+
+    def direction(self) -> str:
+        """"min" or "max": `mode`, or the known direction of `select`."""
+        if self.mode is not None:
+            return self.mode
+        if self.select not in MODES:
+            raise ConfigError(f"two_phase.mode: give min or max for metric {self.select!r} "
+                              f"(known without it: {', '.join(MODES)})")
+        return MODES[self.select]
 
 
 class SweepSpec(BaseModel):
@@ -43,6 +81,8 @@ class SweepSpec(BaseModel):
     runs: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] | None = None
     retries: int = Field(1, ge=0)
+    kind: Literal["train", "continual"] = "train"
+    two_phase: TwoPhase | None = None
 
 
 def _fmt(v: Any) -> str:
@@ -82,18 +122,54 @@ def read_sweep(path: str | Path) -> SweepSpec:
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
             if err["type"] == "extra_forbidden":
-                parts.append(f"{loc}: unknown key; accepted: {', '.join(SweepSpec.model_fields)}")
+                fields = TwoPhase.model_fields if err["loc"][0] == "two_phase" \
+                    else SweepSpec.model_fields
+                parts.append(f"{loc}: unknown key; accepted: {', '.join(fields)}")
             else:
                 parts.append(f"{loc}: {err['msg']}")
         raise ConfigError(f"sweep file {str(p)!r}: {'; '.join(parts)}") from None
     if spec.name is None:
         spec.name = p.stem
+    if spec.two_phase is not None:
+        check_two_phase(spec)
     if isinstance(spec.base, str) and not Path(spec.base).is_absolute():
         spec.base = str(p.parent / spec.base)
     return spec
 
 
-def expand(spec: SweepSpec) -> list[tuple[dict[str, Any], RunConfig]]:
+def check_two_phase(spec: SweepSpec) -> None:
+    """A two-phase sweep's phases may set only keys that the grid does not sweep (the tuned
+    hyperparameters are frozen between the phases), and its metric needs a direction."""
+    tp = spec.two_phase
+    swept = set(spec.grid) | {k for r in spec.runs for k in r} | (
+        {"seed"} if spec.seeds is not None else set())
+    for phase in ("tune", "evaluate"):
+        both = sorted(swept & set(getattr(tp, phase)))
+        if both:
+            raise ConfigError(f"sweep {spec.name!r}: two_phase.{phase} sets {', '.join(both)}, "
+                              f"which the grid sweeps; a phase sets only the keys its stream "
+                              f"differs in (e.g. protocol, protocol_options.*)")
+    tp.direction()
+
+
+def phase_spec(spec: SweepSpec, phase: str, point: dict[str, Any] | None = None) -> SweepSpec:
+    """The plain sweep of one phase of a two-phase sweep: "tune" (the grid with the tuning
+    keys, named <name>-tune) or "evaluate" (the frozen `point` without its seed, with the
+    evaluation keys and the sweep's seeds, named <name>-eval)."""
+    tp = spec.two_phase
+    keys = tp.tune if phase == "tune" else tp.evaluate
+    extra = {"name": f"{spec.name}-{'tune' if phase == 'tune' else 'eval'}",
+             "overrides": [*spec.overrides, *(f"{k}={_fmt(v)}" for k, v in keys.items())],
+             "two_phase": None}
+    if phase != "tune":
+        frozen = {k: v for k, v in (point or {}).items() if k != "seed"}
+        extra.update(grid={}, runs=[frozen] if frozen else [{}])
+        if spec.seeds is None and point and "seed" in point:
+            extra["seeds"] = [point["seed"]]
+    return spec.model_copy(update=extra)
+
+
+def expand(spec: SweepSpec) -> list[tuple[dict[str, Any], RunConfig | ContinualConfig]]:
     """Every (point, resolved config) of the sweep, in a stable order. The point's name is the
     sweep's name; bad points raise one ConfigError line naming the point."""
     grid = dict(spec.grid)
@@ -116,7 +192,7 @@ def expand(spec: SweepSpec) -> list[tuple[dict[str, Any], RunConfig]]:
             overrides = [*spec.overrides, *(f"{k}={_fmt(v)}" for k, v in point.items()),
                          f"name={spec.name}"]
             try:
-                cfg = load_config(spec.base, overrides)
+                cfg = load_config(spec.base, overrides, schema=SCHEMAS[spec.kind])
             except ConfigError as e:
                 raise ConfigError(f"sweep {spec.name!r}, point {point_label(point)}: {e}"
                                   ) from None
