@@ -18,7 +18,9 @@ pruned model with its masks held; `prune_retrain` trains the pruned mask from a 
 initialisation instead (Liu et al. 2019, "Rethinking the Value of Network Pruning":
 Scratch-E, as many epochs as the run took to reach the stage unless
 `prune_retrain_epochs`). With `prune_save`, each pruned (and fine-tuned) model is saved as
-checkpoint `prune-<method>-s<percent>` (masked weights and their masks).
+checkpoint `prune-<method>-s<percent>` (masked weights and their masks). A model whose last
+block has no dependency groups (another mixer, residual blocks) skips structured pruning,
+saying why under "skipped".
 
 The memory question: the removal order of structured pruning, each unit's tau (and tau_net,
 for scalar-input models), the Spearman correlation of removal rank with tau and tau_net, and
@@ -42,7 +44,8 @@ STREAM_TASKS = ("n_parity", "n_dms")  # tasks with a streaming variant (probes)
 OPTIONS = {"prune_methods": ("magnitude", "structured"),
            "prune_sparsities": (0.1, 0.25, 0.5, 0.75, 0.9),
            "prune_schedule": "oneshot", "prune_finetune_epochs": 0, "prune_retrain": False,
-           "prune_retrain_epochs": None, "prune_save": False, "prune_tau_net": True}
+           "prune_retrain_epochs": None, "prune_save": False, "prune_tau_net": True,
+           "prune_tau_net_steps": 2000}
 GRADUAL_PRUNING_STEPS = 10  # pruning steps of a gradual schedule
 
 
@@ -75,7 +78,9 @@ def _spearman(rank: np.ndarray, x: np.ndarray) -> float | None:
     return float(np.corrcoef(r1, r2)[0, 1])
 
 
-def _check(opts) -> tuple[list[str], list[float], str, int, bool]:
+def check_options(opts) -> tuple[list[str], list[float], str, int, bool]:
+    """(methods, sparsities, schedule, fine-tuning epochs, retrain) of the pruning options,
+    or a one-line SeqmemError naming the option that is wrong and what it accepts."""
     methods = list(opts["prune_methods"])
     if isinstance(opts["prune_methods"], str):
         methods = [m.strip() for m in opts["prune_methods"].split(",") if m.strip()]
@@ -107,7 +112,7 @@ def pruning(ctx: Context) -> dict:
     and the retrain-from-scratch baseline, and the tau of the units removed first (see the
     module docstring)."""
     opts = ctx.options
-    methods, sps, schedule, ft_epochs, retrain = _check(opts)
+    methods, sps, schedule, ft_epochs, retrain = check_options(opts)
     cfg, t = ctx.cfg, ctx.cfg.train
     dense = ctx.model()
     block = len(dense.blocks) - 1
@@ -159,7 +164,8 @@ def pruning(ctx: Context) -> dict:
     if opts["prune_tau_net"] and tau is not None and dense.d_input == 1 \
             and not dense.vocab_size:
         ctx.say("pruning: tau_net of the intact units")
-        tau_net = network_timescales(dense, generator=ctx.generator)["tau_net"]
+        tau_net = network_timescales(dense, generator=ctx.generator,
+                                     n_steps=int(opts["prune_tau_net_steps"]))["tau_net"]
 
     def record(method, s, masks, extra) -> dict:
         tag = f"prune-{method}-s{round(100 * s):03d}"
@@ -172,10 +178,8 @@ def pruning(ctx: Context) -> dict:
             pruner = None
             if method == "magnitude" and schedule != "oneshot":
                 m = pruned_copy({p: torch.ones_like(v) for p, v in masks.items()})
-                total = ft_epochs * t.steps_per_epoch
-                every = max(1, total // (2 * GRADUAL_PRUNING_STEPS))
-                pruner = P.GradualPruner(m, schedule, s, 0, GRADUAL_PRUNING_STEPS, every,
-                                         list(masks))
+                n_steps, every = gradual_steps(ft_epochs * t.steps_per_epoch)
+                pruner = P.GradualPruner(m, schedule, s, 0, n_steps, every, list(masks))
             acc = train(m, ft_epochs, (method, s), pruner)
             row.update(acc_finetuned=acc, rel_finetuned=acc / base, schedule=(
                 schedule if method == "magnitude" else "oneshot"))
@@ -197,9 +201,16 @@ def pruning(ctx: Context) -> dict:
             row["checkpoint"] = tag
         return row
 
-    points = []
+    points, skipped = [], {}
     order_info = None
+    if "structured" in methods:
+        try:
+            P.group(dense, block, 0)
+        except SeqmemError as e:  # a mixer or block without dependency groups
+            skipped["structured"] = str(e)
     for method in methods:
+        if method in skipped:
+            continue
         if method == "magnitude":
             for s in sps:
                 points.append(record(method, s, P.magnitude_masks(dense, s), {}))
@@ -233,7 +244,18 @@ def pruning(ctx: Context) -> dict:
         "stream" if stream else "eval"), "finetune_epochs": ft_epochs, "schedule": schedule,
         "tau_mean": float(tau.mean()) if tau is not None else None,
         "tau_net_mean": _nanmean(tau_net) if tau_net is not None else None,
-        "points": points, "order": order_info}}
+        "points": points, "order": order_info, "skipped": skipped}}
+
+
+def gradual_steps(total: int) -> tuple[int, int]:
+    """(n pruning steps, dt) of a gradual schedule over the first half of `total` updates:
+    up to GRADUAL_PRUNING_STEPS steps, the last at update n dt <= total / 2 (so the final
+    sparsity is reached, and trained at, within the budget)."""
+    if total < 2:
+        raise SeqmemError(f"a gradual pruning schedule needs at least 2 fine-tuning updates, "
+                          f"got {total}; raise prune_finetune_epochs or train.steps_per_epoch")
+    n = max(1, min(GRADUAL_PRUNING_STEPS, total // 2))
+    return n, max(1, (total // 2) // n)
 
 
 def _nanmean(x) -> float | None:

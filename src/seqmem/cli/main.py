@@ -15,6 +15,8 @@ from rich.console import Console
 
 from seqmem import flagship, mixers, tasks
 from seqmem.analysis.analyze import analyze_and_record
+from seqmem.analysis.pruning import OPTIONS as PRUNING_OPTIONS
+from seqmem.analysis.pruning import check_options as check_pruning_options
 from seqmem.bench import QUICK as BENCH_QUICK
 from seqmem.bench import BenchConfig
 from seqmem.cli import tables
@@ -232,6 +234,8 @@ def cmd_prune(args, overrides, console) -> int:
             "prune_retrain_epochs": None if args.retrain_epochs is None
             else _int(args.retrain_epochs, "--retrain-epochs", 1)}
     seed = _int(args.seed, "--seed")
+    check_pruning_options({**PRUNING_OPTIONS, **opts})  # before any progress line
+    store.get(args.run_id)  # an unknown run: one error line
     with Status(console, f"pruning {args.run_id}") as status:
         out, head = analyze_and_record(store, args.run_id, what=("pruning",), seed=seed,
                                        progress=status.message, **opts)
