@@ -146,6 +146,14 @@ def test_one_shot_magnitude_prunes_exactly_the_k_smallest():
     assert P.prunable(m) == ["blocks.0.mixer.weight_ih", "blocks.0.mixer.weight_hh"]
 
 
+def test_the_leaky_diagonal_counts_as_zero():
+    # zero_diagonal: W's diagonal never acts, so it is what magnitude pruning takes first
+    m = _model("leaky_rnn")
+    assert m.blocks[0].mixer.zero_diagonal and (m.blocks[0].mixer.W.diagonal() != 0).all()
+    mask = P.magnitude_masks(m, 1 / D, ["blocks.0.mixer.W"])["blocks.0.mixer.W"]
+    torch.testing.assert_close(mask, 1 - torch.eye(D, dtype=torch.float64), rtol=0, atol=0)
+
+
 def test_zhu_gupta_schedule_against_its_formula():
     # s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, s_f = 0.8, s_i = 0, t0 = 10, n = 4, dt = 5
     kw = {"final": 0.8, "start": 10, "n_steps": 4, "every": 5}

@@ -10,7 +10,8 @@ and fine-tuning with the masks held.
   A checkpoint stores `plain_state_dict(model)` (the usual names, masked values: a pruned
   checkpoint loads into an unpruned model of the run) and `masks_of(model)` beside it.
 - **Magnitude pruning** (unstructured, per tensor): the k = round(s n) entries of smallest
-  |w| of each prunable tensor (the 2-D weights of the mixers) are masked, ties by position.
+  |w| of each prunable tensor (the 2-D weights of the mixers, as the computation uses them:
+  `used_weight`) are masked, ties by position.
 - **Gradual schedules.** Zhu & Gupta 2017 ("To prune, or not to prune"), the cubic sparsity
   s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 at t = t0, t0 + dt, ..., t0 + n dt;
   Narang, Elsen, Diamos & Sengupta 2017 ("Exploring Sparsity in Recurrent Neural Networks",
@@ -87,6 +88,17 @@ def weight(model: nn.Module, path: str) -> Tensor:
     """The parameter `path` as the model uses it (masked, if it has a mask)."""
     mod, attr = _owner(model, path)
     return getattr(mod, attr)
+
+
+def used_weight(model: nn.Module, path: str) -> Tensor:
+    """The parameter `path` as the computation uses it: masked, and the leaky RNN's W with
+    its diagonal zeroed where `zero_diagonal` forces it (those entries never act, so
+    magnitude pruning counts them as zero and takes them first)."""
+    mod, attr = _owner(model, path)
+    w = getattr(mod, attr)
+    if attr == "W" and getattr(mod, "name", "") == "leaky_rnn" and mod.zero_diagonal:
+        w = w * mod.off_diagonal
+    return w
 
 
 def attach_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
@@ -173,9 +185,9 @@ def magnitude_mask(w: Tensor, s: float) -> Tensor:
 
 def magnitude_masks(model: SequenceModel, s: float, paths: list[str] | None = None
                     ) -> dict[str, Tensor]:
-    """`magnitude_mask` at sparsity s of each prunable weight (as the model uses it, so
-    entries masked before are among the smallest and stay masked)."""
-    return {p: magnitude_mask(weight(model, p), s) for p in (paths or prunable(model))}
+    """`magnitude_mask` at sparsity s of each prunable weight (as the model uses it,
+    `used_weight`, so entries masked before are among the smallest and stay masked)."""
+    return {p: magnitude_mask(used_weight(model, p), s) for p in (paths or prunable(model))}
 
 
 def zhu_gupta_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0,
@@ -251,8 +263,8 @@ class GradualPruner:
             attach_masks(m, magnitude_masks(m, s, self.paths))
             return
         if self.q is None:
-            self.q = {p: float(torch.quantile(weight(m, p).detach().abs().flatten().double(),
-                                              0.9)) for p in self.paths}
+            self.q = {p: float(torch.quantile(
+                used_weight(m, p).detach().abs().flatten().double(), 0.9)) for p in self.paths}
         end = self.start + self.n_steps * self.every + 1  # the last update at end - 1
         ramp = self.start + max(1, (end - self.start) // 2)
         masks = masks_of(m)
@@ -262,7 +274,7 @@ class GradualPruner:
                                    freq=self.every)
             if eps is None:
                 return
-            new[p] = masks[p] * (weight(m, p).detach().abs() >= eps).to(masks[p].dtype)
+            new[p] = masks[p] * (used_weight(m, p).detach().abs() >= eps).to(masks[p].dtype)
         attach_masks(m, new)
 
 
@@ -404,11 +416,13 @@ def _select(t: Tensor, s: Slice) -> Tensor:
 
 
 def group_score(model: SequenceModel, block: int, i: int) -> float:
-    """The L2 norm of the masked entries of unit / head i's group (as the model uses them)."""
+    """The L2 norm of the masked entries of unit / head i's group (as the model uses them,
+    `used_weight`)."""
     total = 0.0
     for s in group(model, block, i):
         if s.mask:
-            total += float(_select(weight(model, s.param).detach(), s).double().pow(2).sum())
+            w = used_weight(model, s.param).detach()
+            total += float(_select(w, s).double().pow(2).sum())
     return math.sqrt(total)
 
 
