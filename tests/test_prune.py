@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from seqmem.analysis.probes import load_stage
+from seqmem.analysis.pruning import pruning_figure
 from seqmem.cli.main import main
 from seqmem.config import load_config
 from seqmem.engine.jobs import train_run
 from seqmem.errors import SeqmemError
 from seqmem.mixers import build as build_mixer
 from seqmem.models import SequenceModel
+from seqmem.report import load_entries
+from seqmem.report.render import CANVAS, figure_checks
 from seqmem.store import RunStore
 from seqmem.train import prune as P
 
@@ -368,6 +371,11 @@ def test_seqmem_prune_end_to_end(trained, capsys):
             assert q["tau_removed_mean"] == pytest.approx(tau[q["removed"]].double().mean().item())
             assert q["sparsity"] == pytest.approx(1 - ((8 - k) / 8) ** 2)  # rows and columns
     assert p["order"]["tau"] == pytest.approx([tau[i].item() for i in p["order"]["units"]])
+    # the report's figure: accuracy against sparsity, tau of the removed units
+    fig, header, rows = pruning_figure(load_entries(RunStore(root), [run.id]), CANVAS)
+    assert figure_checks(fig) == {"legend_overlaps": 0, "empty_panels": 0}
+    assert len(fig.axes) == 2 and len(rows) == 4 and header[0] == "run"
+    assert [r[3] for r in rows] == [f"{q['acc_oneshot']:.3f}" for q in p["points"]]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -285,7 +285,11 @@ def pruning_figure(entries: list[Entry], canvas):
     entries = [e for e in entries if (e.analysis.get("pruning") or {}).get("points")]
     if not entries:
         return None
-    fig, (ax, ax2) = canvas.subplots(1, 2, figsize=(10.4, 3.6))
+    has_tau = any(q["method"] == "structured" and "tau_removed_mean" in q
+                  for e in entries for q in e.analysis["pruning"]["points"])
+    fig, axes = canvas.subplots(1, 2 if has_tau else 1,
+                                figsize=(11.6 if has_tau else 6.4, 3.6), squeeze=False)
+    ax, ax2 = axes[0][0], axes[0][-1] if has_tau else None
     rows = []
     for e, (label, color) in zip(entries, run_styles(entries, canvas), strict=True):
         p = e.analysis["pruning"]
@@ -301,7 +305,7 @@ def pruning_figure(entries: list[Entry], canvas):
                 if all(key in q for q in pts):
                     ax.plot(x, [q[key] for q in pts], ls, marker=marker, color=color, ms=4,
                             label=f"{label}: {method}, {what}")
-            if method == "structured" and all("tau_removed_mean" in q for q in pts):
+            if has_tau and method == "structured" and all("tau_removed_mean" in q for q in pts):
                 ax2.plot(x, [q["tau_removed_mean"] for q in pts], "s-", color=color, ms=4,
                          label=f"{label}: removed units")
                 kept = [(xx, q["tau_kept_mean"]) for xx, q in zip(x, pts, strict=True)
@@ -317,12 +321,12 @@ def pruning_figure(entries: list[Entry], canvas):
     ax.axhline(1.0, color="k", lw=0.5)
     ax.set(xlabel="sparsity (weights; structured: units or heads removed)",
            ylabel="accuracy / intact accuracy", title="Accuracy against sparsity")
-    ax2.set(xlabel="fraction of units removed (smallest group norm first)", ylabel="mean tau",
-            title="tau of the units structured pruning removes")
-    for a in (ax, ax2):
-        a.title.set_fontsize(9)
-    ax.legend(loc="lower left", frameon=False, fontsize=7)
-    if ax2.lines:
-        ax2.legend(loc="best", frameon=False, fontsize=7)
+    ax.title.set_fontsize(9)
+    canvas.legend(ax, fontsize=7)
+    if ax2 is not None:
+        ax2.set(xlabel="fraction of units removed (smallest group norm first)",
+                ylabel="mean tau", title="tau of the units structured pruning removes")
+        ax2.title.set_fontsize(9)
+        canvas.legend(ax2, fontsize=7)
     return fig, ["run", "method", "sparsity", "acc one-shot", "acc fine-tuned",
                  "acc from scratch", "tau removed (mean)"], rows
