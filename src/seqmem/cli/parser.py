@@ -141,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: magnitude, structured (default both)")
     pr.add_argument("--sparsities", default="0.1,0.25,0.5,0.75,0.9",
                     help="comma-separated target sparsities in (0, 1): the fraction of weights "
-                    "(magnitude) or of units / heads (structured) removed")
+                    "(magnitude) or of units / heads (structured) removed (default "
+                    "0.1,0.25,0.5,0.75,0.9)")
     pr.add_argument("--schedule", default="oneshot", help="magnitude pruning: oneshot (all at "
                     "once), zhu_gupta (cubic sparsity ramp, Zhu & Gupta 2017) or narang "
-                    "(threshold ramp, Narang et al. 2017) over the first half of fine-tuning")
+                    "(threshold ramp, Narang et al. 2017) over the first half of fine-tuning "
+                    "(default oneshot)")
     pr.add_argument("--finetune-epochs", default="0", metavar="E",
                     help="epochs of training at the last stage with the masks held (default 0)")
     pr.add_argument("--retrain", action="store_true", help="also train each pruned mask from "
