@@ -10,9 +10,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
+from seqmem.analysis.registry import Entry
 from seqmem.build import build_continual
 from seqmem.continual import ContinualConfig, build_protocol, fit_continual, summarize
 from seqmem.continual.loop import EVAL_SEED
@@ -20,6 +22,8 @@ from seqmem.continual.power_law import power_law_gaps, power_law_schedule
 from seqmem.continual.rehearsal import _examples
 from seqmem.continual.sparse import prune_and_regrow, sparse_parameters
 from seqmem.errors import ConfigError, SeqmemError
+from seqmem.report.page import continual_figure
+from seqmem.report.render import CANVAS
 from seqmem.store import RunStore
 from seqmem.sweep import read_sweep, run_two_phase
 
@@ -276,3 +280,16 @@ def test_two_phase_sweep_evaluates_the_point_best_on_the_tuning_stream(tmp_path)
                                                "tune: {lr: 0.1, protocol: dynamics,"))
     with pytest.raises(ConfigError, match=r"two_phase\.tune sets lr, which the grid sweeps"):
         read_sweep(sweep)
+
+
+def test_report_map_of_a_revisiting_regression_run_names_its_sessions():
+    R = [[0.9, 1.2], [0.8, 0.3], [0.2, 0.5]]
+    summary = {"method": "finetune", "R": R, "experiences": ["lorenz63", "roessler"],
+               "schedule": [0, 1, 0], "score": "mse"}
+    fig, _header, rows, _caption = continual_figure([Entry("finetune", "r", summary)], CANVAS)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["lorenz63", "roessler", "lorenz63"]
+    assert [r[1] for r in rows] == ["lorenz63", "roessler", "lorenz63"]
+    im = ax.images[0]
+    assert im.norm.vmin == 0 and im.norm.vmax == 1.2 and im.get_cmap().name == "RdBu_r"
+    plt.close(fig)

@@ -206,9 +206,15 @@ def continual_figure(entries: list[Entry], canvas):
         chance = chance_of(e.summary)
         chances.add(chance)
         norm = TwoSlopeNorm(vcenter=chance, vmin=min(0.0, chance - 1e-6), vmax=1.0)
-        im = ax.imshow(R, norm=norm, cmap="RdBu", origin="upper", aspect="equal")
+        cmap = "RdBu"
+        if e.summary.get("score") == "mse":  # a regression run's MSEs: low (good) is blue
+            top = max(float(np.nanmax(R)) if np.isfinite(R).any() else 1.0, 1e-12)
+            norm, cmap = TwoSlopeNorm(vcenter=top / 2, vmin=0.0, vmax=top), "RdBu_r"
+        sched = e.summary.get("schedule")  # sessions that revisit experiences
+        row_names = [names[j] for j in sched] if sched else names[:R.shape[0]]
+        im = ax.imshow(R, norm=norm, cmap=cmap, origin="upper", aspect="equal")
         ax.set_xticks(range(n), names, fontsize=7, rotation=45 if n > 6 else 0)
-        ax.set_yticks(range(R.shape[0]), names[:R.shape[0]], fontsize=7)
+        ax.set_yticks(range(R.shape[0]), row_names, fontsize=7)
         if n <= MAX_NUMBERED:
             for i in range(R.shape[0]):
                 for j in range(n):
@@ -217,7 +223,8 @@ def continual_figure(entries: list[Entry], canvas):
                         ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
                                 color="w" if dark else "k")
         ax.set(xlabel="tested on", ylabel="after training on", title=e.label)
-        rows += [[e.label, names[i], *(f"{v:.3f}" for v in R[i])] for i in range(R.shape[0])]
+        rows += [[e.label, row_names[i], *(f"{v:.3f}" for v in R[i])]
+                 for i in range(R.shape[0])]
     for ax in axes.flat[len(entries):]:
         ax.set_visible(False)
     cb = fig.colorbar(im, ax=axes, fraction=0.04, shrink=0.8)
