@@ -17,6 +17,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     plrnn,
     rat,
     ssm,
+    titans,
 )
 from seqmem.mixers.base import Mixer, State, build, get, hyperparameters, names, register, step_loop
 from seqmem.mixers.hf import from_hf as from_hf  # transformers layers -> seqmem mixers

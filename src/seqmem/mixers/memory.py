@@ -1,10 +1,10 @@
-"""Memories trained or routed at test time: Titans (Behrouz et al. 2025) and Mixture of
-Memories (Du et al. 2025).
+"""Memories routed at test time: Mixture of Memories (Du et al. 2025); Titans and the Miras
+models live in `seqmem.mixers.titans`.
 
-Both are layers of the linear-attention family: q/k/v projections, a short causal depthwise
-convolution and SiLU on each, L2-normalised q and k, a matrix memory per head updated once per
+A layer of the linear-attention family: q/k/v projections, a short causal depthwise
+convolution and SiLU on each, L2-normalised q and k, matrix memories per head updated once per
 token by an op of `seqmem.ops`, then a per-head RMSNorm gated by SiLU(W_g x) and an output
-projection (the output gate and norm of Gated DeltaNet, which both papers use).
+projection (the output gate and norm of Gated DeltaNet, which the paper uses).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from seqmem.ops.linear_attention import (
     linear_attention,
     linear_attention_step,
 )
-from seqmem.ops.titans import TitansState, titans, titans_init_state, titans_step
 
 PROBE_BATCH, PROBE_SEED = 4096, 0
 
@@ -50,124 +49,6 @@ def _probe(d_model: int, like: Tensor) -> Tensor:
 
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
-
-
-class TitansMixerState(NamedTuple):
-    """Memory M and momentum S (b, h, d_head, d_head); the short conv's inputs (b, k-1, 3 d)."""
-
-    M: Tensor
-    S: Tensor
-    conv: Tensor
-
-
-@register("titans")
-class Titans(Mixer):
-    """Titans neural long-term memory, linear-memory variant (Behrouz, Zhong & Mirrokni 2025,
-    "Titans: Learning to Memorize at Test Time", sections 3.1 and 4.4), used as a layer.
-
-        q, k, v = SiLU(conv(W_{q,k,v} x)),  q, k L2-normalised per head
-        alpha = sigmoid(w_alpha x + b_alpha), eta = sigmoid(w_eta x + b_eta),
-        theta = theta_max * sigmoid(w_theta x + b_theta)          (one each per token and head)
-        S_t = eta_t S_{t-1} - theta_t grad ||k_t M - v_t||^2 at M_{t-1}
-        M_t = (1 - alpha_t) M_{t-1} + S_t,  o_t = q_t M_t / sqrt(d_head)
-        y_t = W_o (RMSNorm(o_t) * SiLU(W_g x_t))
-
-    The gradient of every token is taken at the memory just before it (the exact per-token
-    rule of `seqmem.ops.titans`); the chunked training form computes that rule exactly.
-    With unit-norm keys and theta < 1/2 every gate value gives a stable memory (the eigenvalues
-    of the (M, S) transition along k_t lie inside the unit disc), hence theta_max = 0.5.
-
-    Args:
-        d_model: input and output width.
-        n_heads: memory heads; d_model must be a multiple (head width d_model // n_heads).
-        conv_size: width of the short causal convolutions (>= 2).
-        theta_max: largest test-time learning rate theta (> 0).
-        norm_eps: epsilon of the output RMSNorm.
-    """
-
-    modes = ("chunk", "recurrent")
-    legacy_names = SHORT_CONV_LEGACY_NAMES
-
-    def __init__(self, d_model: int, *, n_heads: int = 2, conv_size: int = 4,
-                 theta_max: float = 0.5, norm_eps: float = 1e-5):
-        super().__init__(d_model)
-        self.d_head = check_heads("titans", d_model, n_heads)
-        self.conv_size = check_conv_size("titans", conv_size)
-        if not (isinstance(theta_max, int | float) and 0 < theta_max < math.inf):
-            raise SeqmemError(f"titans: theta_max must be a finite number > 0, got "
-                              f"{theta_max!r}")
-        self.n_heads, self.theta_max = n_heads, float(theta_max)
-        self.norm_eps = check_eps("titans", norm_eps)
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.conv = ShortConv(3 * d_model, conv_size)  # over q, k, v
-        self.gate_proj = nn.Linear(d_model, 3 * n_heads)  # alpha, eta, theta logits
-        # forgetting rates alpha log-spaced over [1e-3, 1e-1] across heads, momentum 0.9,
-        # learning rate theta_max / 2
-        alphas = [math.exp(math.log(1e-3) + (math.log(1e-1) - math.log(1e-3)) * i
-                           / max(n_heads - 1, 1)) for i in range(n_heads)]
-        bias = [_logit(a) for a in alphas] + [_logit(0.9)] * n_heads + [0.0] * n_heads
-        with torch.no_grad():
-            self.gate_proj.bias.copy_(torch.tensor(bias))
-        self.g_proj = nn.Linear(d_model, d_model, bias=False)
-        self.norm_weight = nn.Parameter(torch.ones(self.d_head))
-        self.o_proj = nn.Linear(d_model, d_model, bias=False)
-
-    # ---- pieces shared by forward and step ------------------------------------------------
-    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """alpha, eta, theta (..., h) from x (..., d)."""
-        alpha, eta, theta = self.gate_proj(x).chunk(3, dim=-1)  # (..., h) each
-        return alpha.sigmoid(), eta.sigmoid(), self.theta_max * theta.sigmoid()
-
-    def _qkv(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (..., h, d_head) from the convolved projections u (..., 3 d)."""
-        q, k, v = rearrange(F.silu(u), "... (three h d) -> three ... h d", three=3,
-                            h=self.n_heads)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
-
-    def _out(self, o: Tensor, x: Tensor) -> Tensor:
-        """W_o (RMSNorm(o) * SiLU(W_g x)): o (..., h, d_head), x (..., d) -> (..., d)."""
-        gate = split_heads(self.g_proj(x), self.n_heads)  # (..., h, d_head)
-        o = gated_rms_norm(o, self.norm_weight, gate, self.norm_eps)
-        return self.o_proj(merge_heads(o))
-
-    # ---- the contract ---------------------------------------------------------------------
-    def _forward(self, x, state, mode, chunk_size):
-        u, conv = self.conv(self.qkv_proj(x), state.conv)  # (b, t, 3d)
-        q, k, v = self._qkv(u)  # (b, t, h, d_head)
-        alpha, eta, theta = self._gates(x)  # (b, t, h)
-        o, (M, S) = titans(q, k, v, alpha, eta, theta, state=TitansState(state.M, state.S),
-                           mode=mode, chunk_size=chunk_size)  # (b, t, h, d_head)
-        return self._out(o, x), TitansMixerState(M, S, conv)
-
-    def _step(self, x_t, state):
-        u, conv = self.conv.step(self.qkv_proj(x_t), state.conv)
-        q, k, v = self._qkv(u)  # (b, h, d_head)
-        alpha, eta, theta = self._gates(x_t)  # (b, h)
-        o, (M, S) = titans_step(q, k, v, alpha, eta, theta, TitansState(state.M, state.S))
-        return self._out(o, x_t), TitansMixerState(M, S, conv)
-
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        kw = self.state_options(device, dtype)
-        M, S = titans_init_state(batch_size, self.n_heads, self.d_head, self.d_head, **kw)
-        conv = self.conv.init_state(batch_size, **kw)
-        return TitansMixerState(M, S, conv)
-
-    def state_size(self):
-        return 2 * self.n_heads * self.d_head ** 2 + self.conv.state_size()
-
-    @torch.no_grad()
-    def timescales(self) -> Tensor:
-        """Per channel (of the memory read-out, head-major), the memory time constant of its
-        head: -1 / mean log max(1 - alpha, eta) over a fixed N(0, 1) probe input, i.e. the
-        e-folding time of the slower of forgetting and momentum, in steps."""
-        alpha, eta, _ = self._gates(_probe(self.d_model, self.o_proj.weight))  # (n, h)
-        keep = torch.maximum(1 - alpha, eta).double().clamp(1e-300, 1.0)  # (n, h)
-        ts = (-1 / torch.log(keep).mean(0)).clamp(max=1e12)  # (h,)
-        return ts.to(alpha.dtype).repeat_interleave(self.d_head)  # (d,)
-
-    def extra_repr(self):
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, conv_size={self.conv_size}, "
-                f"theta_max={self.theta_max}")
 
 
 MEMORY_KINDS = ("gated_delta", "linear")
