@@ -378,6 +378,23 @@ def test_seqmem_prune_end_to_end(trained, capsys):
     assert [r[3] for r in rows] == [f"{q['acc_oneshot']:.3f}" for q in p["points"]]
 
 
+def test_seqmem_prune_heads_of_linear_attention(tmp_path, capsys, monkeypatch):
+    cfg = load_config(None, [*SMALL[:-1], "model.mixer.kind=linear_attn"])
+    run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+    train_run(cfg, run)
+    # the held-out evaluation of the training loop, as for a task without a streaming form
+    monkeypatch.setattr("seqmem.analysis.pruning.STREAM_TASKS", ())
+    code, _out, err = run_cli(capsys, "prune", run.id, "--root", tmp_path, "--sparsities",
+                              "0.5", "--method", "structured,magnitude")
+    assert code == 0, err
+    p = json.loads((run.dir / "analysis.json").read_text())["pruning"]
+    assert p["measure"] == "eval" and p["order"]["structure"] == "heads"
+    (q,) = [q for q in p["points"] if q["method"] == "structured"]
+    assert q["n_total"] == 2 and q["n_removed"] == 1 and "tau_removed_mean" not in q
+    # one head of two: half of qkv's rows and of out's columns
+    assert q["sparsity"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--sparsities", "0.5,x"], "--sparsities must be a comma-separated list"),
     (["--sparsities", "1.5"], r"prune_sparsities must be numbers in \(0, 1\)"),
