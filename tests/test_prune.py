@@ -9,12 +9,14 @@ head fewer); `seqmem prune` end to end and its one-line errors."""
 import json
 import re
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
 from seqmem.analysis.probes import load_stage
-from seqmem.analysis.pruning import pruning_figure
+from seqmem.analysis.pruning import pruning_figure, spearman
 from seqmem.cli.main import main
 from seqmem.config import load_config
 from seqmem.engine.jobs import train_run
@@ -155,6 +157,18 @@ def test_the_leaky_diagonal_counts_as_zero():
     assert m.blocks[0].mixer.zero_diagonal and (m.blocks[0].mixer.W.diagonal() != 0).all()
     mask = P.magnitude_masks(m, 1 / D, ["blocks.0.mixer.W"])["blocks.0.mixer.W"]
     torch.testing.assert_close(mask, 1 - torch.eye(D, dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_spearman_against_scipy():
+    g = np.random.default_rng(0)
+    for _ in range(5):
+        a = g.integers(0, 4, 30).astype(float)  # many ties
+        b = a + g.normal(0, 2, 30)
+        b[::7] = b[0]
+        assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic)
+    assert spearman([1, 2, np.nan, 3, 4], [2, 1, 5, 4, 3]) == pytest.approx(
+        scipy.stats.spearmanr([1, 2, 3, 4], [2, 1, 4, 3]).statistic)
+    assert spearman([1, 1, 1, 1], [1, 2, 3, 4]) is None
 
 
 def test_zhu_gupta_schedule_against_its_formula():

@@ -23,8 +23,10 @@ block has no dependency groups (another mixer, residual blocks) skips structured
 saying why under "skipped".
 
 The memory question: the removal order of structured pruning, each unit's tau (and tau_net,
-for scalar-input models), the Spearman correlation of removal rank with tau and tau_net, and
-for magnitude pruning the fraction of each unit's group pruned against its tau.
+for scalar-input models), the Spearman correlation of removal rank with tau and tau_net
+(`spearman_tau` < 0: long-tau units go first), and for magnitude pruning the fraction of
+each unit's own weights pruned (`unit_pruned_fraction`) and its Spearman correlation with
+tau (`spearman_pruned_tau` > 0: long-tau units lose more of their weights).
 """
 
 from __future__ import annotations
@@ -59,23 +61,30 @@ def _headline(w: dict) -> dict:
     return out
 
 
-def _spearman(rank: np.ndarray, x: np.ndarray) -> float | None:
-    ok = np.isfinite(x)
-    if ok.sum() < 3 or np.all(x[ok] == x[ok][0]):
-        return None
-    r1 = np.argsort(np.argsort(rank[ok], kind="stable"), kind="stable").astype(float)
-    # average ranks of ties in x
-    order = np.argsort(x[ok], kind="stable")
-    r2 = np.empty(ok.sum())
-    xs = x[ok][order]
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of x, tied values sharing the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    ranks = np.empty(len(x))
     i = 0
     while i < len(xs):
         j = i
         while j + 1 < len(xs) and xs[j + 1] == xs[i]:
             j += 1
-        r2[order[i:j + 1]] = (i + j) / 2
+        ranks[order[i:j + 1]] = (i + j) / 2
         i = j + 1
-    return float(np.corrcoef(r1, r2)[0, 1])
+    return ranks
+
+
+def spearman(a, b) -> float | None:
+    """Spearman's rank correlation of a and b over the entries where both are finite (the
+    Pearson correlation of their average ranks); None with fewer than 3 or a constant one."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return None
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
 def check_options(opts) -> tuple[list[str], list[float], str, int, bool]:
@@ -193,7 +202,7 @@ def pruning(ctx: Context) -> dict:
         if method == "magnitude" and tau is not None and P.structure_of(m, block) == "units":
             frac = np.array([_group_pruned(m, block, i) for i in range(len(tau))])
             row["unit_pruned_fraction"] = frac.tolist()
-            row["spearman_pruned_tau"] = _spearman(-frac, tau)
+            row["spearman_pruned_tau"] = spearman(frac, tau)
         if opts["prune_save"]:
             ctx.run.save_checkpoint(tag, {"model": P.plain_state_dict(m), "masks": masks,
                                           "prune": {k: v for k, v in row.items()
@@ -224,10 +233,10 @@ def pruning(ctx: Context) -> dict:
             rank = np.empty(n)
             rank[order] = np.arange(n)
             order_info["tau"] = [float(tau[i]) for i in order]
-            order_info["spearman_tau"] = _spearman(rank, tau)
+            order_info["spearman_tau"] = spearman(rank, tau)
             if tau_net is not None:
                 order_info["tau_net"] = [float(tau_net[i]) for i in order]
-                order_info["spearman_tau_net"] = _spearman(rank, tau_net)
+                order_info["spearman_tau_net"] = spearman(rank, tau_net)
         for s in sps:
             k = min(n, max(1, round(s * n)))
             removed = order[:k]
