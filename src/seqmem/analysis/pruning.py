@@ -40,7 +40,7 @@ from seqmem.analysis.timescales import network_timescales
 from seqmem.build import build_curriculum, build_model, build_optimizer, build_task
 from seqmem.errors import SeqmemError, check_choice
 from seqmem.train import prune as P
-from seqmem.train.loop import evaluate
+from seqmem.train.loop import evaluate, is_regression
 
 STREAM_TASKS = ("n_parity", "n_dms")  # tasks with a streaming variant (probes)
 OPTIONS = {"prune_methods": ("magnitude", "structured"),
@@ -130,6 +130,9 @@ def pruning(ctx: Context) -> dict:
     if cur.kind != "none":
         cur.N = ctx.N
     task = build_task(cfg, cur)
+    if is_regression(task):
+        raise SeqmemError(f"pruning reports accuracy against sparsity; task {ctx.task!r} is a "
+                          f"regression task (MSE) and has no accuracy")
     eval_task = build_task(cfg, cur, split="test")
     heads = cur.active_heads(len(task.heads))
 

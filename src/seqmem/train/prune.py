@@ -281,9 +281,10 @@ class GradualPruner:
 # ---- structured pruning: dependency groups ---------------------------------------------
 @dataclass(frozen=True)
 class Slice:
-    """Entries `index` along `dim` of parameter `param` (a path relative to the group's
-    module: the mixer, or the model for the readers of a block) belong to the group; `mask`:
-    whether masking them at zero removes them (False: removed only in a smaller layer)."""
+    """Entries `index` along `dim` of parameter `param` belong to the group (`param` is a
+    path relative to the mixer in `UNIT_GROUPS` / `HEAD_GROUPS`, relative to the model in
+    what `group` returns); `mask`: whether masking them at zero removes them (False: they are
+    removed only in a smaller layer, e.g. tau)."""
 
     param: str
     dim: int
