@@ -4,6 +4,7 @@ Public API: `build(name, d_model, **kw)`, `names()`, `get(name)`, `register(name
 """
 
 from seqmem.mixers import (  # noqa: F401  (registers the mixers)
+    alrnn,
     attention,
     baselines,
     classic,

@@ -1,5 +1,6 @@
 """Pure tensor math: the recurrences, one function per family and form. No nn.Module here."""
 
+from seqmem.ops.alrnn import alrnn_phi, alrnn_recurrent, alrnn_step, alrnn_subregion
 from seqmem.ops.attention import (
     EMPTY,
     AarenState,
@@ -90,6 +91,10 @@ __all__ = [
     "aaren_scan",
     "aaren_step",
     "activation",
+    "alrnn_phi",
+    "alrnn_recurrent",
+    "alrnn_step",
+    "alrnn_subregion",
     "associative_scan",
     "attention_own_key",
     "attention_own_key_banded",
