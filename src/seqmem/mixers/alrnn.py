@@ -56,7 +56,7 @@ class ALRNN(NewtonForm, Mixer):
                  a_init: tuple[float, float] = (0.5, 0.95)):
         super().__init__(d_model)
         P = check_int("al_rnn: n_relu", n_relu)
-        if P > d_model:
+        if d_model < P:
             raise SeqmemError(f"al_rnn: n_relu must be between 1 and d_model ({d_model}), got "
                               f"{n_relu}")
         try:
