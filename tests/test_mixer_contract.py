@@ -53,9 +53,15 @@ VARIANTS: dict[str, list[dict]] = {
     "mamba2": [{"negative_eigenvalues": True, "headdim": 4}, {"headdim": 8, "conv_size": 2}],
     "plrnn": [{"d_hidden": 3, "input_proj": False, "a_init": (-0.9, 0.9)}],
     "al_rnn": [{"n_relu": 1, "input_proj": False, "a_init": (-0.9, 0.9)}, {"n_relu": 8}],
-    "lssl": [{"train_A": True, "d_state": 8, "activation": "glu"}],
-    "s4d": [{"init": "inv", "d_state": 6, "activation": "none"}],
-    "s5": [{"n_blocks": 2, "d_state": 12, "discretization": "bilinear", "activation": "none"}],
+    "lssl": [{"train_A": True, "d_state": 8, "activation": "glu"},
+             {"measure": "legt", "d_state": 4}, {"measure": "fout", "d_state": 5}],
+    "s4d": [{"init": "inv", "d_state": 6, "activation": "none"},
+            {"init": "legs", "d_state": 6}, {"init": "ptd", "d_state": 6}],
+    "s5": [{"n_blocks": 2, "d_state": 12, "discretization": "bilinear", "activation": "none"},
+           {"init": "ptd", "d_state": 8, "n_blocks": 2}],
+    "s4": [{"measure": "legs", "d_state": 6}, {"measure": "legt", "d_state": 4},
+           {"measure": "fout", "d_state": 6, "activation": "none"},
+           {"init": "ptd", "d_state": 6}],
 }
 
 CASES = [(name, {}) for name in mixers.names()] + [

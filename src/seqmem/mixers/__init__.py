@@ -17,6 +17,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     memory,
     plrnn,
     rat,
+    s4,
     ssm,
     titans,
 )

@@ -10,7 +10,8 @@ linear RNN (mode "recurrent") and a long convolution ("conv") or a parallel scan
     "none"  y = ssm(u)                                            (the bare linear SSM)
 
 Complex states are stored as real tensors (..., 2) (real, imaginary), so that a state is a
-plain real tensor of the parameters' dtype. The ops are in `seqmem.ops.ssm`.
+plain real tensor of the parameters' dtype. The ops are in `seqmem.ops.ssm` (the HiPPO
+measures and the PTD initialisation in `seqmem.ops.s4`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_choice, check_int
 from seqmem.mixers.base import Mixer, register
+from seqmem.ops.s4 import MEASURES, hippo, ptd_half
 from seqmem.ops.ssm import (
     diag_recurrence,
     diag_recurrence_step,
@@ -30,14 +32,14 @@ from seqmem.ops.ssm import (
     diag_ssm_step,
     discretize_bilinear,
     discretize_zoh,
-    hippo_legs,
     hippo_n,
     ssm,
     ssm_bilinear_step,
 )
 
 ACTIVATIONS = ("glu", "gelu", "none")
-S4D_INITS = ("lin", "inv")
+S4D_INITS = ("lin", "inv", "legs", "ptd")
+S5_INITS = ("hippo_n", "ptd")
 DISCRETIZATIONS = ("zoh", "bilinear")
 
 
@@ -94,7 +96,8 @@ class LSSL(Mixer):
     """Linear State-Space Layer (Gu, Johnson, Goel, Saab, Dao, Rudra & Re 2021, "Combining
     Recurrent, Convolutional, and Continuous-time Models with Linear State-Space Layers").
 
-    Every channel h is a SISO SSM with the shared HiPPO-LegS A (n, n) and B (n,), its own step
+    Every channel h is a SISO SSM with the shared HiPPO A (n, n) and B (n,) of `measure`
+    (LegS by default; LegT or FouT, `ops.s4.hippo`), its own step
     dt_h and read-out C_h, discretised by the bilinear transform (the paper's GBT, alpha = 1/2):
 
         x_t = A_bar_h x_{t-1} + B_bar_h u_t,   y_t = C_h . x_t + D_h u_t,
@@ -111,6 +114,8 @@ class LSSL(Mixer):
     Args:
         d_model: channels (input and output width).
         d_state: HiPPO order n (state floats per channel).
+        measure: the HiPPO basis of A and B: "legs" (default, scaled Legendre), "legt"
+            (Legendre on a sliding window of length 1) or "fout" (Fourier on a sliding window).
         dt_min, dt_max: dt_h is initialised log-uniformly in [dt_min, dt_max].
         train_A: learn A and B too (the paper's LSSL); False keeps HiPPO fixed (LSSL-f).
         activation: "gelu" (default), "glu" or "none".
@@ -119,12 +124,14 @@ class LSSL(Mixer):
     modes = ("conv", "recurrent")
 
     def __init__(self, d_model: int, *, d_state: int = 64, dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, train_A: bool = False, activation: str = "gelu"):
+                 dt_max: float = 1e-1, train_A: bool = False, activation: str = "gelu",
+                 measure: str = "legs"):
         super().__init__(d_model)
         _check("lssl", d_state, dt_min, dt_max)
         self.activation = check_choice("lssl activation", activation, ACTIVATIONS)
+        self.measure = check_choice("lssl measure", measure, MEASURES)
         self.d_state, self.train_A = d_state, bool(train_A)
-        A, B = hippo_legs(d_state, device="cpu")
+        A, B = hippo(measure, d_state, device="cpu")
         if self.train_A:
             self.A, self.B = nn.Parameter(_here(A)), nn.Parameter(_here(B))
         else:
@@ -166,11 +173,22 @@ class LSSL(Mixer):
         return (-1 / mag.log()).to(self.C.dtype)
 
     def extra_repr(self):
-        return (f"d_model={self.d_model}, d_state={self.d_state}, train_A={self.train_A}, "
-                f"activation={self.activation}")
+        return (f"d_model={self.d_model}, d_state={self.d_state}, measure={self.measure}, "
+                f"train_A={self.train_A}, activation={self.activation}")
 
 
 # ---- S4D -----------------------------------------------------------------------------------
+def s4d_init(init: str, N: int) -> Tensor:
+    """S4D's diagonal A (N/2,) complex float64 for `init` (see `S4D`), on the CPU."""
+    n = torch.arange(N // 2, dtype=torch.float64, device="cpu")
+    if init in ("lin", "inv"):
+        imag = math.pi * n if init == "lin" else N / math.pi * (N / (2 * n + 1) - 1)
+        return torch.complex(torch.full_like(imag, -0.5), imag)
+    if init == "legs":
+        return hippo_n(N, device="cpu")[0][: N // 2]
+    return ptd_half("legs", N)[0]
+
+
 @register("s4d")
 class S4D(Mixer):
     """Diagonal S4 (Gu, Gupta, Goel & Re 2022, "On the Parameterization and Initialization of
@@ -181,6 +199,10 @@ class S4D(Mixer):
         a_h = exp(dt_h A_h),  b_h = (exp(dt_h A_h) - 1) / A_h,
         A = -exp(log_neg_A_real) + i A_imag,
         S4D-Lin:  A_n = -1/2 + i pi n;    S4D-Inv:  A_n = -1/2 + i (N/pi) (N/(2n+1) - 1),
+        S4D-LegS: A = the eigenvalues of the normal part A_N of HiPPO-LegS (N x N), those with
+                  Im >= 0 (-1/2 + i lambda, `ops.ssm.hippo_n`);
+        S4D-PTD:  A = the eigenvalues of largest imaginary part of LegS + E, the perturbed
+                  LegS of S4-PTD (Yu et al. 2024, `ops.s4.ptd`),
 
     then the output nonlinearity. "conv" is the Vandermonde kernel + FFT convolution (plus
     2 Re(C a^{t+1} x_{-1}) for an initial state).
@@ -188,7 +210,8 @@ class S4D(Mixer):
     Args:
         d_model: channels.
         d_state: N, state floats per channel (even; N/2 complex modes).
-        init: "lin" (S4D-Lin, default) or "inv" (S4D-Inv).
+        init: "lin" (S4D-Lin, default), "inv" (S4D-Inv), "legs" (S4D-LegS) or "ptd" (S4-PTD's
+            perturbed-then-diagonalised LegS).
         dt_min, dt_max: dt_h is initialised log-uniformly in [dt_min, dt_max].
         activation: "glu" (default), "gelu" or "none".
     """
@@ -202,12 +225,10 @@ class S4D(Mixer):
         self.init = check_choice("s4d init", init, S4D_INITS)
         self.activation = check_choice("s4d activation", activation, ACTIVATIONS)
         self.d_state = d_state
-        n = torch.arange(d_state // 2, dtype=torch.float64, device="cpu")
-        N = d_state
-        imag = math.pi * n if init == "lin" else N / math.pi * (N / (2 * n + 1) - 1)  # (n,)
+        Lam = s4d_init(init, d_state)  # (n,)
         self.log_dt = _log_dt(d_model, dt_min, dt_max)  # (h,)
-        self.log_neg_A_real = nn.Parameter(torch.full((d_model, d_state // 2), math.log(0.5)))
-        self.A_imag = nn.Parameter(_here(imag.repeat(d_model, 1)))  # (h, n)
+        self.log_neg_A_real = nn.Parameter(_here((-Lam.real).log().repeat(d_model, 1)))
+        self.A_imag = nn.Parameter(_here(Lam.imag.repeat(d_model, 1)))  # (h, n)
         self.C = nn.Parameter(torch.randn(d_model, d_state // 2, 2) * 0.5 ** 0.5)  # (h, n, 2)
         self.D = nn.Parameter(torch.randn(d_model))  # (h,)
         self.out = _Output(d_model, self.activation)
@@ -260,8 +281,10 @@ class S5(Mixer):
         a = exp(dt Lambda),  B_bar = (a - 1) / Lambda * B~   (ZOH; or bilinear),
 
     Lambda = -exp(log_neg_A_real) + i A_imag initialised by HiPPO-N (the normal part of LegS,
-    diagonalised as V diag(Lambda) V^H), block-diagonal with `n_blocks` copies of the order
-    d_state / n_blocks, B~ = V^-1 B and C~ = C V from Lecun-normal B (d_state, d_model) and C;
+    diagonalised as V diag(Lambda) V^H; init "hippo_n") or by S5-PTD (init "ptd": LegS + E
+    diagonalised as V~ diag(Lambda) V~^-1, the perturb-then-diagonalise of Yu et al. 2024,
+    `ops.s4.ptd`), block-diagonal with `n_blocks` copies of the order d_state / n_blocks,
+    B~ = V^-1 B and C~ = C V from Lecun-normal B (d_state, d_model) and C;
     one dt per state. Conjugate symmetry: only the d_state / 2 modes with Im(Lambda) >= 0 are
     kept, hence the 2 Re. "parallel" runs the recurrence as a parallel prefix scan, "chunk" in
     chunks, "recurrent" as a loop.
@@ -270,6 +293,7 @@ class S5(Mixer):
         d_model: input and output width.
         d_state: P, the latent size (d_state / 2 complex modes are stored).
         n_blocks: J blocks of HiPPO-N (d_state / n_blocks must be even).
+        init: "hippo_n" (default, the diagonalised normal part of LegS) or "ptd" (S5-PTD).
         dt_min, dt_max: dt per state is initialised log-uniformly in [dt_min, dt_max].
         discretization: "zoh" (default) or "bilinear".
         activation: "glu" (default), "gelu" or "none".
@@ -279,24 +303,31 @@ class S5(Mixer):
 
     def __init__(self, d_model: int, *, d_state: int = 64, n_blocks: int = 1,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, discretization: str = "zoh",
-                 activation: str = "glu"):
+                 activation: str = "glu", init: str = "hippo_n"):
         super().__init__(d_model)
         check_int("s5: n_blocks", n_blocks)
+        self.init = check_choice("s5 init", init, S5_INITS)
         _check("s5", d_state, dt_min, dt_max, even=2 * n_blocks)
         self.discretization = check_choice("s5 discretization", discretization, DISCRETIZATIONS)
         self.activation = check_choice("s5 activation", activation, ACTIVATIONS)
         self.d_state, self.n_blocks = d_state, n_blocks
         m = d_state // n_blocks
-        Lam, V = hippo_n(m, device="cpu")  # (m,), (m, m)
-        Lam, V = Lam[: m // 2].repeat(n_blocks), torch.block_diag(*[V[:, : m // 2]] * n_blocks)
+        if init == "hippo_n":
+            Lam, V = hippo_n(m, device="cpu")  # (m,), (m, m)
+            Lam, V = Lam[: m // 2], V[:, : m // 2]
+            W = V.conj().T  # (m/2, m): the rows that read the kept modes
+        else:
+            Lam, V, W = ptd_half("legs", m)
+        Lam = Lam.repeat(n_blocks)
+        V, W = torch.block_diag(*[V] * n_blocks), torch.block_diag(*[W] * n_blocks)
         # B, C drawn on the default device (no draw at all on the meta device)
         B = torch.randn(d_state, d_model, dtype=torch.float64) / math.sqrt(d_model)  # (P, d)
         C = torch.complex(*torch.randn(2, d_model, d_state, dtype=torch.float64)) / math.sqrt(
             2 * d_state)  # (d, P)
-        V = V.to(B.device)  # (P, P/2)
+        V, W = V.to(B.device), W.to(B.device)  # (P, P/2), (P/2, P)
         self.log_neg_A_real = nn.Parameter(_here(torch.log(-Lam.real)))  # (P/2,)
         self.A_imag = nn.Parameter(_here(Lam.imag))  # (P/2,)
-        self.B = nn.Parameter(_here(_real(V.conj().T @ B.to(V.dtype))))  # (P/2, d, 2): V^H B
+        self.B = nn.Parameter(_here(_real(W @ B.to(W.dtype))))  # (P/2, d, 2): V^-1 B
         self.C = nn.Parameter(_here(_real(C @ V)))  # (d, P/2, 2)
         self.D = nn.Parameter(torch.randn(d_model))  # (d,)
         self.log_dt = _log_dt(d_state // 2, dt_min, dt_max)  # (P/2,)
@@ -340,4 +371,5 @@ class S5(Mixer):
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_state={self.d_state}, n_blocks={self.n_blocks}, "
-                f"discretization={self.discretization}, activation={self.activation}")
+                f"init={self.init}, discretization={self.discretization}, "
+                f"activation={self.activation}")

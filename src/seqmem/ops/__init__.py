@@ -41,6 +41,7 @@ from seqmem.ops.rnn import (
     plrnn_recurrent,
     plrnn_step,
 )
+from seqmem.ops.s4 import hippo, hippo_low_rank, nplr, ptd, s4, s4_kernel, s4_step
 from seqmem.ops.scan import associative_scan, linear_recurrence, linear_recurrence_step
 from seqmem.ops.selective import (
     selective_scan,
@@ -122,10 +123,12 @@ __all__ = [
     "gla_step",
     "gru_recurrent",
     "gru_step",
+    "hippo",
     "hippo_fout",
     "hippo_legs",
     "hippo_legs_normal",
     "hippo_legt",
+    "hippo_low_rank",
     "hippo_n",
     "krylov",
     "leaky_rnn_recurrent",
@@ -138,11 +141,16 @@ __all__ = [
     "linear_recurrence_step",
     "lstm_recurrent",
     "lstm_step",
+    "nplr",
     "plrnn_recurrent",
     "plrnn_step",
+    "ptd",
     "retention",
     "retention_step",
     "rotary",
+    "s4",
+    "s4_kernel",
+    "s4_step",
     "s4d_kernel",
     "selective_scan",
     "selective_scan_signed",
