@@ -124,7 +124,9 @@ class Titans(Mixer):
         d_model: input and output width.
         n_heads: memory and attention heads; d_model must be a multiple.
         conv_size: width of the short causal convolutions (>= 2).
-        theta_max: largest test-time learning rate theta (> 0).
+        theta_max: largest test-time learning rate theta (> 0); None: 0.5 for the linear
+            memory (stable for unit keys), 0.05 for the mlp memory (whose curvature grows with
+            its weights; 0.5 diverges within a few dozen tokens).
         norm_eps: epsilon of the RMSNorms.
         memory: "linear" (one matrix per head, the default) or "mlp" (a residual MLP).
         memory_depth: layers of the mlp memory (>= 2).
@@ -150,7 +152,8 @@ class Titans(Mixer):
     legacy_names = SHORT_CONV_LEGACY_NAMES
 
     def __init__(self, d_model: int, *, n_heads: int = 2, conv_size: int = 4,
-                 theta_max: float = 0.5, norm_eps: float = 1e-5, memory: str = "linear",
+                 theta_max: float | None = None, norm_eps: float = 1e-5,
+                 memory: str = "linear",
                  memory_depth: int = 2, memory_width: int = 2, gradient: str = "token",
                  memory_chunk: int = 16, bias: str = "l2", p: float = 3.0, delta: float = 1.0,
                  retention: str = "l2", q: float = 4.0, momentum: bool = True,
@@ -160,9 +163,11 @@ class Titans(Mixer):
         who = self.name or "titans"
         self.d_head = e = check_heads(who, d_model, n_heads)
         self.conv_size = check_conv_size(who, conv_size)
-        self.n_heads, self.theta_max = n_heads, _number(who, "theta_max", theta_max)
         self.norm_eps = check_eps(who, norm_eps)
         self.memory = check_choice(f"{who} memory", memory, MEMORIES)
+        if theta_max is None:
+            theta_max = 0.5 if self.memory == "linear" else 0.05
+        self.n_heads, self.theta_max = n_heads, _number(who, "theta_max", theta_max)
         self.variant = check_choice(f"{who} variant", variant, VARIANTS)
         depth = 1
         if self.memory == "mlp":
