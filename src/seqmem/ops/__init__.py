@@ -27,6 +27,15 @@ from seqmem.ops.linear_attention import (
     retention_step,
 )
 from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
+from seqmem.ops.neural_memory import (
+    MemorySpec,
+    NeuralMemoryState,
+    neural_memory,
+    neural_memory_chunk,
+    neural_memory_init_state,
+    neural_memory_recurrent,
+    neural_memory_step,
+)
 from seqmem.ops.rnn import (
     LSTMState,
     activation,
@@ -88,6 +97,8 @@ __all__ = [
     "AarenState",
     "LSTMState",
     "LightNetState",
+    "MemorySpec",
+    "NeuralMemoryState",
     "TitansState",
     "aaren_scan",
     "aaren_step",
@@ -141,6 +152,11 @@ __all__ = [
     "linear_recurrence_step",
     "lstm_recurrent",
     "lstm_step",
+    "neural_memory",
+    "neural_memory_chunk",
+    "neural_memory_init_state",
+    "neural_memory_recurrent",
+    "neural_memory_step",
     "nplr",
     "plrnn_recurrent",
     "plrnn_step",
