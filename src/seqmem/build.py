@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -29,8 +30,9 @@ from seqmem.curricula import Curriculum
 from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
+from seqmem.store import Run, RunStore
 from seqmem.train.loop import TrainParts, is_regression
-from seqmem.train.schedules import lr_factor
+from seqmem.train.schedules import check_schedule, lr_factor, refined_table
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,43 @@ def lr_schedule(cfg: RunConfig):
     instead of keeping its rate."""
     t, name = cfg.train, schedule_choice(cfg)
     total = t.max_epochs * t.steps_per_epoch
+    opts = {"min_lr": t.min_lr_fraction, "decay_fraction": t.decay_fraction,
+            "decay_shape_name": t.decay_shape, "cooldown_fraction": t.cooldown_fraction,
+            "constant_fraction": t.constant_fraction, "milestones": tuple(t.step_milestones),
+            "gamma": t.step_gamma,
+            "table": schedule_source_table(cfg) if name == "refined" else None}
+    try:
+        check_schedule(name, **opts)
+    except SeqmemError as e:
+        raise ConfigError(str(e), "train.schedule") from None
 
     def factor(step: int, elapsed_s: float = 0.0) -> float:
         if t.max_time_s is not None and step >= t.warmup_steps:
             by_time = t.warmup_steps + elapsed_s / t.max_time_s * (total - t.warmup_steps)
             step = max(step, int(by_time))
-        return lr_factor(name, step, warmup_steps=t.warmup_steps, total_steps=total)
+        return lr_factor(name, step, warmup_steps=t.warmup_steps, total_steps=total, **opts)
 
     return factor
+
+
+def schedule_source_table(cfg: RunConfig, root: str = "runs") -> list[float]:
+    """The refined multipliers of `train.schedule_from` (a run's folder, or a run id or
+    prefix in the store at `root`): see `seqmem.train.schedules.refined_table`."""
+    ref = cfg.train.schedule_from
+    if ref is None:
+        raise ConfigError("the refined schedule needs train.schedule_from: a finished run "
+                          "(its id, or its folder) whose gradient norms it refines",
+                          "train.schedule_from")
+    path = Path(ref)
+    if (path / "metrics.jsonl").is_file():
+        run = Run(path.name, path)
+    else:
+        store = RunStore(root)
+        if not store.root.exists():
+            raise ConfigError(f"no run folder {ref!r} and no store at {root}/ to look the id "
+                              f"up in", "train.schedule_from")
+        run = store.open_run(ref)
+    return refined_table(run, smoothing=cfg.train.refine_smoothing)
 
 
 # ---- what fits in memory --------------------------------------------------------------------

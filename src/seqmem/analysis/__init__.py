@@ -5,7 +5,8 @@
   `headline` picks the numbers the store indexes;
 - `context`: what an analysis sees (the run's stage models, its options, its own generator);
 - the built-in analyses: `stages` (timescales, tau_net, dimensionality), `ablation`,
-  `perturbation`, `forgetting`, `pruning` (accuracy against sparsity, tau of pruned units);
+  `perturbation`, `forgetting`, `pruning` (accuracy against sparsity, tau of pruned units),
+  `lr_law` (the loss against the learning-rate schedule, Tissue et al. 2024);
 - the measures they use: `probes` (streaming accuracy, silencing, perturbing, forgetting
   matrix), `timescales` (autocorrelation fits, tau_net, dimensionality) and `dynamics`
   (D_stsp, D_H and free running for dynamical-systems reconstruction).
@@ -14,8 +15,8 @@
 # The built-in analyses register themselves on import, in this order: the order of ANALYSES.
 # A new analysis module is imported here.
 # isort: off
-from seqmem.analysis import stages, ablation, perturbation, forgetting, pruning
+from seqmem.analysis import stages, ablation, perturbation, forgetting, pruning, lr_law
 
 # isort: on
 
-__all__ = ["ablation", "forgetting", "perturbation", "pruning", "stages"]
+__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "stages"]

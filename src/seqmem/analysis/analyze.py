@@ -108,7 +108,7 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
     specs = analyses(None if what is None else tuple(what))
     opts = resolve_options(options)
     Ns = stage_checkpoints(run)
-    if not Ns:
+    if not Ns and any(s.needs != "run" for s in specs):
         raise SeqmemError(f"run {run.id} has no curriculum-step checkpoints (N<k>) to analyse; "
                           f"it solved no N yet")
     say = progress or (lambda msg: None)

@@ -81,7 +81,7 @@ class Context:
     def of_run(cls, cfg: RunConfig, run: Run, Ns: list[int], *, seed: int,
                options: Mapping[str, Any], say: Callable[[str], None]) -> Context:
         """The context of a run's last stage; `focus` gives each analysis its own."""
-        return cls(cfg, run, tuple(Ns), Ns[-1], seed, dict(options),
+        return cls(cfg, run, tuple(Ns), Ns[-1] if Ns else 0, seed, dict(options),
                    torch.Generator().manual_seed(derived_seed(seed)), say,
                    StageModels(cfg, run))
 
@@ -90,7 +90,7 @@ class Context:
         generator seeded from (seed, name) or, at a given stage, (seed, name, N)."""
         keys = (name,) if N is None else (name, N)
         return dataclasses.replace(
-            self, N=self.Ns[-1] if N is None else N,
+            self, N=(self.Ns[-1] if self.Ns else 0) if N is None else N,
             generator=torch.Generator().manual_seed(derived_seed(self.seed, *keys)))
 
     @property

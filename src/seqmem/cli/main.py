@@ -34,6 +34,7 @@ from seqmem.store import RunStore
 from seqmem.store.mlflow_export import export_mlflow
 from seqmem.store.query import export, select
 from seqmem.sweep import phase_spec, plan_sweep, read_sweep, run_sweep, run_two_phase
+from seqmem.train.schedules import REFINED_FILE, refine_run
 
 TAKES_OVERRIDES = ("run", "train", "show-task", "continual")
 
@@ -243,6 +244,19 @@ def cmd_prune(args, overrides, console) -> int:
     return 0
 
 
+def cmd_refine_schedule(args, overrides, console) -> int:
+    store = RunStore(args.root)
+    run = store.open_run(args.run_id)
+    out = refine_run(run, smoothing=args.smoothing)
+    f = out["factors"]
+    console.print(f"refined the schedule of run {run.id} from {out['steps']} updates' gradient "
+                  f"norms (smoothing {out['smoothing']}): multiplier max {max(f):.3g} at "
+                  f"update {f.index(max(f)) + 1}, mean {sum(f) / len(f):.3g}; written to "
+                  f"{run.dir / REFINED_FILE}\ntrain under it: seqmem train ... "
+                  f"train.schedule=refined train.schedule_from={run.id}", markup=False)
+    return 0
+
+
 def _int(text: str, what: str, low: int = 0) -> int:
     try:
         value = int(text)
@@ -296,7 +310,7 @@ def _csv(text: str | None, what: str, conv=str) -> list | None:
 
 
 COMMANDS = {"run": cmd_run, "continual": cmd_continual, "analyze": cmd_analyze,
-            "prune": cmd_prune,
+            "prune": cmd_prune, "refine-schedule": cmd_refine_schedule,
             "report": cmd_report, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep,
             "store": cmd_store, "config": cmd_config}

@@ -20,6 +20,7 @@ EPILOG = """examples:
   seqmem runs --sweep quick --where 'acc>0.9' --best mixer --format csv
   seqmem analyze RUN_ID                   timescales, tau_net, ablation, perturbation
   seqmem prune RUN_ID --finetune-epochs 2 accuracy against sparsity, tau of pruned units
+  seqmem refine-schedule RUN_ID           a schedule refined from a run's gradient norms
   seqmem list mixers                      registered mixers (also: tasks)
   seqmem show-task mqar n_pairs=4         a few examples of a task, decoded, targets marked
   seqmem store check                      the store's index against its run folders
@@ -157,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "prune-<method>-s<percent> (weights and masks)")
     pr.add_argument("--seed", default="0", help="seed of the probe inputs and fine-tuning")
     pr.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    rf = sub.add_parser("refine-schedule", help="a learning-rate schedule refined from a "
+                        "finished run's gradient norms", description="Refine the schedule of "
+                        "a finished run from the gradient norm of each of its updates "
+                        "(Defazio et al. 2024: weights 1/||g_t||^2 after a median filter, "
+                        "eta_t = w_t * sum of the later weights, normalised to a maximum of "
+                        "1) and write it to <run>/refined_schedule.json; train under it with "
+                        "train.schedule=refined train.schedule_from=RUN_ID.")
+    rf.add_argument("run_id")
+    rf.add_argument("--smoothing", type=float, default=0.05, help="median-filter width as a "
+                    "fraction of the run's updates (default 0.05; 0: none)")
+    rf.add_argument("--root", default="runs", help="store root (default runs/)")
 
     rp = sub.add_parser("report", help="one self-contained HTML page (and PNGs) for runs",
                         description="Write report.html (figures embedded) and one PNG per "

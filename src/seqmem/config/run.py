@@ -186,9 +186,37 @@ class TrainConfig(Strict):
     momentum: float = Field(0.1, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(True, description="SGD with Nesterov momentum")
     weight_decay: float | None = Field(None, ge=0, description="null: 0.01 for adamw, else 0")
-    schedule: Literal["auto", "constant", "cosine"] = Field(
-        "auto", description="learning-rate schedule over the budget; auto: the task's recipe")
+    schedule: Literal["auto", "constant", "cosine", "linear", "rex", "step", "inverse_sqrt",
+                      "wsd", "infinite", "refined"] = Field(
+        "auto", description="learning-rate schedule over the budget (seqmem.train.schedules): "
+        "constant, cosine, linear, rex, step, inverse_sqrt, wsd (warm-up, stable, decay), "
+        "infinite (cool-down, constant, annealing), refined (from train.schedule_from); "
+        "auto: the task's recipe")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up updates")
+    min_lr_fraction: float | None = Field(
+        None, ge=0, lt=1, description="final learning rate as a fraction of lr (cosine, "
+        "linear, rex, wsd, infinite); null: 0, and 0.01 for infinite")
+    decay_fraction: float = Field(0.2, ge=0, le=1, description="wsd: the final decay, "
+                                  "infinite: the final annealing, as a fraction of the budget")
+    decay_shape: Literal["linear", "sqrt", "cosine"] = Field(
+        "linear", description="wsd's decay: linear 1-q, sqrt 1-sqrt(q), cosine")
+    cooldown_fraction: float = Field(0.1, ge=0, le=1, description="infinite: the cosine "
+                                     "cool-down from lr to the constant level, as a fraction "
+                                     "of the budget")
+    constant_fraction: float = Field(0.5, gt=0, le=1, description="infinite: the learning rate "
+                                     "of its constant phase as a fraction of lr")
+    step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                         description="step: fractions of the budget at which "
+                                         "the rate is multiplied by step_gamma")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="step: the factor at each milestone")
+    schedule_from: str | None = Field(None, description="refined: the run (id under runs/, or "
+                                      "its folder) whose gradient norms are refined")
+    refine_smoothing: float = Field(0.05, ge=0, lt=1, description="refined: median-filter "
+                                    "width as a fraction of the source run's updates")
+    grad_noise: float | None = Field(None, gt=0, description="annealed gradient noise: eta of "
+                                     "sigma^2 = eta / (1 + t)^gamma (null: off)")
+    grad_noise_gamma: float = Field(0.55, ge=0, description="gradient noise: the decay exponent "
+                                    "gamma")
     clip: float | None = Field(2.0, gt=0, description="gradient norm clipping (null: none)")
     batch_size: int = Field(256, ge=1, description="sequences per update and per evaluation "
                             "batch (some tasks start from less: `config --show task`)")

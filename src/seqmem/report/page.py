@@ -344,5 +344,5 @@ def load_entries(store: RunStore, run_ids: Iterable[str]) -> list[Entry]:
                               f"store still lists it (see seqmem store check)")
         summary = {**row["summary"], **run.read_summary()}  # invalid: a one-line StoreError
         label = summary.get("curriculum") or row.get("name") or run.id
-        entries.append(Entry(label, run.id, summary, read_analysis(run)))
+        entries.append(Entry(label, run.id, summary, read_analysis(run), str(run.dir)))
     return entries

@@ -30,6 +30,7 @@ from seqmem.config import RunConfig, length_option
 from seqmem.curricula import Curriculum
 from seqmem.errors import RunFailed
 from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
+from seqmem.train.schedules import add_grad_noise
 
 FREE_RUN_SEED = 2023  # test trajectories of the free-running metrics: the same for every run
 
@@ -284,7 +285,7 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
         heads = cur.active_heads(len(task.heads))
         values = cur.active_N() if knob else None
         model.train()
-        losses, tokens = [], [0]
+        losses, tokens, step_lr, step_gn = [], [0], [], []
         for step in range(t.steps_per_epoch):
             if knob:  # a uniform mixture of the values reached (one value under single)
                 task = task_at(values[int(torch.randint(len(values), (), generator=gen))])
@@ -299,10 +300,15 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if t.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip)
+            # the norm of the loss's gradient, before clipping and noise: what a refined
+            # schedule (seqmem.train.schedules.refine_schedule) is made from
+            step_gn.append(grad_norm(model, t.clip))
+            if t.grad_noise is not None:
+                add_grad_noise(model.parameters(), epoch * t.steps_per_epoch + step,
+                               t.grad_noise, t.grad_noise_gamma, gen)
             opt.step()
             losses.append(loss.item())
+            step_lr.append(lr)
         train_s = time.perf_counter() - t0
         model.eval()
         eval_task = parts.make_task(cur, split="test")
@@ -336,6 +342,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             "train_tokens_per_s": round(tokens[0] / max(train_s, 1e-9), 1),
             "eval_loss": eval_loss / t.eval_batches, "elapsed_s": round(elapsed, 3),
             "advanced": advanced, "lr": lr, **tau_stats(model),
+            # every update's learning rate, loss and gradient norm (seqmem.train.schedules)
+            "step_lr": step_lr, "step_loss": losses, "step_grad_norm": step_gn,
             "state_size": model_state_size(model, eval_task),
             "n_params": sum(p.numel() for p in model.parameters()),
         }
@@ -355,6 +363,18 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
     summary = summarize(cfg, cur, stages, epoch, elapsed, last, stop)
     run.write_summary(summary)
     return summary
+
+
+def grad_norm(model: torch.nn.Module, clip: float | None) -> float:
+    """The total 2-norm of the model's gradients, which are then clipped to `clip` (None:
+    not clipped)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if clip:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params])))
 
 
 def eval_lengths(cfg: RunConfig, parts: TrainParts, gen: torch.Generator) -> dict[str, float]:
