@@ -329,3 +329,14 @@ def test_s4_rejects_bad_options():
         mixers.build("s4", 2, d_state=5)
     with pytest.raises(SeqmemError, match=r"s5 init.*hippo_n.*ptd"):
         mixers.build("s5", 2, init="legs")
+
+
+@pytest.mark.parametrize("name,kw", [("s4", {}), ("s4", {"init": "ptd", "measure": "fout"}),
+                                     ("s4d", {"init": "legs"}), ("s4d", {"init": "ptd"}),
+                                     ("s5", {"init": "ptd"}), ("lssl", {"measure": "legt"})])
+def test_the_initialisations_build_on_the_meta_device(name, kw):
+    """A config is validated by building its mixer on the meta device: the HiPPO and PTD
+    matrices are computed on the CPU and only the parameters land on meta."""
+    with torch.device("meta"):
+        m = mixers.build(name, 4, **kw)
+    assert all(p.device.type == "meta" for p in m.parameters())

@@ -69,10 +69,10 @@ class S4(Mixer):
         self.activation = check_choice("s4 activation", activation, ACTIVATIONS)
         self.d_state = d_state
         if init == "nplr":
-            Lam, P, B, _ = nplr(measure, d_state)  # (n,), (r, n), (n,)
+            Lam, P, B, _ = nplr(measure, d_state, device="cpu")  # (n,), (r, n), (n,)
         else:
             Lam, _, Vinv = ptd_half(measure, d_state)
-            B = Vinv @ hippo(measure, d_state)[1].to(Vinv.dtype)  # (n,)
+            B = Vinv @ hippo(measure, d_state, device="cpu")[1].to(Vinv.dtype)  # (n,)
             P = B.new_zeros(0, d_state // 2)
         h = d_model
         self.log_neg_A_real = nn.Parameter(_here((-Lam.real).clamp(min=-RE_MAX).log()

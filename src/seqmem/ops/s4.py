@@ -157,7 +157,7 @@ def ptd(A: Tensor, *, gamma: float = 1e6, eps_grid=PTD_EPS, seed: int = 0
     part, descending (a real A~ has conjugate pairs: their Im >= 0 halves come first)."""
     N = A.shape[-1]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    G = torch.randn(N, N, generator=gen, dtype=torch.float64).to(A.device, A.dtype)
+    G = torch.randn(N, N, generator=gen, dtype=torch.float64, device="cpu").to(A.device, A.dtype)
     G = G / torch.linalg.matrix_norm(G, 2)
     norm_A = torch.linalg.matrix_norm(A, 2)
     best = None
@@ -180,8 +180,8 @@ def ptd_half(measure: str, N: int, **kw) -> tuple[Tensor, Tensor, Tensor]:
     """The PTD diagonalisation of the HiPPO matrix of `measure`, conjugate half kept:
     Lambda (N/2,) (the eigenvalues of largest imaginary part), V (N, N/2) and the rows
     V^-1 (N/2, N) that read those modes, with Re(Lambda) clipped to at most -1e-4 so that
-    the diagonal system starts stable."""
-    A, _ = hippo(measure, N)
+    the diagonal system starts stable; computed on the CPU in float64."""
+    A, _ = hippo(measure, N, device="cpu")
     lam, V, _ = ptd(A, **kw)
     Vinv = torch.linalg.inv(V)
     n = N // 2
