@@ -9,14 +9,14 @@ With eta_i the learning rate of update i = 1..s,
                                                                the annealing area, with momentum
 
 (lambda the decay factor, 0.999 in the paper; eta_0 = eta_1). `fit_lr_law` fits L0, A, alpha
-and C to a loss curve by least squares (scipy.optimize.least_squares, A > 0 and alpha > 0,
-a few starting points, the first `skip` fraction of updates left out: at tiny S1 the power
-law is not yet in force); `predict_loss` gives the loss under another schedule. The analysis
-reads the run's recorded learning rate and training loss of every update (the epoch
-records' `step_lr` and `step_loss`), fits the law, and predicts the loss of the same updates
-under the cosine and the constant schedule (same base rate and warm-up). The report draws
-the measured, fitted and predicted curves (`lr_law`), and every run's learning rate by
-update (`lr_schedule`, from its records).
+and C to a loss curve by least squares (scipy.optimize.least_squares; L0 >= 0, as a loss
+is, A > 0, alpha > 0; a few starting points; the first `skip` fraction of updates left out:
+at tiny S1 the power law is not yet in force); `predict_loss` gives the loss under another
+schedule. The analysis reads the run's recorded learning rate and training loss of every
+update (the epoch records' `step_lr` and `step_loss`), fits the law, and predicts the loss
+of the same updates under the cosine and the constant schedule (same base rate and
+warm-up). The report draws the measured, fitted and predicted curves (`lr_law`), and every
+run's learning rate by update (`lr_schedule`, from its records).
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def fit_lr_law(losses: Sequence[float], lrs: Sequence[float], *, decay: float = 
     spread = max(float(y[0] - y.min()), 1e-6)
     for alpha0 in (0.2, 0.5, 1.0, 2.0):
         a0 = math.log(spread * float(s1[0]) ** alpha0)
-        x0 = [float(y.min()), a0, alpha0, 0.0]
+        x0 = [0.5 * max(float(y.min()), 0.0), a0, alpha0, 0.0]
         try:
-            r = least_squares(resid, x0, bounds=([-np.inf, -50, 1e-4, -np.inf],
+            r = least_squares(resid, x0, bounds=([0.0, -50, 1e-4, -np.inf],
                                                  [np.inf, 50, 10, np.inf]),
                               x_scale="jac", max_nfev=2000)
         except ValueError:  # a start outside the bounds (log A beyond +-50)

@@ -296,11 +296,22 @@ def registry(console: Console, what: str, reg) -> None:
 
 
 def analysis(console: Console, run, out: dict, head: dict) -> None:
-    tab = _table(f"analysis of {run.id} ({out.get('curriculum', '')}, N = {out['N'][0]}.."
-                 f"{out['N'][-1]})", ("measure", "value"))
+    stages = f", N = {out['N'][0]}..{out['N'][-1]}" if out.get("N") else ""
+    tab = _table(f"analysis of {run.id} ({out.get('curriculum', '')}{stages})",
+                 ("measure", "value"))
     for k, v in head.items():
         tab.add_row(k, _num(v))
     console.print(tab)
+    law = out.get("lr_law") or {}
+    if law.get("params"):  # the annealing law: final loss measured, fitted and predicted
+        p = law["params"]
+        pred = ", ".join(f"{n} {v['final']:.4g}" for n, v in law["predicted"].items())
+        console.print(f"lr_law ({law['schedule']}, {law['steps']} updates): L0 {p['L0']:.4g}, "
+                      f"A {p['A']:.4g}, alpha {p['alpha']:.4g}, C {p['C']:.4g}, rmse "
+                      f"{p['rmse']:.3g}; final loss measured {law['final_measured']:.4g}, "
+                      f"fitted {law['final_fitted']:.4g}; predicted: {pred}", markup=False)
+    elif law.get("skipped"):
+        console.print(f"lr_law skipped: {law['skipped']}", markup=False)
     console.print(f"written: {run.dir / 'analysis.json'}")
 
 
