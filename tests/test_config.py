@@ -21,7 +21,9 @@ def test_defaults_and_overrides():
 def test_changing_kind_drops_old_options():
     cfg = load_config({"model": {"mixer": {"kind": "leaky_rnn", "rule": "mod"}}},
                       ["model.mixer.kind=gru"])
-    assert cfg.model.mixer.model_dump() == {"kind": "gru", "bias": True}
+    assert cfg.model.mixer.model_dump() == {"kind": "gru", "bias": True, "init": "default",
+                                            "init_gain": 1.0, "init_rank": None,
+                                            "init_noise": 0.0}
 
 
 @pytest.mark.parametrize("family,names,config_class,get,hp", [
@@ -109,7 +111,9 @@ def test_configs_are_typed_all_the_way_down():
                              "model.mixer.lstm.bias=false", "curriculum.kind=none"])
     assert isinstance(cfg.task, TaskConfig) and isinstance(cfg.model.mixer, MixerConfig)
     assert cfg.task.kind == "mqar" and cfg.task.options()["n_pairs"] == 4
-    assert cfg.model.mixer.options() == {"gru": {"bias": True}, "lstm": {"bias": False}}
+    init = {"init": "default", "init_gain": 1.0, "init_rank": None, "init_noise": 0.0}
+    assert cfg.model.mixer.options() == {"gru": {"bias": True, **init},
+                                         "lstm": {"bias": False, **init}}
     again = load_config(cfg.model_dump(mode="json"))
     assert again == cfg and again.config_hash() == cfg.config_hash()
     with pytest.raises(ConfigError) as e:

@@ -28,7 +28,11 @@ KNOWN_MODES = ("chunk", "parallel", "recurrent")
 # Non-default variants that exercise a different code path of the same contract (optional; a
 # mixer without an entry is checked with its defaults only).
 VARIANTS: dict[str, list[dict]] = {
-    "leaky_rnn": [{"rule": "mod", "phi": "tanh", "h0": "random"}],
+    "leaky_rnn": [{"rule": "mod", "phi": "tanh", "h0": "random"},
+                  {"init": "orthogonal", "init_gain": 0.8}],
+    "elman": [{"init_rank": 2, "init_noise": 0.1}],
+    "gru": [{"init": "normal", "init_gain": 1.5}],
+    "lstm": [{"init_rank": 1, "init_gain": 0.5}],
     "attention": [{"window": 3, "rotary": False}, {"window": 5}, {"max_len": 4}],
     "tcn": [{"n_layers": 2, "kernel_size": 2, "dilation_base": 3}],
     "tcnca": [{"attn_chunk": 3, "d_attn": 4, "n_layers": 1}],

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from seqmem.errors import check_choice
 from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import NewtonForm
+from seqmem.mixers.recurrent_init import check_init, init_recurrent_
 from seqmem.ops.rnn import (
     LSTMState,
     elman_recurrent,
@@ -38,13 +39,20 @@ class _TorchLikeRNN(Mixer):
     n_gates = 1
     modes = ("recurrent",)
 
-    def __init__(self, d_model: int, *, bias: bool = True):
+    def __init__(self, d_model: int, *, bias: bool = True, init: str = "default",
+                 init_gain: float = 1.0, init_rank: int | None = None, init_noise: float = 0.0):
         super().__init__(d_model)
+        init_options = check_init(self.name, d_model, init, init_gain, init_rank, init_noise)
         g, d, k = self.n_gates, d_model, 1 / math.sqrt(d_model)
         self.weight_ih = nn.Parameter(torch.empty(g * d, d).uniform_(-k, k))
         self.weight_hh = nn.Parameter(torch.empty(g * d, d).uniform_(-k, k))
+        init_recurrent_(self.weight_hh, **init_options)  # each gate's d x d block on its own
         self.bias_ih = nn.Parameter(torch.empty(g * d).uniform_(-k, k)) if bias else None
         self.bias_hh = nn.Parameter(torch.empty(g * d).uniform_(-k, k)) if bias else None
+
+    def recurrent_weight(self) -> Tensor:
+        """W_hh (g d, d): the gates' recurrent blocks stacked, as torch.nn orders them."""
+        return self.weight_hh
 
     def drive(self, x: Tensor, *, fold_hh: bool = False) -> Tensor:
         """W_ih x + b_ih (..., g d), in one product; with `fold_hh`, b_hh is added too (where
@@ -85,14 +93,24 @@ class Elman(_TorchLikeRNN):
         d_model: hidden width (= input width).
         phi: "tanh" (default) or "relu".
         bias: learn b_ih and b_hh.
+        init: initial W_hh, per gate block: "default" (U(-1/sqrt(d), 1/sqrt(d)) times
+            init_gain), "normal" (N(0, init_gain^2 / d)) or "orthogonal" (W W^T =
+            init_gain^2 I) (`seqmem.mixers.recurrent_init`).
+        init_gain: the scale g of the initial W_hh (small: rich learning, large: lazy).
+        init_rank: if given, each gate block of W_hh starts as a rank-r matrix (sum of r outer
+            products, Frobenius norm g sqrt(d)), as in Liu et al. 2023; None: full rank.
+        init_noise: full-rank N(0, 1/d) noise added to the rank-r blocks (times init_gain).
     """
 
     recipe_optimizer: ClassVar[str | None] = "sgd"
 
     n_gates = 1
 
-    def __init__(self, d_model: int, *, phi: str = "tanh", bias: bool = True):
-        super().__init__(d_model, bias=bias)
+    def __init__(self, d_model: int, *, phi: str = "tanh", bias: bool = True,
+                 init: str = "default", init_gain: float = 1.0, init_rank: int | None = None,
+                 init_noise: float = 0.0):
+        super().__init__(d_model, bias=bias, init=init, init_gain=init_gain,
+                         init_rank=init_rank, init_noise=init_noise)
         self.phi = check_choice("elman activation phi", phi, ("tanh", "relu"))
 
     def _forward(self, x, state, mode, chunk_size):
@@ -110,12 +128,16 @@ class GRU(NewtonForm, _TorchLikeRNN):
 
     h_t = (1 - z_t) n_t + z_t h_{t-1}; the update gate z keeps a fraction z of the state, so
     the unit timescale is 1 / (1 - z), averaged over a probe input (`timescales`).
+
+    Args: as `elman`
     """
 
     n_gates = 3
 
-    def __init__(self, d_model: int, *, bias: bool = True):
-        super().__init__(d_model, bias=bias)
+    def __init__(self, d_model: int, *, bias: bool = True, init: str = "default",
+                 init_gain: float = 1.0, init_rank: int | None = None, init_noise: float = 0.0):
+        super().__init__(d_model, bias=bias, init=init, init_gain=init_gain,
+                         init_rank=init_rank, init_noise=init_noise)
 
     modes = ("recurrent", "newton")  # newton: all steps at once by Newton iterations
 
@@ -150,12 +172,16 @@ class LSTM(NewtonForm, _TorchLikeRNN):
 
     State (h, c); c_t = f_t c_{t-1} + i_t g_t. The unit timescale is 1 / (1 - f), averaged over
     a probe input (`timescales`), as in the flagship paper's LSTM analysis. The output is h_t.
+
+    Args: as `elman`
     """
 
     n_gates = 4
 
-    def __init__(self, d_model: int, *, bias: bool = True):
-        super().__init__(d_model, bias=bias)
+    def __init__(self, d_model: int, *, bias: bool = True, init: str = "default",
+                 init_gain: float = 1.0, init_rank: int | None = None, init_noise: float = 0.0):
+        super().__init__(d_model, bias=bias, init=init, init_gain=init_gain,
+                         init_rank=init_rank, init_noise=init_noise)
 
     # fused: PyTorch's own LSTM kernel (oneDNN on CPU) on these parameters, the training
     # default; recurrent: seqmem's loop with its hand-written backward; newton: all steps at

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from seqmem.errors import SeqmemError, check_choice
 from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import NewtonForm
+from seqmem.mixers.recurrent_init import check_init, init_recurrent_
 from seqmem.ops.rnn import LEAKY_RULES, PHIS, leaky_rnn_recurrent, leaky_rnn_step
 
 H0_CHOICES = ("zeros", "random")
@@ -41,6 +42,13 @@ class LeakyRNN(NewtonForm, Mixer):
         tau_init: (low, high): tau is initialised U(low, high); the paper uses (1, 2).
         h0: initial state, "zeros" or "random" (0.1 * U(0, 1) per unit and sequence, as in the
             authors' code; draws from the generator given to `init_state`).
+        init: initial W, "default" (U(-1/sqrt(d), 1/sqrt(d)) times init_gain), "normal"
+            (N(0, init_gain^2 / d)) or "orthogonal" (W W^T = init_gain^2 I); the diagonal is
+            still zeroed in use if zero_diagonal (`seqmem.mixers.recurrent_init`).
+        init_gain: the scale g of the initial W (small: rich learning, large: lazy).
+        init_rank: if given, W starts as a rank-r matrix (sum of r outer products, Frobenius
+            norm g sqrt(d)), as in Liu et al. 2023; None: full rank.
+        init_noise: full-rank N(0, 1/d) noise added to the rank-r W (times init_gain).
     """
 
     recipe_optimizer: ClassVar[str | None] = "sgd"
@@ -59,11 +67,16 @@ class LeakyRNN(NewtonForm, Mixer):
         train_tau: bool = True,
         tau_init: tuple[float, float] = (1.0, 2.0),
         h0: str = "zeros",
+        init: str = "default",
+        init_gain: float = 1.0,
+        init_rank: int | None = None,
+        init_noise: float = 0.0,
     ):
         super().__init__(d_model)
         self.rule = check_choice("leaky_rnn rule", rule, LEAKY_RULES)
         self.phi = check_choice("activation phi", phi, PHIS)
         self.h0 = check_choice("leaky_rnn h0", h0, H0_CHOICES)
+        init_options = check_init("leaky_rnn", d_model, init, init_gain, init_rank, init_noise)
         try:
             lo, hi = (float(v) for v in tau_init)
         except (TypeError, ValueError):
@@ -75,6 +88,7 @@ class LeakyRNN(NewtonForm, Mixer):
         self.zero_diagonal = zero_diagonal
         k = 1 / math.sqrt(d_model)  # torch.nn.Linear's default range
         self.W = nn.Parameter(torch.empty(d_model, d_model).uniform_(-k, k))  # (d, d)
+        init_recurrent_(self.W, **init_options)
         self.U = nn.Parameter(torch.empty(d_model, d_model).uniform_(-k, k)) if input_proj else None
         self.b = nn.Parameter(torch.empty(d_model).uniform_(-k, k)) if bias else None
         self.tau = nn.Parameter(torch.empty(d_model).uniform_(lo, hi), requires_grad=train_tau)
