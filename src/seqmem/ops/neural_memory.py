@@ -127,8 +127,9 @@ def mlp_read(Ws: list[Tensor], x: Tensor, residual: bool) -> Tensor:
     return x + h if residual else h
 
 
-def mlp_grads(Ws: list[Tensor], x: Tensor, dy: Tensor) -> Tensor:
-    """d <dy, M(x; W)> / dW, flattened (..., P): backpropagation written out (the residual
+def mlp_backprop(Ws: list[Tensor], x: Tensor, dy: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """The backward pass of <dy, M(x; W)> written out: per layer its input a_l (..., d_in)
+    and the gradient at its output d_l (..., d_out), so that dW_l = a_l^T d_l (the residual
     adds no weight gradient). x (..., d_in), dy (..., d_out), Ws [(..., d_in, d_out)]."""
     hs, zs, h = [], [], x  # inputs of each layer, pre-activations before them
     for i, W in enumerate(Ws):
@@ -137,12 +138,18 @@ def mlp_grads(Ws: list[Tensor], x: Tensor, dy: Tensor) -> Tensor:
             h = F.silu(h)
         hs.append(h)
         h = torch.einsum("...i,...io->...o", h, W)
-    grads, d = [], dy
-    for i in range(len(Ws) - 1, -1, -1):
-        grads.append(torch.einsum("...i,...o->...io", hs[i], d).flatten(-2))
-        if i:
-            d = torch.einsum("...o,...io->...i", d, Ws[i]) * _silu_grad(zs[i - 1])
-    return torch.cat(grads[::-1], dim=-1)
+    ds, d = [dy], dy
+    for i in range(len(Ws) - 1, 0, -1):
+        d = torch.einsum("...o,...io->...i", d, Ws[i]) * _silu_grad(zs[i - 1])
+        ds.append(d)
+    return hs, ds[::-1]
+
+
+def mlp_grads(Ws: list[Tensor], x: Tensor, dy: Tensor) -> Tensor:
+    """d <dy, M(x; W)> / dW, flattened (..., P)."""
+    hs, ds = mlp_backprop(Ws, x, dy)
+    return torch.cat([torch.einsum("...i,...o->...io", a, d).flatten(-2)
+                      for a, d in zip(hs, ds, strict=True)], dim=-1)
 
 
 def bias_grad(e: Tensor, bias: str, p: float = 2.0, delta: float = 1.0) -> Tensor:
@@ -274,18 +281,54 @@ def _chunk_at(q, k, v, alpha, eta, theta, state, *, spec, init, scale):
             D_start = D
         qc, kc, vc = (z[:, s:e].movedim(1, 2) for z in (q, k, v))  # (b, h, L, d)
         ac, ec, tc = (z[:, s:e].movedim(1, 2) for z in (alpha, eta, theta))  # (b, h, L)
-        g = memory_grad((A0 + D_start)[:, :, None], kc, vc, spec)  # (b, h, L, P)
-        Sc = _cum_decay(ec) @ (-tc[..., None] * g) \
-            + torch.cumprod(ec, -1)[..., None] * S[:, :, None]  # (b, h, L, P)
-        keep = 1 - ac
-        Ac = _cum_decay(keep) @ Sc \
-            + torch.cumprod(keep, -1)[..., None] * (A0 + D)[:, :, None]  # (b, h, L, P)
-        outs.append(memory_read(Ac, qc, spec, scale))  # (b, h, L, d_v)
-        D, S = Ac[:, :, -1] - A0, Sc[:, :, -1]
+        E, keep = _cum_decay(ec), 1 - ac  # (b, h, L, L), (b, h, L)
+        Fd = _cum_decay(keep)  # (b, h, L, L)
+        e0, f0 = torch.cumprod(ec, -1), torch.cumprod(keep, -1)  # (b, h, L)
+        if spec.retention == "l2":
+            o_c, D, S = _chunk_dual(qc, kc, vc, tc, E, Fd, e0, f0, A0 + D_start, A0 + D, S,
+                                    spec, scale)
+            D = D - A0
+        else:  # phi is not linear: every token's weights, then phi
+            g = memory_grad((A0 + D_start)[:, :, None], kc, vc, spec)  # (b, h, L, P)
+            Sc = E @ (-tc[..., None] * g) + e0[..., None] * S[:, :, None]  # (b, h, L, P)
+            Ac = Fd @ Sc + f0[..., None] * (A0 + D)[:, :, None]  # (b, h, L, P)
+            o_c = memory_read(Ac, qc, spec, scale)  # (b, h, L, d_v)
+            D, S = Ac[:, :, -1] - A0, Sc[:, :, -1]
+        outs.append(o_c)
         at = (at + e - s) % C
         s = e
     o = torch.cat(outs, dim=2).movedim(2, 1)  # (b, t, h, d_v)
     return o, NeuralMemoryState(D, S, D_start, torch.full_like(pos, float(at)))
+
+
+def _chunk_dual(q, k, v, theta, E, Fd, e0, f0, A_grad, A, S, spec, scale):
+    """One chunk of l2 retention without per-token weights (the dual form): with a_l, d_l the
+    layer inputs and output gradients of the chunk's tokens at A_grad, the weights of token i
+    are W_l(i) = f0_i A_l + g0_i S_l - sum_j G(i, j) theta_j a_lj^T d_lj, G = F E, g0 = F e0,
+    so x W_l(i) = f0_i x A_l + g0_i x S_l - sum_j G(i, j) theta_j (x . a_lj) d_lj: attention
+    over the chunk. Returns the read-outs (b, h, L, d_v) and the end's A and S (b, h, P)."""
+    Wg = unflatten(A_grad, spec.shapes)  # [(b, h, d_in, d_out)]
+    Wg_t = [W[:, :, None] for W in Wg]
+    err = mlp_read(Wg_t, k, spec.residual) - v  # (b, h, L, d_v)
+    acts, grads = mlp_backprop(Wg_t, k, bias_grad(err, spec.bias, spec.p, spec.delta))
+    G = Fd @ E  # (b, h, L, L)
+    g0 = (Fd @ e0[..., None])[..., 0]  # (b, h, L)
+    mix = G * -theta[..., None, :]  # (b, h, L, L): G(i, j) (-theta_j)
+    Al, Sl = unflatten(A, spec.shapes), unflatten(S, spec.shapes)
+    h = q
+    for i, (a, d, Ai, Si) in enumerate(zip(acts, grads, Al, Sl, strict=True)):
+        x = F.silu(h) if i else h  # (b, h, L, d_in)
+        h = (f0[..., None] * (x @ Ai) + g0[..., None] * (x @ Si)
+             + (mix * (x @ a.transpose(-1, -2))) @ d)  # (b, h, L, d_out)
+    o = scale * (q + h if spec.residual else h)
+    w_A, w_S = mix[..., -1, :, None], E[..., -1, :, None] * -theta[..., None]  # (b, h, L, 1)
+    A_end = [f0[..., -1, None, None] * Ai + g0[..., -1, None, None] * Si
+             + a.transpose(-1, -2) @ (w_A * d) for a, d, Ai, Si in zip(acts, grads, Al, Sl,
+                                                                      strict=True)]
+    S_end = [e0[..., -1, None, None] * Si + a.transpose(-1, -2) @ (w_S * d)
+             for a, d, Si in zip(acts, grads, Sl, strict=True)]
+    flat = lambda Ws: torch.cat([W.flatten(-2) for W in Ws], dim=-1)  # noqa: E731
+    return o, flat(A_end), flat(S_end)
 
 
 def neural_memory(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, eta: Tensor, theta: Tensor,
