@@ -7,6 +7,8 @@
 - the built-in analyses: `stages` (timescales, tau_net, dimensionality), `ablation`,
   `perturbation`, `forgetting`, `pruning` (accuracy against sparsity, tau of pruned units),
   `lr_law` (the loss against the learning-rate schedule, Tissue et al. 2024);
+- `richness`: rich and lazy learning (weight change, effective rank, tangent-kernel
+  alignment with the initial model; Liu et al. 2023);
 - the measures they use: `probes` (streaming accuracy, silencing, perturbing, forgetting
   matrix), `timescales` (autocorrelation fits, tau_net, dimensionality) and `dynamics`
   (D_stsp, D_H and free running for dynamical-systems reconstruction).
@@ -16,7 +18,8 @@
 # A new analysis module is imported here.
 # isort: off
 from seqmem.analysis import stages, ablation, perturbation, forgetting, pruning, lr_law
+from seqmem.analysis import richness
 
 # isort: on
 
-__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "stages"]
+__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "richness", "stages"]

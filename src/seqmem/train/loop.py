@@ -6,6 +6,9 @@
         the curriculum sees the accuracies and may advance N (a checkpoint at every advance)
         a checkpoint "last" (the last good state: model, optimiser, data generator, curriculum)
 
+Before the first epoch a fresh run saves "last" (resumable from epoch 0) and "init", the
+model's initial weights, which stays (e.g. for the weight change of `analysis.richness`).
+
 Regression tasks (`task.loss == "mse"`, e.g. `dynamics`) train on the masked MSE of a linear
 regression head and report MSE instead of accuracy; with `train.gtf_alpha` they train by
 generalised teacher forcing (`gtf_predictions`); after training, tasks with free-running
@@ -33,6 +36,7 @@ from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_m
 from seqmem.train.schedules import add_grad_noise
 
 FREE_RUN_SEED = 2023  # test trajectories of the free-running metrics: the same for every run
+INIT_CHECKPOINT = "init"  # the model's weights before the first update (a fresh run saves it)
 
 
 def is_regression(task) -> bool:
@@ -253,6 +257,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             run.log(last)  # (logging an epoch is idempotent: a logged one is not repeated)
     else:  # a checkpoint before the first epoch: a run stopped during it can be resumed
         run.save_checkpoint("last", checkpoint(model, opt, gen, cur, 0, 0.0, [], None))
+        # the initial weights, kept: what training changed is measured against them
+        run.save_checkpoint(INIT_CHECKPOINT, {"model": model.state_dict()})
     emit({"event": "start", "epoch": epoch, "resume": resume,
           "summary": summarize(cfg, cur, stages, epoch, elapsed, last, None)})
 
