@@ -231,6 +231,30 @@ def test_sparse_masks_stay_exactly_zero_and_regrow_what_was_pruned(regrow):
             assert pruned == regrown == k
 
 
+@pytest.mark.parametrize("regrow", ["random", "gradient"])
+def test_sparse_power_law_run_resumes_to_the_same_result(tmp_path, regrow):
+    cfg = ContinualConfig(mixer="gru", method="sparse", protocol="power_law", method_options={
+        "regrow": regrow, "update_every": 2}, protocol_options={
+        "base_options": {"n_max": 3}, "n_sessions": 4, "max_gap": 2}, **TINY)
+    ref_protocol, ref_method = build_continual(cfg)
+    ref = fit_continual(cfg, None, ref_protocol, ref_method)
+    store = RunStore(tmp_path)
+    run = store.create_run(cfg.model_dump(mode="json"), kind="continual")
+
+    def stop_in_third(ev):
+        if ev["event"] == "step" and ev["experience"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_continual(cfg, run, *build_continual(cfg), emit=stop_in_third)
+    protocol, method = build_continual(cfg)
+    out = fit_continual(cfg, run, protocol, method, resume=True)
+    assert out["R"] == ref["R"] and out["schedule"] == ref["schedule"]
+    for n, m in ref_method.masks.items():  # the same prune-and-regrow choices after resuming
+        assert torch.equal(method.masks[n], m)
+        assert torch.equal(method.params[n].detach(), ref_method.params[n].detach())
+
+
 def test_sparse_refuses_bad_options():
     cfg = dict(mixer="gru", method="sparse", **TINY)
     with pytest.raises(SeqmemError, match=r"sparse: sparsity must be a number in \[0, 1\)"):

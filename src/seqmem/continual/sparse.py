@@ -162,9 +162,12 @@ class Sparse(Method):
             self.update(i)
 
     def state(self):
-        return {**super().state(), "masks": {n: m.clone() for n, m in self.masks.items()}}
+        return {**super().state(), "masks": {n: m.clone() for n, m in self.masks.items()},
+                "regrow_gen": self.regrow_gen.get_state(), "grad_gen": self.grad_gen.get_state()}
 
     def load_state(self, state):
         super().load_state(state)
         for n, m in state["masks"].items():
             self.masks[n].copy_(m)
+        self.regrow_gen.set_state(state["regrow_gen"])
+        self.grad_gen.set_state(state["grad_gen"])
