@@ -39,9 +39,13 @@ chunk in parallel: the gradients of its tokens at its start weights in one batch
 pass written out by hand (`mlp_grads`), then both linear recurrences by cumulative-decay
 matrices, S_i = E(i,0) S_0 + sum_j E(i,j) u_j and A_i = F(i,0) A_0 + sum_j F(i,j) S_j with
 E(i,j) = prod_{j<l<=i} eta_l, F(i,j) = prod_{j<l<=i} (1 - alpha_l), and the read-outs of all
-tokens with their own weights. With gradient="token" the rule is not linear in W for a deep
-memory or a non-l2 bias, and "chunk" is the loop of the step (the linear l2 memory has the
-exact chunked form of `seqmem.ops.titans`). Layout (b, t, h, d); alpha, eta, theta (b, t, h).
+tokens with their own weights. For l2 retention the per-token weights are never formed: they
+differ from the chunk's start by a sum of outer products a_j^T d_j (layer input times output
+gradient), so each layer's read-out is a masked attention over the chunk (`_chunk_dual`, the
+dual form of test-time training, Sun et al. 2024); lq and kl build every token's weights.
+With gradient="token" the rule is not linear in W for a deep memory or a non-l2 bias, and
+"chunk" is the loop of the step (the linear l2 memory has the exact chunked form of
+`seqmem.ops.titans`). Layout (b, t, h, d); alpha, eta, theta (b, t, h).
 """
 
 from __future__ import annotations
