@@ -33,7 +33,7 @@ SUFFIX = "; pass the state this mixer returned, or None"
 # chunk by masked products, and 0 * NaN is NaN. The training loop checks inputs for NaN.
 LEAKS_NAN_BACKWARDS = {
     "attention", "deltanet", "gated_deltanet", "linear_attn", "lssl", "mamba2", "memora", "mom",
-    "moneta", "retnet", "s4d", "tcnca", "titans", "yaad",
+    "moneta", "retnet", "s4", "s4d", "tcnca", "titans", "yaad",
 }
 # forms that are loops over time (or solve the recurrence by Newton iterations): causal for
 # any input
