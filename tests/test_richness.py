@@ -231,3 +231,10 @@ def test_richness_of_a_trained_run(tmp_path):
         assert row["weight_change"] > 0 and 0 < row["kernel_alignment"] <= 1 + 1e-12
     with pytest.raises(SeqmemError, match="ntk_examples must be an integer >= 1"):
         analyze_run(cfg, run, what=("richness",), ntk_examples=0)
+
+
+@pytest.mark.parametrize("name", RNNS)
+def test_a_non_default_init_builds_on_the_meta_device(name):
+    with torch.device("meta"):
+        m = build(name, init_rank=2, init_noise=0.1)
+    assert W_of(m).is_meta and W_of(m).shape == (GATES[name] * D, D)

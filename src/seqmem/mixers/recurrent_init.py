@@ -93,6 +93,8 @@ def init_recurrent_(W: Tensor, *, init: str = "default", init_gain: float = 1.0,
         if init_gain != 1.0:
             W.mul_(init_gain)
         return W
+    if W.is_meta:  # a model built for its shapes only (e.g. the memory check): nothing to draw
+        return W
     with torch.random.fork_rng(devices=[]):  # the global stream is left as it was
         seed = int(torch.randint(0, 2**62, (1,)))
     gen = torch.Generator().manual_seed(seed)
