@@ -31,6 +31,7 @@ from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
 from seqmem.store import Run, RunStore
+from seqmem.train.gtf import set_identity_observation
 from seqmem.train.loop import TrainParts, is_regression
 from seqmem.train.schedules import check_schedule, lr_factor, refined_table
 
@@ -217,12 +218,25 @@ def build_model(cfg: RunConfig, cur: Curriculum | None = None) -> SequenceModel:
     heads = [task.heads[0]] * cur.n_heads if cur.n_heads else list(task.heads)
     m = cfg.model
     with seeded(cfg.seed):
-        return SequenceModel(
+        model = SequenceModel(
             task.d_input, m.d_model, mixer=m.mixer.kind, mixer_options=m.mixer.options(),
             n_layers=m.n_layers, block=m.block, heads=heads,
             vocab_size=len(task.vocab) if task.vocab else None,
             d_output=task.d_output if is_regression(task) else None,
         )
+    if is_regression(task) and identity_observation(cfg):
+        set_identity_observation(model)
+    return model
+
+
+def identity_observation(cfg: RunConfig) -> bool:
+    """Whether the model's regression head is the fixed identity read-out of its first N
+    latent units: under latent teacher forcing (`train.gtf=latent`), and for a single mixer
+    that declares it its observation (al_rnn, as in its paper)."""
+    names = parse_pattern(cfg.model.mixer.kind)
+    declared = len(set(names)) == 1 and getattr(mixers.get(names[0]), "observation",
+                                                None) == "identity"
+    return cfg.train.gtf == "latent" or declared
 
 
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -25,4 +25,5 @@ from seqmem.analysis import richness
 
 # isort: on
 
-__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "richness", "stages"]
+__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "richness", "stages",
+           "symbolic"]

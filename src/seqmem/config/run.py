@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import (
@@ -177,7 +177,12 @@ class TrainConfig(Strict):
     gtf_alpha * x_{t+1} (the data) + (1 - gtf_alpha) * its own prediction of x_{t+1};
     1 is teacher forcing, 0 free running (see `seqmem.train.loop.gtf_predictions`). Used in
     training only; evaluation batches are teacher forced and the free-running metrics run
-    free."""
+    free. `gtf`: where the forcing acts: "input" (as above) or "latent" (the paper's form, for
+    a model read out by the identity of its first N latent units: the state itself is forced,
+    z~[:N] = alpha x + (1 - alpha) z[:N]; one plain block of a mixer in
+    `seqmem.train.gtf.latent_mixers()`, plrnn or al_rnn; the builder fixes the identity
+    read-out). `gtf_alpha=adaptive` (latent only): alpha = max(0, 1 - 1/G) from the geometric
+    mean G of the step Jacobians' spectral norms on each batch (`seqmem.train.gtf`)."""
 
     optimizer: Literal["auto", "sgd", "adam", "adamw"] = Field(
         "auto", description="auto: the task's recipe (seqmem.build.RECIPES)")
@@ -229,8 +234,11 @@ class TrainConfig(Strict):
     target_patience: int = Field(1, ge=1, description="consecutive evaluations at target_acc "
                                  "to stop")
     threads: int | None = Field(1, ge=1, description="torch threads (null: torch's choice)")
-    gtf_alpha: float | None = Field(None, ge=0, le=1, description="generalised teacher forcing: "
-                                    "input = alpha data + (1 - alpha) prediction")
+    gtf_alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive"] | None = Field(
+        None, description="generalised teacher forcing: input = alpha data + (1 - alpha) "
+        "prediction; adaptive (gtf=latent): from the Jacobians' norms")
+    gtf: Literal["input", "latent"] = Field("input", description="where generalised teacher "
+                                            "forcing acts: the next input, or the latent state")
     log: list[str] = Field(default_factory=list, description="live logging of every epoch: "
                            "tensorboard, wandb (offline; files in the run's folder)")
 
@@ -434,7 +442,30 @@ class RunConfig(Strict):
             raise ConfigError(f"generalised teacher forcing needs a regression task that "
                               f"forecasts its next input (dynamics); task {task_kind!r} is a "
                               f"classification task", "train.gtf_alpha")
+        self._check_gtf()
         if self.eval.lengths and length_option(task_cls) is None:
             raise ConfigError(f"task {task_kind!r} has no sequence-length option to vary; "
                               f"leave eval.lengths empty", "eval.lengths")
         return self
+
+    def _check_gtf(self) -> None:
+        """train.gtf and train.gtf_alpha together: latent forcing needs an alpha and one
+        plain block of a mixer whose state is its latent output; adaptive alpha needs latent
+        forcing."""
+        t = self.train
+        if t.gtf_alpha == "adaptive" and t.gtf != "latent":
+            raise ConfigError("the adaptive alpha bounds the Jacobians of the forced latent "
+                              "state: use it with train.gtf=latent", "train.gtf_alpha")
+        if t.gtf != "latent":
+            return
+        if t.gtf_alpha is None:
+            raise ConfigError("latent teacher forcing needs train.gtf_alpha (a number in [0, "
+                              "1] or adaptive)", "train.gtf_alpha")
+        latent = [n for n in mixers.names() if getattr(mixers.get(n), "latent_state", False)]
+        names = parse_pattern(self.model.mixer.kind)
+        if (len(names) != 1 or names[0] not in latent or self.model.n_layers != 1
+                or self.model.block != "plain"):
+            raise ConfigError(f"latent teacher forcing needs one plain block (model.n_layers=1, "
+                              f"model.block=plain) of a mixer with an identifiable latent "
+                              f"state: {', '.join(latent)}; got {self.model.mixer.kind!r} x "
+                              f"{self.model.n_layers}, block {self.model.block}", "train.gtf")

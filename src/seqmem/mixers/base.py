@@ -125,6 +125,13 @@ class Mixer(nn.Module):
         """Per-channel memory time constant in steps, or None where it is not defined."""
         return None
 
+    def aux_loss(self, x: Tensor) -> Tensor | None:
+        """An auxiliary training loss (a 0-d tensor) on the mixer's input x (b, t, d), e.g. a
+        router's load balancing, or None (the default: none). A function of x alone, never
+        of stored values, so forward's outputs do not depend on it; `SequenceModel.features`
+        collects it from every block when asked (`aux=`) and the training loop adds it."""
+        return None
+
     # ---- shared checks ------------------------------------------------------------------
     def _given_state(self, x: Tensor, state: State) -> State:
         """The state to start from for input x (b, ..., d): init_state if None, else `state`

@@ -98,6 +98,8 @@ class MoM(Mixer):
             (`checkpointed_segments`: the same numbers, about one extra forward, training
             memory bounded by one segment's activations; M memories make them M + 1 times a
             Gated DeltaNet's); 0: never.
+        aux_loss_weight: weight of the router's load-balancing loss added to the training
+            loss (`aux_loss`; 0: none). It does not change the outputs.
     """
 
     modes = ("chunk", "recurrent")
@@ -105,7 +107,8 @@ class MoM(Mixer):
 
     def __init__(self, d_model: int, *, n_heads: int = 2, n_memories: int = 4, top_k: int = 2,
                  shared_memory: bool = True, memory: str = "gated_delta", conv_size: int = 4,
-                 norm_eps: float = 1e-5, checkpoint_segment: int = 8192):
+                 norm_eps: float = 1e-5, checkpoint_segment: int = 8192,
+                 aux_loss_weight: float = 0.0):
         super().__init__(d_model)
         self.d_head = check_heads("mom", d_model, n_heads)
         self.conv_size = check_conv_size("mom", conv_size)
@@ -118,6 +121,11 @@ class MoM(Mixer):
         self.checkpoint_segment = check_int("mom: checkpoint_segment (0: never)",
                                             checkpoint_segment, low=0)
         self.n_slots = n_memories + int(self.shared_memory)  # memories in the state
+        if not (isinstance(aux_loss_weight, int | float) and not isinstance(aux_loss_weight, bool)
+                and 0 <= aux_loss_weight < float("inf")):
+            raise SeqmemError(f"mom: aux_loss_weight must be a number >= 0, got "
+                              f"{aux_loss_weight!r}")
+        self.aux_loss_weight = float(aux_loss_weight)
         d, h, s = d_model, n_heads, self.n_slots
         self.router = nn.Linear(d, n_memories, bias=False)
         self.q_proj = nn.Linear(d, d, bias=False)
@@ -141,6 +149,18 @@ class MoM(Mixer):
         w = torch.zeros_like(p).scatter(-1, idx, top / top.sum(-1, keepdim=True))  # (..., M)
         routed = torch.zeros_like(p, dtype=torch.bool).scatter(-1, idx, True)  # (..., M)
         return w, routed
+
+    def aux_loss(self, x: Tensor) -> Tensor | None:
+        """The router's load-balancing loss on the tokens x (b, t, d), times
+        `aux_loss_weight` (None when 0), the Switch Transformer's loss over top-k routing as
+        MoM uses it: M sum_m f_m P_m, f_m the fraction of the t b k routing assignments that
+        go to memory m, P_m the mean router probability of m; 1 for uniform routing."""
+        if not self.aux_loss_weight:
+            return None
+        p = torch.softmax(self.router(x), dim=-1).reshape(-1, self.n_memories)  # (n, M)
+        _, routed = self.route(x)
+        f = routed.reshape(-1, self.n_memories).to(p.dtype).mean(0) / self.top_k  # (M,)
+        return self.aux_loss_weight * self.n_memories * (f * p.mean(0)).sum()
 
     def _inputs(self, x: Tensor, u: Tensor):
         """The memory op's inputs over all slots (memories, then the shared one), heads folded:

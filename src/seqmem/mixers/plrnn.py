@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import NewtonForm
+from seqmem.ops.alrnn import alrnn_subregion
 from seqmem.ops.rnn import plrnn_recurrent, plrnn_step
 
 TAU_MAX = 1e6  # timescale reported for |a| >= 1 (a unit that does not decay)
@@ -44,6 +46,7 @@ class PLRNN(NewtonForm, Mixer):
     """
 
     modes = ("recurrent", "newton")
+    latent_state = True  # the state is the latent z and the output (latent teacher forcing)
 
     def __init__(self, d_model: int, *, d_hidden: int | None = None, input_proj: bool = True,
                  a_init: tuple[float, float] = (0.5, 0.95)):
@@ -84,6 +87,11 @@ class PLRNN(NewtonForm, Mixer):
     def _step(self, x_t, state):
         z = self._cell(self.drive(x_t), state)
         return z, z
+
+    def subregion(self, z: Tensor) -> Tensor:
+        """The linear subregion of states z (..., M): the sign pattern of the L hidden ReLU
+        units W2 z + h2 as an integer (bit i: unit i positive), long (...); L <= 62."""
+        return alrnn_subregion(F.linear(z, self.W2, self.h2), self.d_hidden)
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))

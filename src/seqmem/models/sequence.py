@@ -62,8 +62,14 @@ class Block(nn.Module):
         self.mixer = mixer
         self.norm = nn.LayerNorm(mixer.d_model) if kind == "residual" else None
 
-    def forward(self, x: Tensor, state=None, *, mode: str | None = None):
-        y, state = self.mixer(self.norm(x) if self.norm is not None else x, state, mode=mode)
+    def forward(self, x: Tensor, state=None, *, mode: str | None = None,
+                aux: list | None = None):
+        """The block's output and state; `aux` (a list): the mixer's auxiliary loss on its
+        input (`Mixer.aux_loss`) is appended to it, if the mixer has one."""
+        u = self.norm(x) if self.norm is not None else x
+        y, state = self.mixer(u, state, mode=mode)
+        if aux is not None and (extra := self.mixer.aux_loss(u)) is not None:
+            aux.append(extra)
         return (x + y if self.kind == "residual" else y), state
 
     def step(self, x_t: Tensor, state):
@@ -134,13 +140,15 @@ class SequenceModel(nn.Module):
         self.regressor = nn.Linear(d_model, d_output) if d_output is not None else None
 
     # ---- sequence form ------------------------------------------------------------------
-    def features(self, x: Tensor, state: list | None = None, *, mode: str | None = None):
-        """Hidden features of the last block, (b, t, d_model), and the list of block states."""
+    def features(self, x: Tensor, state: list | None = None, *, mode: str | None = None,
+                 aux: list | None = None):
+        """Hidden features of the last block, (b, t, d_model), and the list of block states.
+        `aux` (a list): every block's auxiliary loss (`Mixer.aux_loss`) is appended to it."""
         h = self.encode(x)
         state = state if state is not None else [None] * len(self.blocks)
         new_state = []
         for blk, s in zip(self.blocks, state, strict=True):
-            h, s = blk(h, s, mode=mode)
+            h, s = blk(h, s, mode=mode, aux=aux)
             new_state.append(s)
         return h, new_state
 

@@ -33,6 +33,7 @@ from seqmem.config import RunConfig, length_option
 from seqmem.curricula import Curriculum
 from seqmem.errors import RunFailed
 from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
+from seqmem.train.gtf import latent_gtf_predictions
 from seqmem.train.schedules import add_grad_noise
 
 FREE_RUN_SEED = 2023  # test trajectories of the free-running metrics: the same for every run
@@ -130,28 +131,35 @@ def check_finite_inputs(task, batch) -> None:
 
 
 def run_batch(model, task, batch_size, heads, generator, counter: list | None = None, *,
-              gtf_alpha: float | None = None):
+              gtf_alpha: float | str | None = None, gtf: str = "input"):
     """Loss and per-head accuracy (regression tasks: per-channel MSE) of the model on one
-    fresh batch (counter[0] += its tokens). `gtf_alpha`: generalised teacher forcing."""
+    fresh batch (counter[0] += its tokens). `gtf_alpha`: generalised teacher forcing, of the
+    input (`gtf="input"`, `gtf_predictions`) or of the latent state (`gtf="latent"`,
+    `seqmem.train.gtf.latent_gtf_predictions`; alpha may be "adaptive")."""
     batch = task.sample(batch_size, generator=generator)
-    return batch_loss(model, task, batch, heads, generator, counter, gtf_alpha=gtf_alpha)
+    return batch_loss(model, task, batch, heads, generator, counter, gtf_alpha=gtf_alpha,
+                      gtf=gtf)
 
 
 def batch_loss(model, task, batch, heads, generator, counter: list | None = None, *,
-               gtf_alpha: float | None = None):
+               gtf_alpha: float | str | None = None, gtf: str = "input"):
     """`run_batch` on a given batch (e.g. one of an exact pass over a held-out split)."""
     check_finite_inputs(task, batch)
     if counter is not None:
         counter[0] += batch.mask.numel()
     state = model.init_state(batch.mask.shape[0], generator=generator)
+    if is_regression(task) and gtf_alpha is not None:
+        forward = latent_gtf_predictions if gtf == "latent" else gtf_predictions
+        pred = forward(model, batch.inputs, gtf_alpha, state)
+        return masked_mse(pred, batch.targets, batch.mask)
+    # the mixers' auxiliary losses (e.g. mom's load balancing), added in training mode only
+    aux: list | None = [] if model.training else None
+    h, _ = model.features(batch.inputs, state, aux=aux)
     if is_regression(task):
-        if gtf_alpha is not None:
-            pred = gtf_predictions(model, batch.inputs, gtf_alpha, state)
-            return masked_mse(pred, batch.targets, batch.mask)
-        h, _ = model.features(batch.inputs, state)
-        return masked_mse_loss(model, h, batch.targets, batch.mask)
-    h, _ = model.features(batch.inputs, state)
-    return masked_heads_loss(model, h, batch.targets, batch.mask, heads)
+        loss, per_head = masked_mse_loss(model, h, batch.targets, batch.mask)
+    else:
+        loss, per_head = masked_heads_loss(model, h, batch.targets, batch.mask, heads)
+    return (loss + sum(aux) if aux else loss), per_head
 
 
 def exact_pass(cfg: RunConfig, task) -> bool:
@@ -296,7 +304,7 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             if knob:  # a uniform mixture of the values reached (one value under single)
                 task = task_at(values[int(torch.randint(len(values), (), generator=gen))])
             loss, _ = run_batch(model, task, t.batch_size, heads, gen, counter=tokens,
-                                gtf_alpha=t.gtf_alpha)
+                                gtf_alpha=t.gtf_alpha, gtf=t.gtf)
             if not torch.isfinite(loss):
                 raise RunFailed(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
                                 f"{step + 1}; the last good checkpoint is kept")
