@@ -11,15 +11,19 @@
   alignment with the initial model; Liu et al. 2023);
 - the measures they use: `probes` (streaming accuracy, silencing, perturbing, forgetting
   matrix), `timescales` (autocorrelation fits, tau_net, dimensionality) and `dynamics`
-  (D_stsp, D_H and free running for dynamical-systems reconstruction).
+  (D_stsp, D_H and free running for dynamical-systems reconstruction);
+- `symbolic`: the symbolic code of a piecewise-linear RNN (al_rnn, plrnn): its subregion at
+  each step of a free run, the transition graph and its cycles (Brenner et al. 2024).
 """
 
 # The built-in analyses register themselves on import, in this order: the order of ANALYSES.
 # A new analysis module is imported here.
 # isort: off
 from seqmem.analysis import stages, ablation, perturbation, forgetting, pruning, lr_law
+from seqmem.analysis import symbolic
 from seqmem.analysis import richness
 
 # isort: on
 
-__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "richness", "stages"]
+__all__ = ["ablation", "forgetting", "lr_law", "perturbation", "pruning", "richness", "stages",
+           "symbolic"]
