@@ -50,8 +50,9 @@ NEEDS = {
                      "last (always the last); returns fields of their rows",
     "last_stage": "called once, ctx.N the last stage; returns top-level keys",
     "all_stages": "called once, reading every stage (ctx.Ns); returns top-level keys",
-    "run": "called once, reading the run's records (metrics, config), no checkpoint; returns "
-           "top-level keys (a run without curriculum stages can have it)",
+    "run": "called once, reading the run's records (metrics, config) or its last checkpoint "
+           "(\"last\"), no stage checkpoint; returns top-level keys (a run without curriculum "
+           "stages can have it)",
 }
 PER_STAGE = ("each_stage", "spread_stages")
 #: Keys of analysis.json the driver writes itself (and fields of a stage's row: "N").
