@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from seqmem import mixers
-from seqmem.analysis.analyze import analyze_run
+from seqmem.analysis.analyze import analyze_run, headline
+from seqmem.analysis.registry import FIGURE_REGISTRY, Entry
 from seqmem.analysis.richness import (
     effective_rank,
     kernel_alignment,
@@ -21,6 +22,7 @@ from seqmem.config import load_config
 from seqmem.engine.jobs import train_run
 from seqmem.errors import SeqmemError
 from seqmem.models import SequenceModel
+from seqmem.report.render import Canvas
 from seqmem.store import RunStore
 from seqmem.tasks.base import Batch
 
@@ -229,6 +231,20 @@ def test_richness_of_a_trained_run(tmp_path):
         assert row["effective_rank"] == pytest.approx(effective_rank(W))
         assert row["effective_rank_delta"] == pytest.approx(effective_rank(W - W0))
         assert row["weight_change"] > 0 and 0 < row["kernel_alignment"] <= 1 + 1e-12
+    assert headline({"richness": out}) == {
+        "richness_weight_change": out["last"]["weight_change"],
+        "richness_kernel_alignment": out["last"]["kernel_alignment"],
+        "richness_effective_rank": out["last"]["effective_rank"]}
+    # the report's figures: one table row per stage and the final state, with a caption
+    entry = Entry("rich", run.id, run.read_summary(), {"richness": out})
+    _fig, header, rows, caption = FIGURE_REGISTRY["richness_weights"].draw([entry], Canvas())
+    assert [r[1] for r in rows] == [2, 3, "last"] and len(rows[0]) == len(header)
+    assert rows[-1][2] == f"{out['last']['weight_change']:.4f}" and "Roy & Vetterli" in caption
+    _fig, header, rows, caption = FIGURE_REGISTRY["richness_kernel"].draw([entry], Canvas())
+    assert [r[2] for r in rows] == [f"{s['kernel_alignment']:.4f}"
+                                    for s in (*out["stages"], out["last"])]
+    assert "3 sequences" in caption
+    assert FIGURE_REGISTRY["richness_kernel"].draw([Entry("x", "x", {})], Canvas()) is None
     with pytest.raises(SeqmemError, match="ntk_examples must be an integer >= 1"):
         analyze_run(cfg, run, what=("richness",), ntk_examples=0)
 
