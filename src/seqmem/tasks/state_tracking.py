@@ -72,6 +72,11 @@ class Parity(_StateTask):
     and the answer as 1 + parity: the same task relabelled). meta: {"length", "seq_len",
     "split", "n_ones": (b,)}.
 
+    seqmem's choice: training words of 3..12 bits, where the papers train on 3..40
+    (`max_len=40` for their setting). On a 2-core CPU an LSTM (d_model 128, AdamW 1e-3,
+    batch 64) learned nothing from 3..40 in 120 s (loss 0.693 after 86 epochs), and from
+    3..12 it reached accuracy 1.000 at the test lengths 40..256 within 11 epochs (under 30 s).
+
     Args:
         split: "train" or "test": which length range sequences are drawn from.
         length: a fixed word length for every batch (0: draw each batch's length from the
@@ -82,8 +87,12 @@ class Parity(_StateTask):
         test_max_len: longest test word.
     """
 
+    paper_setting: ClassVar[str] = ("Grazzi et al. 2025: train lengths 3..40 (task.max_len=40; "
+                                    "seqmem's default 12), test lengths 40..256, scaled "
+                                    "accuracy at the test lengths")
+
     def __init__(self, *, split: str = "train", length: int = 0, min_len: int = 3,
-                 max_len: int = 40, test_min_len: int = 40, test_max_len: int = 256):
+                 max_len: int = 12, test_min_len: int = 40, test_max_len: int = 256):
         self._init_lengths(split, length, min_len, max_len, test_min_len, test_max_len)
         self.vocab = ["0", "1"]
         self.classes = ["even", "odd"]
