@@ -98,7 +98,7 @@ class Elman(_TorchLikeRNN):
             init_gain^2 I) (`seqmem.mixers.recurrent_init`).
         init_gain: the scale g of the initial W_hh (small: rich learning, large: lazy).
         init_rank: if given, each gate block of W_hh starts as a rank-r matrix (sum of r outer
-            products, Frobenius norm g sqrt(d)), as in Liu et al. 2023; None: full rank.
+            products, Frobenius norm g sqrt(d)); None: full rank. After Liu et al. 2023.
         init_noise: full-rank N(0, 1/d) noise added to the rank-r blocks (times init_gain).
     """
 
