@@ -160,6 +160,17 @@ def test_gradient_noise_comes_from_the_given_generator():
     assert torch.equal(noisy(1), noisy(1)) and not torch.equal(noisy(1), noisy(2))
 
 
+def test_gradient_noise_in_training_is_seeded(tmp_path):
+    def losses(*extra):
+        cfg = load_config(None, [*SMALL, "train.max_epochs=1", *extra])
+        run = RunStore(tmp_path).create_run(cfg.model_dump(mode="json"))
+        train_run(cfg, run)
+        return recorded_steps(run.metrics())["loss"]
+    a, b, c = (losses("train.grad_noise=0.5"), losses("train.grad_noise=0.5"), losses())
+    assert a == b and a != c  # the same seed, the same noise; and noise changes the updates
+    assert a[0] == c[0]  # the first loss is computed before any update
+
+
 # ---- the annealing law ---------------------------------------------------------------------
 def test_annealing_areas_against_a_loop():
     lrs = [1.0, 1.0, 0.5, 0.25, 0.25]
