@@ -219,14 +219,20 @@ def test_a_tiny_run_records_lr_loss_and_grad_norm_per_update(tmp_path):
     ref = refine_run(run)
     assert ref["factors"] == pytest.approx(refine_schedule(steps["grad_norm"]), abs=1e-7)
     assert json.loads((run.dir / "refined_schedule.json").read_text())["steps"] == 30
+    # by id, in the store of the run being trained
     cfg2 = load_config(None, [*SMALL, "train.schedule=refined", "train.max_epochs=6",
-                              f"train.schedule_from={run.dir}"])
+                              f"train.schedule_from={run.id}"])
     run2 = RunStore(tmp_path).create_run(cfg2.model_dump(mode="json"))
     train_run(cfg2, run2)
     lrs2 = recorded_steps(run2.metrics())["lr"]
     # the same budget: the refined multipliers, read at s / 30 of a 30-entry table
     assert lrs2 == pytest.approx([base * lr_factor("refined", i, total_steps=30,
                                                    table=ref["factors"]) for i in range(30)])
+    # or by its folder, from anywhere
+    by_dir = build.lr_schedule(load_config(None, [*SMALL, "train.schedule=refined",
+                                                  "train.max_epochs=6",
+                                                  f"train.schedule_from={run.dir}"]))
+    assert [base * by_dir(i) for i in range(30)] == pytest.approx(lrs2)
 
     # the law on a run without curriculum stages, and both figures of the report
     out = analyze_run(cfg, run, what=("lr_law",))

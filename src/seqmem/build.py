@@ -98,7 +98,7 @@ def schedule_choice(cfg: RunConfig) -> str:
     return recipe(cfg).schedule if cfg.train.schedule == "auto" else cfg.train.schedule
 
 
-def lr_schedule(cfg: RunConfig):
+def lr_schedule(cfg: RunConfig, *, root: str | Path = "runs"):
     """(step, elapsed_s) -> multiplier of the base learning rate (see
     `seqmem.train.schedules`): the resolved schedule over the budget, with `warmup_steps`.
 
@@ -112,7 +112,7 @@ def lr_schedule(cfg: RunConfig):
             "decay_shape_name": t.decay_shape, "cooldown_fraction": t.cooldown_fraction,
             "constant_fraction": t.constant_fraction, "milestones": tuple(t.step_milestones),
             "gamma": t.step_gamma,
-            "table": schedule_source_table(cfg) if name == "refined" else None}
+            "table": schedule_source_table(cfg, root) if name == "refined" else None}
     try:
         check_schedule(name, **opts)
     except SeqmemError as e:
@@ -127,7 +127,7 @@ def lr_schedule(cfg: RunConfig):
     return factor
 
 
-def schedule_source_table(cfg: RunConfig, root: str = "runs") -> list[float]:
+def schedule_source_table(cfg: RunConfig, root: str | Path = "runs") -> list[float]:
     """The refined multipliers of `train.schedule_from` (a run's folder, or a run id or
     prefix in the store at `root`): see `seqmem.train.schedules.refined_table`."""
     ref = cfg.train.schedule_from
@@ -252,8 +252,9 @@ def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
-def train_parts(cfg: RunConfig) -> TrainParts:
-    """Everything `seqmem.train.loop.fit` needs for the run."""
+def train_parts(cfg: RunConfig, *, root: str | Path = "runs") -> TrainParts:
+    """Everything `seqmem.train.loop.fit` needs for the run (`root`: the store in which
+    `train.schedule_from` names a run)."""
     cur = build_curriculum(cfg)
     model = build_model(cfg, cur)
 
@@ -262,7 +263,7 @@ def train_parts(cfg: RunConfig) -> TrainParts:
 
     return TrainParts(model=model, optimizer=build_optimizer(cfg, model), curriculum=cur,
                       make_task=make_task, base_lr=optimizer_choice(cfg)[1],
-                      lr_factor=lr_schedule(cfg),
+                      lr_factor=lr_schedule(cfg, root=root),
                       generator=torch.Generator().manual_seed(cfg.seed))
 
 

@@ -214,8 +214,9 @@ class TrainConfig(Strict):
                                          description="step: fractions of the budget at which "
                                          "the rate is multiplied by step_gamma")
     step_gamma: float = Field(0.1, gt=0, le=1, description="step: the factor at each milestone")
-    schedule_from: str | None = Field(None, description="refined: the run (id under runs/, or "
-                                      "its folder) whose gradient norms are refined")
+    schedule_from: str | None = Field(None, description="refined: the run (an id in this "
+                                      "run's store, or its folder) whose gradient norms are "
+                                      "refined")
     refine_smoothing: float = Field(0.05, ge=0, lt=1, description="refined: median-filter "
                                     "width as a fraction of the source run's updates")
     grad_noise: float | None = Field(None, gt=0, description="annealed gradient noise: eta of "

@@ -78,7 +78,7 @@ def get_kind(name: str) -> JobKind:
 def train_run(cfg: RunConfig, run, *, emit: Emit | None = None, resume: bool = False) -> dict:
     """Train a run (see `seqmem.train.loop.fit`), then evaluate it after training: D_stsp and
     D_H of free-running trajectories for tasks that have them, and `eval.lengths`."""
-    parts = build.train_parts(cfg)
+    parts = build.train_parts(cfg, root=run.dir.parent)  # the store the run belongs to
     summary = fit(cfg, run, parts, emit=emit, resume=resume)
     final_task = parts.make_task(parts.curriculum, split="test")
     if cfg.eval.free_run_steps and hasattr(final_task, "trajectory"):
