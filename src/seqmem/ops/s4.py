@@ -30,8 +30,10 @@ function at the L-th roots of unity z_k = exp(-2 pi i k / L):
     D_z = diag((2/dt)(1 - z) - (1 + z) Lambda),
 
 a Cauchy kernel (sums v_n / D_z,n) plus the Woodbury correction of the rank-r term, then an
-inverse FFT (`s4_kernel`). The correction (I - A_bar^L) (the z^L = 1 truncation) is the one
-place where A_bar is formed densely: C A_bar^L and A_bar^L x_{-1} by repeated squaring.
+inverse FFT (`s4_kernel`). Forming A_bar densely (h, N, N) is left to what the generating
+function cannot do well: the correction (I - A_bar^L) (the z^L = 1 truncation) by repeated
+squaring, and the output of an initial state (`_initial_output`, blocked powers). The Cauchy
+kernel needs Re(lambda) < 0 (a mode with lambda = 0 is a pole at z = 1).
 """
 
 from __future__ import annotations
