@@ -120,6 +120,18 @@ def test_tangent_kernel_equals_a_finite_difference_jacobian_per_example():
     direct = torch.einsum("iap,jbp->iajb", J, J).reshape(9, 9)
     assert torch.allclose(K, direct, rtol=1e-6, atol=1e-8)
     assert kernel_alignment(K, direct) == pytest.approx(1.0, abs=1e-10)
+    # over the recurrent weights only: the columns of W in the parameter vector
+    start = 0
+    for name, p in model.named_parameters():
+        if name == "blocks.0.mixer.W":
+            break
+        start += p.numel()
+    Jw = J[..., start:start + 16]
+    K_rec = model_kernel(model, batch, head, seed=0, params="recurrent")
+    assert torch.allclose(K_rec, torch.einsum("iap,jbp->iajb", Jw, Jw).reshape(9, 9),
+                          rtol=1e-6, atol=1e-8)
+    with pytest.raises(SeqmemError, match="unknown ntk_params 'some'; accepted: all, recurrent"):
+        model_kernel(model, batch, head, seed=0, params="some")
 
 
 # ---- the initialisations ----------------------------------------------------------------------
@@ -243,7 +255,13 @@ def test_richness_of_a_trained_run(tmp_path):
     _fig, header, rows, caption = FIGURE_REGISTRY["richness_kernel"].draw([entry], Canvas())
     assert [r[2] for r in rows] == [f"{s['kernel_alignment']:.4f}"
                                     for s in (*out["stages"], out["last"])]
-    assert "3 sequences" in caption
+    assert "3 sequences" in caption and "all trainable parameters" in caption
+    rec = analyze_run(cfg, run, what=("richness",), ntk_examples=3,
+                      ntk_params="recurrent")["richness"]
+    assert rec["ntk_params"] == "recurrent"
+    assert [s["weight_change"] for s in rec["stages"]] == \
+        [s["weight_change"] for s in out["stages"]]
+    assert all(0 < s["kernel_alignment"] <= 1 + 1e-12 for s in rec["stages"])
     assert FIGURE_REGISTRY["richness_kernel"].draw([Entry("x", "x", {})], Canvas()) is None
     with pytest.raises(SeqmemError, match="ntk_examples must be an integer >= 1"):
         analyze_run(cfg, run, what=("richness",), ntk_examples=0)

@@ -15,7 +15,8 @@ seed, which draws the same initial weights, and `w0_source` says which):
   (1 for a rank-1 matrix, n for n equal singular values); `participation_ratio` of the
   singular values, (sum sigma_i^2)^2 / sum sigma_i^4, is given beside it;
 - `kernel_alignment`: the alignment <K0, K>_F / (||K0||_F ||K||_F) of the empirical neural
-  tangent kernel K (all trainable parameters) of the model with the kernel K0 of the initial
+  tangent kernel K (over all trainable parameters, or with `ntk_params="recurrent"` the
+  recurrent weights only) of the model with the kernel K0 of the initial
   model, on one fixed probe batch of the run's task at the stage's N (`ntk_examples`
   sequences): K[(i, a), (j, b)] = <d f_a(x_i) / d theta, d f_b(x_j) / d theta>, f(x_i) the
   logits of the head reading out N at the example's last supervised step (a regression
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import torch
@@ -38,10 +40,13 @@ from torch import Tensor
 from seqmem.analysis.context import Context, derived_seed
 from seqmem.analysis.registry import Entry, analysis, figure, run_styles
 from seqmem.build import build_curriculum, build_model, build_task
-from seqmem.errors import SeqmemError
+from seqmem.errors import SeqmemError, check_choice
 from seqmem.train.loop import INIT_CHECKPOINT, is_regression
 
-OPTIONS = {"ntk_examples": 16}
+OPTIONS = {"ntk_examples": 16, "ntk_params": "all"}
+NTK_PARAMS = ("all", "recurrent")
+# a recurrent weight's parameter, plain or under a pruning mask's parametrisation
+RECURRENT_PARAM = re.compile(r"\.mixer\.(?:parametrizations\.)?(?:W|weight_hh)(?:\.original)?$")
 
 
 # ---- measures ---------------------------------------------------------------------------------
@@ -136,10 +141,23 @@ def probe_outputs(model, batch, head: int | None, *, seed: int) -> Tensor:
     return model.predict(h_last) if head is None else model.heads[head](h_last)
 
 
-def model_kernel(model, batch, head: int | None, *, seed: int) -> Tensor:
-    """The tangent kernel of `model`'s probe outputs on `batch` over its trainable
-    parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def kernel_params(model, which: str = "all") -> list[Tensor]:
+    """The parameters a tangent kernel differentiates: "all" the trainable ones, or
+    "recurrent" the recurrent weights of every block (W, W_hh)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if check_choice("ntk_params", which, NTK_PARAMS) == "all":
+        return [p for _, p in named]
+    params = [p for n, p in named if RECURRENT_PARAM.search(n)]
+    if not params:
+        raise SeqmemError("ntk_params 'recurrent': the model has no trainable recurrent weight "
+                          "(W or weight_hh); accepted here: all")
+    return params
+
+
+def model_kernel(model, batch, head: int | None, *, seed: int, params: str = "all") -> Tensor:
+    """The tangent kernel of `model`'s probe outputs on `batch` over its parameters
+    `params` (`kernel_params`)."""
+    params = kernel_params(model, params)
     with torch.enable_grad():
         return tangent_kernel(probe_outputs(model, batch, head, seed=seed), params)
 
@@ -192,6 +210,7 @@ def richness(ctx: Context) -> dict:
     """Relative weight change, effective ranks and tangent-kernel alignment with the initial
     model at every stage and at the end of training (see the module docstring)."""
     n_ex = _check_examples(ctx.options["ntk_examples"])
+    which = check_choice("ntk_params", ctx.options["ntk_params"], NTK_PARAMS)
     cfg = ctx.cfg
     init, source = _initial_model(ctx)
     W0 = recurrent_weight(init)
@@ -212,13 +231,14 @@ def richness(ctx: Context) -> dict:
                 batch = dataclasses.replace(batch, inputs=batch.inputs.to(p.dtype))
             head = None if regression else ctx.head(N)
             seed = derived_seed(ctx.seed, "richness", "state", N)
-            probes[N] = (batch, head, seed, model_kernel(init, batch, head, seed=seed))
+            probes[N] = (batch, head, seed, model_kernel(init, batch, head, seed=seed,
+                                                         params=which))
         return probes[N]
 
     def row(model, N: int) -> dict:
         batch, head, seed, K0 = probe(N)
-        out = {"kernel_alignment": kernel_alignment(K0, model_kernel(model, batch, head,
-                                                                     seed=seed))}
+        K = model_kernel(model, batch, head, seed=seed, params=which)
+        out = {"kernel_alignment": kernel_alignment(K0, K)}
         W = recurrent_weight(model)
         if W0 is not None and W is not None:
             out.update(weight_change=relative_change(W, W0), effective_rank=effective_rank(W),
@@ -232,7 +252,7 @@ def richness(ctx: Context) -> dict:
         ctx.say(f"richness N={N}")
         stages.append({"N": N, **row(ctx.model(N), N)})
     ctx.say("richness: final state")
-    result = {"w0_source": source, "ntk_examples": n_ex, "stages": stages,
+    result = {"w0_source": source, "ntk_examples": n_ex, "ntk_params": which, "stages": stages,
               "last": {"N": ctx.Ns[-1], **row(_final_model(ctx), ctx.Ns[-1])}}
     if W0 is not None:
         result["init"] = {"effective_rank": effective_rank(W0),
@@ -323,9 +343,12 @@ def richness_kernel_figure(entries: list[Entry], canvas):
            title="Tangent kernel alignment with init")
     ax.title.set_fontsize(9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
-    n_ex = next((e.analysis["richness"].get("ntk_examples") for _, e, _, _ in drawn), "?")
+    r0 = drawn[0][1].analysis["richness"]
+    n_ex, which = r0.get("ntk_examples", "?"), r0.get("ntk_params", "all")
+    over = "all trainable parameters" if which == "all" else "the recurrent weights"
     caption = (f"Kernel alignment <K0, K>_F / (||K0||_F ||K||_F) of the empirical tangent "
-               f"kernel K of each stage's model with the kernel K0 of the initial model, on one "
+               f"kernel K (over {over}) of each stage's model with the kernel K0 of the "
+               f"initial model, on one "
                f"probe batch of {n_ex} sequences of the stage's N (the logits of the head that "
                f"reads out N, at the last supervised step). 1: the kernel did not move (lazy "
                f"learning); lower: it moved (rich learning). The table adds the final state.")
