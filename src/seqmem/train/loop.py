@@ -11,7 +11,9 @@ model's initial weights, which stays (e.g. for the weight change of `analysis.ri
 
 Regression tasks (`task.loss == "mse"`, e.g. `dynamics`) train on the masked MSE of a linear
 regression head and report MSE instead of accuracy; with `train.gtf_alpha` they train by
-generalised teacher forcing (`gtf_predictions`); after training, tasks with free-running
+generalised teacher forcing (`gtf_predictions`; with `train.gtf=latent`, of the latent state,
+`seqmem.train.gtf`); a mixer's auxiliary loss (`Mixer.aux_loss`, e.g. mom's load balancing)
+is added to the training loss; after training, tasks with free-running
 metrics get D_stsp and D_H of generated trajectories in the summary.
 
 The loop touches only the run's folder (metrics, checkpoints, summary); it reports progress
