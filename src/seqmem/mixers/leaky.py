@@ -47,7 +47,8 @@ class LeakyRNN(NewtonForm, Mixer):
             still zeroed in use if zero_diagonal (`seqmem.mixers.recurrent_init`).
         init_gain: the scale g of the initial W (small: rich learning, large: lazy).
         init_rank: if given, W starts as a rank-r matrix (sum of r outer products, Frobenius
-            norm g sqrt(d)); None: full rank. Low-rank initial connectivity: Liu et al. 2023.
+            norm g sqrt(d)); None: full rank. Low-rank initial connectivity: Liu et al. 2023;
+            zeroing the diagonal makes it full rank in use, so give zero_diagonal=False.
         init_noise: full-rank N(0, 1/d) noise added to the rank-r W (times init_gain).
     """
 
