@@ -34,6 +34,8 @@ from torch import Tensor
 from seqmem.errors import SeqmemError, check_choice
 
 INITS = ("default", "normal", "orthogonal")
+# every draw: float64 on the CPU (a CPU generator's device), whatever the default device
+DRAW = {"dtype": torch.float64, "device": "cpu"}
 
 
 def check_init(mixer: str, d: int, init: str, init_gain: float, init_rank: int | None,
@@ -65,19 +67,19 @@ def check_init(mixer: str, d: int, init: str, init_gain: float, init_rank: int |
 def orthogonal(d: int, generator: torch.Generator) -> Tensor:
     """A Haar-distributed d x d orthogonal matrix: Q of the QR decomposition of a standard
     normal matrix, its columns' signs fixed by R's diagonal (Mezzadri 2007)."""
-    Q, R = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
+    Q, R = torch.linalg.qr(torch.randn(d, d, generator=generator, **DRAW))
     return Q * torch.sign(torch.diagonal(R))  # (d, d)
 
 
 def low_rank(d: int, rank: int, noise: float, generator: torch.Generator) -> Tensor:
     """sqrt(d) L / ||L||_F with L = sum of `rank` outer products u v^T of N(0, I) vectors,
     plus `noise` times a N(0, 1/d) matrix (see the module docstring)."""
-    u = torch.randn(d, rank, generator=generator, dtype=torch.float64)  # (d, r)
-    v = torch.randn(rank, d, generator=generator, dtype=torch.float64)  # (r, d)
+    u = torch.randn(d, rank, generator=generator, **DRAW)  # (d, r)
+    v = torch.randn(rank, d, generator=generator, **DRAW)  # (r, d)
     L = u @ v  # (d, d), rank r
     W = L * (math.sqrt(d) / torch.linalg.matrix_norm(L))
     if noise:
-        W = W + noise * torch.randn(d, d, generator=generator, dtype=torch.float64) / math.sqrt(d)
+        W = W + noise * torch.randn(d, d, generator=generator, **DRAW) / math.sqrt(d)
     return W
 
 
@@ -96,7 +98,7 @@ def init_recurrent_(W: Tensor, *, init: str = "default", init_gain: float = 1.0,
     if W.is_meta:  # a model built for its shapes only (e.g. the memory check): nothing to draw
         return W
     with torch.random.fork_rng(devices=[]):  # the global stream is left as it was
-        seed = int(torch.randint(0, 2**62, (1,)))
+        seed = int(torch.randint(0, 2**62, (1,), device="cpu"))
     gen = torch.Generator().manual_seed(seed)
     blocks = []
     for _ in range(W.shape[0] // d):
@@ -105,6 +107,6 @@ def init_recurrent_(W: Tensor, *, init: str = "default", init_gain: float = 1.0,
         elif init == "orthogonal":
             blocks.append(orthogonal(d, gen))
         else:  # normal
-            blocks.append(torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d))
+            blocks.append(torch.randn(d, d, generator=gen, **DRAW) / math.sqrt(d))
     W.copy_(init_gain * torch.cat(blocks, dim=0))
     return W
