@@ -4,6 +4,8 @@ overrides of it (`--lengths 512` is `lengths=[512]`)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from seqmem.config import Strict
@@ -35,6 +37,11 @@ class BenchConfig(Strict):
     threads: int | None = Field(1, ge=1)
     seed: int = 0
     memory_limit_mib: float | None = Field(None, gt=0)  # None: 60 % of the memory available
+    # --peers: seqmem beside the field's implementations (`seqmem.bench.peers`) instead of
+    # the mixer grid; quick: small shapes and no torch.compile
+    peers: bool = False
+    peer_shapes: Literal["quick", "full"] = "full"
+    peer_rounds: int = Field(7, ge=1)
 
     @field_validator("mixers", "forms", "references", "lengths", mode="before")
     @classmethod

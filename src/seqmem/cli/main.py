@@ -272,7 +272,10 @@ def cmd_bench(args, overrides, console) -> int:
         ("mixers", args.mixers), ("forms", args.forms), ("references", args.references),
         ("lengths", args.lengths), ("batch", args.batch), ("d_model", args.d_model),
         ("repeats", args.repeats), ("budget_s", args.budget), ("threads", args.threads),
-        ("memory", False if args.no_memory else None)) if v is not None]
+        ("memory", False if args.no_memory else None),
+        ("peers", True if args.peers else None),
+        ("peer_shapes", "quick" if args.peers and args.quick else None),
+        ("peer_rounds", args.repeats if args.peers else None)) if v is not None]
     cfg = load_config(BENCH_QUICK if args.quick else None, flags, schema=BenchConfig)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "benchmarks"))
     req = BenchRequest(cfg, command="seqmem " + shlex.join(args.argv),

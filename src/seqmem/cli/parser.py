@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="torch threads (default 1: a busy machine's "
                    "thread pool makes small ops slow and uneven)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    b.add_argument("--peers", action="store_true",
+                   help="seqmem's ops and mixers beside the field's own implementations (HF "
+                   "transformers, fla's references, torch.nn RNNs, torch.compile) on the same "
+                   "inputs: outputs checked equal, then timed in interleaved rounds (--repeats "
+                   "rounds, default 7); writes peers.jsonl/csv/md (pip install 'seqmem[peers]')")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
 
     cf = sub.add_parser("config", help="every config key of a section: type, default, help",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -337,6 +338,10 @@ def pruning(console: Console, run, p: dict, head: dict) -> None:
 
 
 def bench(console: Console, ctx: dict, rows: list[dict], paths: dict) -> None:
+    if ctx.get("kind") == "peers":
+        console.print(Path(paths["md"]).read_text(), markup=False, soft_wrap=True)
+        console.print(f"written: {', '.join(str(p) for p in paths.values())}", markup=False)
+        return
     console.print(f"{ctx['machine']}; torch {ctx['torch']}, {ctx['threads']} thread(s); "
                   f"matmul {ctx['matmul_gflops']} GFLOP/s", markup=False)
     console.print(markdown_table(rows), markup=False, soft_wrap=True)

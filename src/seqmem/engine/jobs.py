@@ -28,6 +28,7 @@ from seqmem import build
 from seqmem.analysis.analyze import analyze_run, headline
 from seqmem.analysis.dynamics import free_run_metrics
 from seqmem.bench.config import BenchConfig
+from seqmem.bench.peers import peers_to
 from seqmem.bench.run import bench_to
 from seqmem.config import RunConfig
 from seqmem.continual.config import ContinualConfig
@@ -149,8 +150,11 @@ def bench_job(cfg: BenchRequest, run, *, emit: Emit | None = None, resume: bool 
     """`seqmem bench` with its outputs in the job's folder; progress as "bench" events; the
     summary holds the context, the rows and the paths written."""
     say = (lambda msg: emit({"event": "bench", "message": msg})) if emit else None
-    ctx, rows, paths = bench_to(cfg.cfg, run.dir, command=cfg.command, progress=say,
-                                readme=cfg.readme)
+    if cfg.cfg.peers:
+        ctx, rows, paths = peers_to(cfg.cfg, run.dir, command=cfg.command, progress=say)
+    else:
+        ctx, rows, paths = bench_to(cfg.cfg, run.dir, command=cfg.command, progress=say,
+                                    readme=cfg.readme)
     return {"context": ctx, "rows": rows, "paths": {k: str(p) for k, p in paths.items()}}
 
 
