@@ -210,19 +210,21 @@ def lr_schedule_figure(entries: list[Entry], canvas):
     for e in entries:
         if e.run_dir is None or not Path(e.run_dir).is_dir():
             continue
-        lrs = recorded_steps(Run(e.run_id, e.run_dir).metrics()).get("lr")
+        run = Run(e.run_id, e.run_dir)
+        lrs = recorded_steps(run.metrics()).get("lr")
         if lrs:
-            curves.append((e, lrs))
+            curves.append((e, lrs, (run.config().get("train") or {}).get("schedule", "")))
     if not curves:
         return None
     fig, ax = canvas.subplots(figsize=(6.4, 3.2))
     rows = []
-    styles = run_styles([e for e, _ in curves], canvas)
-    for (_e, lrs), (label, color) in zip(curves, styles, strict=True):
-        ax.plot(range(1, len(lrs) + 1), lrs, "-", color=color, lw=1.2, label=label)
-        rows.append([label, str(len(lrs)), f"{max(lrs):.4g}", f"{lrs[-1]:.4g}",
+    styles = run_styles([c[0] for c in curves], canvas)
+    for (_e, lrs, schedule), (label, color) in zip(curves, styles, strict=True):
+        ax.plot(range(1, len(lrs) + 1), lrs, "-", color=color, lw=1.2,
+                label=f"{label}: {schedule}")
+        rows.append([label, schedule, str(len(lrs)), f"{max(lrs):.4g}", f"{lrs[-1]:.4g}",
                      f"{sum(lrs):.4g}"])
     ax.set(xlabel="update", ylabel="learning rate", title="Learning rate by update")
     ax.title.set_fontsize(9)
     canvas.legend(ax, fontsize=7)
-    return fig, ["run", "updates", "max lr", "final lr", "sum of lr (S1)"], rows
+    return fig, ["run", "schedule", "updates", "max lr", "final lr", "sum of lr (S1)"], rows
