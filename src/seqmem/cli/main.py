@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         # Everything is recorded by now: a second Ctrl-C must not interrupt the interpreter's
         # exit handlers (multiprocessing's) into printing a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("interrupted: finished runs are recorded; resume with "
-              "`seqmem train --resume RUN_ID` (see `seqmem runs`)", file=sys.stderr)
+        resume = "continual" if getattr(args, "command", None) == "continual" else "train"
+        print(f"interrupted: finished runs are recorded; resume with "
+              f"`seqmem {resume} --resume RUN_ID` (see `seqmem runs`)", file=sys.stderr)
         return 130
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from seqmem import __version__
 from seqmem.analysis.analyze import ANALYSES
+from seqmem.continual import METHODS, PROTOCOLS
 from seqmem.errors import SeqmemError
 
 EPILOG = """examples:
@@ -71,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "are dotted overrides, e.g. steps=500 protocol_options.n_max=8 "
                         "method_options.ewc_lambda=1000.")
     cl.add_argument("config", nargs="?", help="YAML continual config (default: the defaults)")
-    cl.add_argument("--protocol", help="n_curriculum (default), split, permuted or tasks")
+    cl.add_argument("--protocol", help=f"{', '.join(PROTOCOLS)} (default n_curriculum)")
     cl.add_argument("--setting", help="task (a head per experience) or domain (one head)")
-    cl.add_argument("--method", help="comma-separated: finetune, joint, multihead, replay, ewc, "
-                    "si, hnet, rnn_hnet (default finetune)")
+    cl.add_argument("--method", help=f"comma-separated: {', '.join(METHODS)} (default "
+                    "finetune)")
     cl.add_argument("--mixer", help="mixer name (default leaky_rnn)")
     cl.add_argument("--seeds", help="comma-separated seeds (default 0)")
     cl.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
