@@ -175,3 +175,18 @@ def test_continual_table_lists_runs_by_whole_prefixes_at_80_columns():
     short = tables.short_ids(IDS, IDS)
     assert short[IDS[0]] in cells and short[IDS[2]] in cells
     assert f"runs: {IDS[0]}, {IDS[2]}" in out.getvalue()
+
+
+def test_flagship_analysis_table_names_measures_and_pairs_mean_with_sd():
+    from rich.console import Console
+
+    jobs = [SimpleNamespace(label="single", run_id="a"), SimpleNamespace(label="multi",
+                                                                         run_id="b")]
+    heads = {"a": {"ablate_longest_rel": 1.0, "ablate_longest_rel_sd": 0.0},
+             "b": {"ablate_longest_rel": 0.9, "ablate_longest_rel_sd": 0.1, "extra": 3}}
+    console = Console(width=120, record=True)
+    tables.headlines(console, jobs, heads)
+    text = console.export_text()
+    assert "ablate longest-tau unit (rel. acc.): mean ± sd over tie draws" in text
+    assert "1.000 ± 0.000" in text and "0.900 ± 0.100" in text
+    assert "ablate_longest_rel_sd" not in text and "extra" in text

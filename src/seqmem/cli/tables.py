@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from seqmem.analysis.registry import analyses
 from seqmem.bench.run import markdown_table, ratios, unsteady
+from seqmem.report.page import paired_rows
 from seqmem.store.query import run_field
 
 
@@ -61,8 +63,17 @@ def flagship_comparison(console: Console, jobs, ended: dict, comparison_rows) ->
 def headlines(console: Console, jobs, heads: dict[str, dict]) -> None:
     tab = _table("analysis (last N solved; relative accuracy on the streaming task)",
                  ["", *(j.label for j in jobs)])
-    for k in sorted({k for h in heads.values() for k in h}):
-        tab.add_row(k, *(_num(heads[j.run_id].get(k)) for j in jobs))
+    labels = [(label, key) for spec in analyses() for key, label in spec.headline.items()]
+    known = {key for _, key in labels}
+    labels += [(k, k) for k in sorted({k for h in heads.values() for k in h} - known)]
+    for label, key, sd in paired_rows(labels):  # a mean and its sd in one row, as the report
+        vals = [heads[j.run_id].get(key) for j in jobs]
+        if all(v is None for v in vals):
+            continue
+        sds = [heads[j.run_id].get(sd) if sd else None for j in jobs]
+        tab.add_row(escape(label), *(_num(v) if e is None or v is None
+                                     else f"{_num(v)} ± {_num(e)}"
+                                     for v, e in zip(vals, sds, strict=True)))
     console.print(tab)
 
 
