@@ -31,6 +31,7 @@ from scipy.optimize import least_squares
 from seqmem.analysis.context import Context
 from seqmem.analysis.registry import Entry, analysis, figure, run_styles
 from seqmem.build import optimizer_choice, schedule_choice
+from seqmem.config import RunConfig
 from seqmem.errors import SeqmemError
 from seqmem.store import Run
 from seqmem.train.schedules import lr_factor, recorded_steps
@@ -202,6 +203,17 @@ def lr_law_figure(entries: list[Entry], canvas):
                  "final fitted", *(f"final {n} (predicted)" for n in PREDICT_SCHEDULES)], rows
 
 
+def _schedule_name(config: dict) -> str:
+    """The run's schedule as it ran: "auto" named with what the task's recipe made of it."""
+    name = (config.get("train") or {}).get("schedule", "")
+    if name != "auto":
+        return name
+    try:
+        return f"auto ({schedule_choice(RunConfig.model_validate(config))})"
+    except Exception:  # a config this version cannot read: the stored name
+        return name
+
+
 @figure("lr_schedule", summary="epochs")
 def lr_schedule_figure(entries: list[Entry], canvas):
     """The learning rate of every update as the run recorded it (its schedule over the
@@ -213,18 +225,21 @@ def lr_schedule_figure(entries: list[Entry], canvas):
         run = Run(e.run_id, e.run_dir)
         lrs = recorded_steps(run.metrics()).get("lr")
         if lrs:
-            curves.append((e, lrs, (run.config().get("train") or {}).get("schedule", "")))
+            curves.append((e, lrs, _schedule_name(run.config())))
     if not curves:
         return None
     fig, ax = canvas.subplots(figsize=(6.4, 3.2))
     rows = []
     styles = run_styles([c[0] for c in curves], canvas)
-    for (_e, lrs, schedule), (label, color) in zip(curves, styles, strict=True):
-        ax.plot(range(1, len(lrs) + 1), lrs, "-", color=color, lw=1.2,
-                label=f"{label}: {schedule}")
+    for i, ((_e, lrs, schedule), (label, color)) in enumerate(zip(curves, styles,
+                                                                   strict=True)):
+        # a line style per run too: runs on the same schedule draw the same curve
+        ax.plot(range(1, len(lrs) + 1), lrs, ("-", "--", ":", "-.")[i % 4], color=color,
+                lw=1.4, label=f"{label}: {schedule}")
         rows.append([label, schedule, str(len(lrs)), f"{max(lrs):.4g}", f"{lrs[-1]:.4g}",
                      f"{sum(lrs):.4g}"])
     ax.set(xlabel="update", ylabel="learning rate", title="Learning rate by update")
+    ax.set_ylim(0, 1.08 * max(max(c[1]) for c in curves))  # from 0: a constant rate is flat
     ax.title.set_fontsize(9)
     canvas.legend(ax, fontsize=7)
     return fig, ["run", "schedule", "updates", "max lr", "final lr", "sum of lr (S1)"], rows
