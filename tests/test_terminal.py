@@ -190,3 +190,17 @@ def test_flagship_analysis_table_names_measures_and_pairs_mean_with_sd():
     assert "ablate longest-tau unit (rel. acc.): mean ± sd over tie draws" in text
     assert "1.000 ± 0.000" in text and "0.900 ± 0.100" in text
     assert "ablate_longest_rel_sd" not in text and "extra" in text
+
+
+def test_runs_table_moves_shared_name_and_kind_to_the_title_and_drops_empty_columns():
+    from rich.console import Console
+
+    rows = [{"id": f"20261202-00000{i}-abcdef", "name": "quick", "kind": "sweep",
+             "status": "done", "summary": {"epochs": 8, "acc_mean": 0.5 + i / 10},
+             "updated_at": "2026-12-02T00:35:10"} for i in range(3)]
+    console = Console(width=80, record=True)
+    tables.runs(console, rows, "runs")
+    text = console.export_text()
+    assert "runs in runs (name quick, kind sweep)" in text
+    assert "max N" not in text and "epochs" in text and "0.700" in text
+    assert "12-02 00:35" in text.replace("\n│", " ").replace("│", "") or "12-02" in text

@@ -151,24 +151,35 @@ def runs(console: Console, rows: list[dict], root: str, *, all_ids=(), keys=()) 
     short = short_ids([r["id"] for r in rows], all_ids)
     width = max(len(r["id"]) for r in rows)
     full = console.width >= 100 + width
-    tab = _table(f"runs in {root}", ())
+    body = []
+    for r in rows:
+        s = r.get("summary") or {}
+        acc = s.get("acc_mean", s.get("avg_acc"))  # continual runs: the average accuracy
+        body.append({"name": r.get("name") or "", "kind": r.get("kind") or "",
+                     "status": r["status"], "epochs": str(s.get("epochs", "")),
+                     "max N": str(s.get("n_solved") or ""),
+                     "acc": "" if acc is None else f"{acc:.3f}",
+                     "updated": str(r.get("updated_at", ""))[5:16].replace("T", " ")})
+    # a column empty in every row says nothing; name and kind shared by every row (one
+    # sweep's runs) go to the title instead
+    shared = {c: body[0][c] for c in ("name", "kind")
+              if len(rows) > 1 and body[0][c] and all(b[c] == body[0][c] for b in body)}
+    cols = [c for c in body[0] if c not in shared and any(b[c] for b in body)]
+    title = f"runs in {root}" + (f" ({', '.join(f'{k} {v}' for k, v in shared.items())})"
+                                 if shared else "")
+    tab = _table(title, ())
     tab.add_column("id" if full else "id (prefix)", no_wrap=True, overflow="fold",
                    min_width=max(len(v) for v in short.values()))
     if full:
         tab.add_column("full id", no_wrap=True, overflow="fold", min_width=width)
     for k in keys:
-        tab.add_column(k, overflow="fold")
-    for col in ("name", "kind", "status", "epochs", "max N", "acc", "updated"):
+        tab.add_column(k, overflow="fold", min_width=min(len(k), 16))
+    for col in cols:
         tab.add_column(col)
-    for r in rows:
-        s = r.get("summary") or {}
-        acc = s.get("acc_mean", s.get("avg_acc"))  # continual runs: the average accuracy
+    for r, b in zip(rows, body, strict=True):
         cells = [short[r["id"]], *([r["id"]] if full else []),
                  *(_num(run_field(r, k)) for k in keys)]
-        tab.add_row(*(escape(c) for c in cells), escape(r.get("name") or ""),
-                    r.get("kind") or "", r["status"], str(s.get("epochs", "")),
-                    str(s.get("n_solved") or ""), "" if acc is None else f"{acc:.3f}",
-                    str(r.get("updated_at", ""))[:19])
+        tab.add_row(*(escape(c) for c in cells), *(escape(b[c]) for c in cols))
     console.print(tab)
     if not full:
         console.print("full ids: widen the terminal, or seqmem runs --format csv; any unique "
