@@ -56,7 +56,7 @@ def _entries(out: dict, spec) -> dict:
 def test_every_analysis_alone_equals_itself_in_the_full_set(trained):
     cfg, run = trained
     assert analysis_names() == ANALYSES  # the test covers every registered analysis
-    full = _fresh(run, cfg, **FAST)
+    full = _fresh(run, cfg, what=ANALYSES, **FAST)
     for spec in analyses():
         alone = _fresh(run, cfg, what=(spec.name,), **FAST)
         assert set(alone["provenance"]) == {spec.name}

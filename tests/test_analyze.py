@@ -170,3 +170,16 @@ def test_analysis_errors(trained, tmp_path, scratch_registry):
         analysis("rows", needs="all_stages", writes=("stages",))
     with pytest.raises(SeqmemError, match="option 'eps' already has the default"):
         analysis("eps2", needs="last_stage", writes=("x",), options={"eps": 0.3})
+
+
+def test_analyses_that_apply_to_few_runs_run_only_by_name():
+    from seqmem.analysis.analyze import ANALYSES, DEFAULT_ANALYSES
+    from seqmem.analysis.registry import ANALYSIS_REGISTRY
+    from seqmem.cli.parser import build_parser
+
+    assert DEFAULT_ANALYSES == ("timescales", "tau_net", "dimensionality", "ablation",
+                                "perturbation", "forgetting")
+    assert {"pruning", "lr_law", "symbolic", "richness"} <= set(ANALYSES) - set(DEFAULT_ANALYSES)
+    assert all(ANALYSIS_REGISTRY[n].default == (n in DEFAULT_ANALYSES) for n in ANALYSES)
+    args = build_parser().parse_args(["analyze", "some-run"])
+    assert args.what.split(",") == list(DEFAULT_ANALYSES)

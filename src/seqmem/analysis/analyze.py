@@ -30,7 +30,12 @@ import torch
 import seqmem
 from seqmem.analysis.context import COMMON_OPTIONS, Context, spread_stages
 from seqmem.analysis.probes import stage_checkpoints
-from seqmem.analysis.registry import analyses, analysis_names, option_defaults
+from seqmem.analysis.registry import (
+    analyses,
+    analysis_names,
+    default_analysis_names,
+    option_defaults,
+)
 from seqmem.config import RunConfig, load_config
 from seqmem.errors import SeqmemError
 from seqmem.store import Run, RunStore
@@ -40,6 +45,8 @@ from seqmem.store.run import atomic_write
 #: The built-in analyses, in order: the package (`seqmem/analysis/__init__.py`) imports their
 #: modules before this one. `analysis_names()` also lists any registered since.
 ANALYSES = analysis_names()
+#: Those a run gets when none is named (the others run by name: `--what pruning`).
+DEFAULT_ANALYSES = default_analysis_names()
 ANALYSIS_FILE = "analysis.json"
 
 #: Lighter settings for `seqmem run --quick` (seconds instead of a minute).
@@ -94,7 +101,8 @@ def merge_analysis(old: dict, new: dict, rerun: list) -> dict:
 
 def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, seed: int = 0,
                 progress: Callable[[str], None] | None = None, **options) -> dict:
-    """Run the analyses `what` (default: every registered one) on `run`, a stored run of
+    """Run the analyses `what` (default: the default ones, `DEFAULT_ANALYSES`) on `run`, a
+    stored run of
     config `cfg`; write <run>/analysis.json (atomically) and return its content.
 
     An existing analysis.json is merged with (`merge_analysis`): the analyses not rerun keep
@@ -105,7 +113,7 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
     tau_net and dimensionality, run at that many stages spread evenly from the first to the
     last; None: every stage).
     """
-    specs = analyses(None if what is None else tuple(what))
+    specs = analyses(default_analysis_names() if what is None else tuple(what))
     opts = resolve_options(options)
     Ns = stage_checkpoints(run)
     if not Ns and any(s.needs != "run" for s in specs):

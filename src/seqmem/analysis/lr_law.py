@@ -163,7 +163,7 @@ def _headline(w: dict) -> dict:
 
 @analysis("lr_law", needs="run", writes=("lr_law",), options=OPTIONS,
           headline={"lr_law_alpha": "lr law alpha", "lr_law_rmse": "lr law fit rmse"},
-          headline_of=_headline)
+          headline_of=_headline, default=False)
 def lr_law(ctx: Context) -> dict:
     """Fit the annealing law to the run's loss per update and predict the loss under the
     cosine and constant schedules (see the module docstring)."""

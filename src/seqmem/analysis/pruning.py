@@ -115,7 +115,7 @@ def check_options(opts) -> tuple[list[str], list[float], str, int, bool]:
 @analysis("pruning", needs="last_stage", writes=("pruning",),
           headline={"prune_spearman_tau": "pruning: Spearman(removal order, tau)",
                     "prune_spearman_tau_net": "pruning: Spearman(removal order, tau_net)"},
-          headline_of=_headline, options=OPTIONS)
+          headline_of=_headline, options=OPTIONS, default=False)
 def pruning(ctx: Context) -> dict:
     """Accuracy against sparsity under magnitude and structured pruning, with fine-tuning
     and the retrain-from-scratch baseline, and the tau of the units removed first (see the

@@ -15,7 +15,9 @@ what it writes into a run's analysis.json:
 - `headline`, {key: label}: the numbers the store indexes and the report's summary table shows
   under that label. A key's value is the written value of that name (a per-stage analysis's
   at the last stage) or comes from `headline_of(written)`, the analysis's written values;
-- `options`, its keyword options with their defaults (`analyze_run(..., eps=(0.0, 0.1))`).
+- `options`, its keyword options with their defaults (`analyze_run(..., eps=(0.0, 0.1))`);
+- `default`, whether it runs when no analysis is named (False: only by name, for analyses
+  that apply to few runs or take long, e.g. pruning, richness, symbolic, lr_law).
 
 A figure of the report is one function, registered with `@figure`, that draws the runs
 (`Entry`) having one of its keys in their analysis (`analysis=`) or summary (`summary=`):
@@ -70,6 +72,7 @@ class Analysis:
     headline: Mapping[str, str] = field(default_factory=dict)
     headline_of: Callable[[dict], dict] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    default: bool = True
 
     @property
     def per_stage(self) -> bool:
@@ -124,8 +127,10 @@ def _names(value: str | tuple[str, ...] | list[str], what: str) -> tuple[str, ..
 def analysis(name: str, *, needs: str, writes: str | tuple[str, ...],
              headline: Mapping[str, str] | None = None,
              headline_of: Callable[[dict], dict] | None = None,
-             options: Mapping[str, Any] | None = None):
-    """Decorator: register `fn(ctx) -> dict` as analysis `name` (see the module docstring)."""
+             options: Mapping[str, Any] | None = None, default: bool = True):
+    """Decorator: register `fn(ctx) -> dict` as analysis `name` (see the module docstring).
+    `default=False`: run only when asked for by name (`seqmem analyze --what name`), not by
+    a plain `seqmem analyze RUN` or the flagship's analysis."""
     if needs not in NEEDS:
         raise SeqmemError(f"analysis {name!r}: unknown needs {needs!r}; accepted: "
                           f"{', '.join(NEEDS)}")
@@ -136,16 +141,16 @@ def analysis(name: str, *, needs: str, writes: str | tuple[str, ...],
                           f"writes {', '.join(RESERVED)}")
     options = dict(options or {})
     known = option_defaults()  # an option shared by several analyses has one default
-    for key, default in options.items():
-        if key in known and known[key] != default:
+    for key, value in options.items():
+        if key in known and known[key] != value:
             raise SeqmemError(f"analysis {name!r}: option {key!r} already has the default "
-                              f"{known[key]!r}, not {default!r}")
+                              f"{known[key]!r}, not {value!r}")
 
     def register(fn: Callable[[Context], dict]) -> Callable[[Context], dict]:
         if name in ANALYSIS_REGISTRY:
             raise SeqmemError(f"analysis {name!r} is already registered")
         ANALYSIS_REGISTRY[name] = Analysis(name, fn, needs, writes, dict(headline or {}),
-                                           headline_of, options)
+                                           headline_of, options, default)
         return fn
 
     return register
@@ -154,6 +159,11 @@ def analysis(name: str, *, needs: str, writes: str | tuple[str, ...],
 def analysis_names() -> tuple[str, ...]:
     """The registered analyses, in the order of registration."""
     return tuple(ANALYSIS_REGISTRY)
+
+
+def default_analysis_names() -> tuple[str, ...]:
+    """The analyses a run gets when none is named, in the order of registration."""
+    return tuple(n for n, spec in ANALYSIS_REGISTRY.items() if spec.default)
 
 
 def analyses(what: tuple[str, ...] | list[str] | None = None) -> list[Analysis]:

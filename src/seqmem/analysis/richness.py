@@ -205,7 +205,7 @@ def _check_examples(n) -> int:
                     "richness_kernel_alignment": "richness: tangent kernel alignment with "
                                                  "init (final)",
                     "richness_effective_rank": "richness: effective rank of W (final)"},
-          headline_of=_headline, options=OPTIONS)
+          headline_of=_headline, options=OPTIONS, default=False)
 def richness(ctx: Context) -> dict:
     """Relative weight change, effective ranks and tangent-kernel alignment with the initial
     model at every stage and at the end of training (see the module docstring)."""

@@ -145,7 +145,7 @@ def _headline(written: dict) -> dict:
 
 @analysis("symbolic", needs="run", writes=("symbolic",),
           headline={"n_subregions": "subregions visited"}, headline_of=_headline,
-          options=OPTIONS)
+          options=OPTIONS, default=False)
 def symbolic(ctx: Context) -> dict:
     """The subregion symbol of every step of a free run (dynamics) or a driven sequence,
     the transition graph between subregions and its cycles; {} for a model without a

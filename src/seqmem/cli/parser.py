@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from seqmem import __version__
-from seqmem.analysis.analyze import ANALYSES
+from seqmem.analysis.analyze import ANALYSES, DEFAULT_ANALYSES
 from seqmem.continual import METHODS, PROTOCOLS
 from seqmem.errors import SeqmemError
 
@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "N-curriculum, stage by stage; results go to <run>/analysis.json and "
                         "headline numbers to the store's summary.")
     an.add_argument("run_id")
-    an.add_argument("--what", default=",".join(ANALYSES),
-                    help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
+    an.add_argument("--what", default=",".join(DEFAULT_ANALYSES),
+                    help=f"comma-separated subset of {','.join(ANALYSES)} (default: "
+                    f"{','.join(DEFAULT_ANALYSES)}; the others only by name)")
     an.add_argument("--seed", type=int, default=0, help="seed of the probe inputs")
     an.add_argument("--root", default="runs", help="store root (default runs/)")
 
