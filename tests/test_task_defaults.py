@@ -83,3 +83,13 @@ def test_help_comes_from_the_args_section():
     line = next(x for x in doc.splitlines() if x.strip().startswith("n_pairs:"))
     rows = {r["key"]: r["help"] for r in describe("task", "mqar")}
     assert rows["task.n_pairs"] == line.split(":", 1)[1].strip().rstrip(".")
+
+
+@pytest.mark.parametrize("name", __import__("seqmem").mixers.names())
+def test_every_mixer_option_has_help(name):
+    from seqmem import mixers
+
+    rows = {r["key"]: r for r in describe("mixer", name)}
+    for option in mixers.hyperparameters(mixers.get(name)):
+        assert rows[f"model.mixer.{option}"]["help"], \
+            f"{name}.{option} has no help in config --show (its docstring's Args: section)"
