@@ -204,7 +204,15 @@ def symbolic_figure(entries: list[Entry], canvas):
             T[rank[a], rank[b]] = c
         im = ax_m.imshow(np.log10(1 + T), cmap="viridis", origin="lower")
         ax_m.set(xlabel="to subregion (rank)", ylabel="from subregion (rank)")
-        ax_m.set_title(f"{label}: transitions between the {k} subregions visited", fontsize=9)
+        canvas.integer_axis(ax_t, "y")  # subregion ranks are integers
+        canvas.integer_axis(ax_m, "x")
+        canvas.integer_axis(ax_m, "y")
+        if k == 1:  # one subregion: a single tick at rank 0
+            ax_t.set_yticks([0])
+            ax_m.set_xticks([0])
+            ax_m.set_yticks([0])
+        ax_m.set_title(f"{label}: transitions between the {k} subregion{'s' * (k != 1)} "
+                       f"visited", fontsize=9)
         fig.colorbar(im, ax=ax_m, fraction=0.046, label="log10(1 + count)")
         rows.append([label, s["mixer"], s["n_visited"], s["n_possible"], s["n_cycles"]
                      if not s["cycles_truncated"] else f">= {s['n_cycles']}",
