@@ -62,6 +62,8 @@ def test_every_analysis_alone_equals_itself_in_the_full_set(trained):
         assert set(alone["provenance"]) == {spec.name}
         got, want = _entries(alone, spec), _entries(full, spec)
         assert got == want, spec.name
+        if spec.name == "symbolic":  # subregion codes need a piecewise-linear model (al_rnn,
+            continue  # plrnn): {} here; tests/test_alrnn_gtf.py covers it on those
         assert any(v for v in (got.values() if not spec.per_stage else
                                [x for row in got.values() for x in row.values()])), spec.name
 
