@@ -391,6 +391,8 @@ def peers_markdown(rows: list[dict], skipped: list[str], *, shapes: Shapes, cont
         f"Regenerate with `{command}`.", "",
         f"Machine: {context['machine']}; torch {context['torch']}, {context['threads']} "
         f"thread(s); float32; measured {context['date']}.",
+        "Peers: " + (", ".join(f"{k} {v}" for k, v in (context.get("peers") or {}).items())
+                     or "torch only") + ".",
         f"Ops: b = {shapes.b}, t = {shapes.t}, h = {shapes.h}, d = {shapes.d}. Mixers: "
         f"b = {shapes.b}, t = {shapes.t_mixer}, d_model = {shapes.d_model}.", "",
         "Each pair ran on the same inputs; `rel diff` is the largest difference of the two "
@@ -413,6 +415,20 @@ def peers_markdown(rows: list[dict], skipped: list[str], *, shapes: Shapes, cont
     return "\n".join(lines) + "\n"
 
 
+def peer_versions() -> dict[str, str]:
+    """The installed version of each peer package (absent ones left out)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("transformers", "flash-linear-attention"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            if dist == "flash-linear-attention" and importlib.util.find_spec("fla"):
+                out[dist] = "present (no package metadata)"
+    return out
+
+
 def peers_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
              progress: Callable[[str], None] | None = None
              ) -> tuple[dict, list[dict], dict[str, Path]]:
@@ -426,7 +442,7 @@ def peers_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
     ctx = {"kind": "peers", "torch": torch.__version__, "threads": cfg.threads or
            torch.get_num_threads(), "machine": machine(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "shapes": shapes.__dict__,
-           "skipped": skipped}
+           "peers": peer_versions(), "skipped": skipped}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"peers.{k}" for k in ("jsonl", "csv", "md")}
