@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default="runs", help="store root (default runs/)")
 
     an = sub.add_parser("analyze", help="timescales, tau_net, ablation, perturbation, "
-                        "forgetting of a run", description="Analyse a run trained under an "
-                        "N-curriculum, stage by stage; results go to <run>/analysis.json and "
-                        "headline numbers to the store's summary.")
+                        "forgetting of a run (by name: pruning, richness, symbolic, lr_law)",
+                        description="Analyse a stored run (stage by stage for a run trained "
+                        "under an N-curriculum); results go to <run>/analysis.json and "
+                        "headline numbers to the store's summary. The default analyses are "
+                        "the flagship paper's; the others run when named in --what.")
     an.add_argument("run_id")
     an.add_argument("--what", default=",".join(DEFAULT_ANALYSES),
                     help=f"comma-separated subset of {','.join(ANALYSES)} (default: "
