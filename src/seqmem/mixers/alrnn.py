@@ -21,14 +21,12 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register
-from seqmem.mixers.parts import NewtonForm
+from seqmem.mixers.parts import DiagonalLatent, NewtonForm
 from seqmem.ops.alrnn import alrnn_recurrent, alrnn_step, alrnn_subregion
-
-TAU_MAX = 1e6  # timescale reported for |a| >= 1 (a unit that does not decay)
 
 
 @register("al_rnn")
-class ALRNN(NewtonForm, Mixer):
+class ALRNN(NewtonForm, DiagonalLatent, Mixer):
     """AL-RNN: z_t = A z_{t-1} + W Phi*(z_{t-1}) + h + C s_t, Phi* a ReLU on the last P units
     only (Brenner et al. 2024).
 
@@ -96,18 +94,6 @@ class ALRNN(NewtonForm, Mixer):
         """The subregion symbol of states z (..., M): bit i set where ReLU unit M - P + i is
         positive (`seqmem.ops.alrnn.alrnn_subregion`), long (...)."""
         return alrnn_subregion(z, self.n_relu)
-
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))
-
-    def state_size(self):
-        return self.d_model
-
-    def timescales(self):
-        """-1 / log|a| per latent unit, the decay time of its linear part alone, in steps;
-        TAU_MAX where |a| >= 1 - 1e-6 (no decay)."""
-        a = self.A.detach().abs().clamp(1e-12, 1 - 1e-6)
-        return (-1 / torch.log(a)).clamp(max=TAU_MAX)
 
     def extra_repr(self):
         return f"d_model={self.d_model}, n_relu={self.n_relu}"

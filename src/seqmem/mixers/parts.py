@@ -197,6 +197,26 @@ class NewtonInfo(NamedTuple):
 Cell = Callable[[Tensor, Tensor], Tensor]  # (u_t (b, k), h (b, n)) -> h_t (b, n)
 
 
+TAU_MAX = 1e6  # timescale reported for |a| >= 1 (a unit that does not decay)
+
+
+class DiagonalLatent:
+    """Mixin of the latent-state RNNs with a diagonal linear part A (plrnn, al_rnn): the zero
+    state z (b, d_model), its size, and per unit the decay time of the linear part alone."""
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))
+
+    def state_size(self):
+        return self.d_model
+
+    def timescales(self):
+        """-1 / log|a| per latent unit, the decay time of its linear part alone, in steps;
+        TAU_MAX where |a| >= 1 - 1e-6 (no decay)."""
+        a = self.A.detach().abs().clamp(1e-12, 1 - 1e-6)
+        return (-1 / torch.log(a)).clamp(max=TAU_MAX)
+
+
 class NewtonForm:
     """The "newton" mode of a nonlinear RNN mixer: all states h_1..h_T of h_t = f(h_{t-1}, u_t)
     at once, as the root of h_t - f(h_{t-1}, u_t) = 0 found by Newton's method, each iteration

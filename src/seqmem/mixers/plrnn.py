@@ -20,15 +20,13 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_int
 from seqmem.mixers.base import Mixer, register
-from seqmem.mixers.parts import NewtonForm
+from seqmem.mixers.parts import DiagonalLatent, NewtonForm
 from seqmem.ops.alrnn import alrnn_subregion
 from seqmem.ops.rnn import plrnn_recurrent, plrnn_step
 
-TAU_MAX = 1e6  # timescale reported for |a| >= 1 (a unit that does not decay)
-
 
 @register("plrnn")
-class PLRNN(NewtonForm, Mixer):
+class PLRNN(NewtonForm, DiagonalLatent, Mixer):
     """Shallow PLRNN: z_t = A z_{t-1} + W1 relu(W2 z_{t-1} + h2) + h1 + C s_t (Hess et al. 2023).
 
     Args:
@@ -92,18 +90,6 @@ class PLRNN(NewtonForm, Mixer):
         """The linear subregion of states z (..., M): the sign pattern of the L hidden ReLU
         units W2 z + h2 as an integer (bit i: unit i positive), long (...); L <= 62."""
         return alrnn_subregion(F.linear(z, self.W2, self.h2), self.d_hidden)
-
-    def init_state(self, batch_size, *, device=None, dtype=None):
-        return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))
-
-    def state_size(self):
-        return self.d_model
-
-    def timescales(self):
-        """-1 / log|a| per latent unit, the decay time of its linear part alone, in steps;
-        TAU_MAX where |a| >= 1 - 1e-6 (no decay)."""
-        a = self.A.detach().abs().clamp(1e-12, 1 - 1e-6)
-        return (-1 / torch.log(a)).clamp(max=TAU_MAX)
 
     def extra_repr(self):
         return f"d_model={self.d_model}, d_hidden={self.d_hidden}"
