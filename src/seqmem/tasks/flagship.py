@@ -184,12 +184,7 @@ class NDMS(_BitsTask):
     seqmem's choices: draw order per training batch is M, then the bits; the stream's unscored
     steps also include t < N_max - 1.
 
-    Args:
-        N: the window (an int, or a list: one read-out head per N, the multi-head curriculum).
-        streaming: evaluate on long Bernoulli(0.5) streams with a label at every step instead
-            of one label per sequence.
-        stream_len: bits per stream when streaming.
-        burn_in: unscored first steps of a stream.
+    Args: as `n_parity`.
     """
 
     def _training_bits(self, batch_size, M, generator):
