@@ -29,6 +29,7 @@ import csv
 import importlib.util
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -156,11 +157,12 @@ def _ssd_fla(s, gen):
 
 def _linear_attention_fla(s, gen):
     ref = _fla_reference("linear_attn", "naive_chunk_linear_attn")
-    q, k, v = _heads(s, gen, gates=False)
-    out = ref(q.detach()[:, :64], k.detach()[:, :64], v.detach()[:, :64])
-    first = (lambda o: o[0]) if isinstance(out, tuple) else (lambda o: o)
-    return Sides(lambda q, k, v: ops.linear_attention(q, k, v)[0],
-                 lambda q, k, v: first(ref(q, k, v)), [q, k, v], s.b * s.t)
+    def peer(q, k, v):  # fla's versions return o, or (o, final state)
+        o = ref(q, k, v)
+        return o[0] if isinstance(o, tuple) else o
+
+    return Sides(lambda q, k, v: ops.linear_attention(q, k, v)[0], peer,
+                 _heads(s, gen, gates=False), s.b * s.t)
 
 
 # ---- mixer pairs -----------------------------------------------------------------------------
@@ -264,8 +266,6 @@ def missing(needs: str | None) -> str | None:
     if needs is None:
         return None
     if needs == "compile":
-        import shutil
-
         if shutil.which("cc") is None and shutil.which("gcc") is None:
             return "torch.compile on the CPU needs a C compiler (cc), which is not on PATH"
         return None
