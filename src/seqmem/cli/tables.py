@@ -12,7 +12,7 @@ from rich.table import Table
 
 from seqmem.analysis.registry import analyses
 from seqmem.bench.run import markdown_table, ratios, unsteady
-from seqmem.report.page import paired_rows
+from seqmem.report.page import mean_sd, paired_rows
 from seqmem.store.query import run_field
 
 
@@ -71,9 +71,7 @@ def headlines(console: Console, jobs, heads: dict[str, dict]) -> None:
         if all(v is None for v in vals):
             continue
         sds = [heads[j.run_id].get(sd) if sd else None for j in jobs]
-        tab.add_row(escape(label), *(_num(v) if e is None or v is None
-                                     else f"{_num(v)} ± {_num(e)}"
-                                     for v, e in zip(vals, sds, strict=True)))
+        tab.add_row(escape(label), *map(mean_sd, vals, sds))
     console.print(tab)
 
 

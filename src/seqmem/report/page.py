@@ -260,7 +260,9 @@ def _fmt(v) -> str:
     return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def _mean_sd(mean, sd) -> str:
+def mean_sd(mean, sd) -> str:
+    """The text "mean ± sd" (floats to 3 decimals); the mean alone without an sd, and ""
+    without a mean."""
     return _fmt(mean) if sd is None or mean is None else f"{_fmt(mean)} ± {_fmt(sd)}"
 
 
@@ -287,7 +289,7 @@ def summary_table(entries: list[Entry]) -> tuple[list[str], list[list]]:
     row, "mean ± sd" (`paired_rows`)."""
     header = ["measure", *(e.label for e in entries)]
     rows = [["run id", *(e.run_id for e in entries)]]
-    rows += [[label, *(_mean_sd(e.summary.get(key), e.summary.get(sd) if sd else None)
+    rows += [[label, *(mean_sd(e.summary.get(key), e.summary.get(sd) if sd else None)
                        for e in entries)]
              for label, key, sd in paired_rows([(lb, k) for lb, k in TRAINING_ROWS])]
     heads = [headline(e.analysis) for e in entries]
@@ -297,7 +299,7 @@ def summary_table(entries: list[Entry]) -> tuple[list[str], list[list]]:
             sds = [None if sd is None else h.get(sd, e.summary.get(sd))
                    for h, e in zip(heads, entries, strict=True)]
             if any(v is not None for v in vals):
-                rows.append([label, *map(_mean_sd, vals, sds)])
+                rows.append([label, *map(mean_sd, vals, sds)])
     if any("avg_acc" in e.summary for e in entries):
         rows += [[label, *(_fmt(e.summary.get(key)) for e in entries)]
                  for label, key in CONTINUAL_ROWS]
