@@ -57,7 +57,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
+from seqmem.ops import tuning
+from seqmem.ops.delta_chunk import delta_chunk
 from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
+from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
 
@@ -195,22 +198,17 @@ def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
     head (None: no decay), in chunks of chunk_size (one chunk = the masked quadratic form):
 
         o_t = exp(b_t) q_t S_0 + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s,  b the cumulative
-        log decay since the chunk's start; the state is carried from chunk to chunk."""
-    b, t, h, _ = q.shape
+        log decay since the chunk's start; the state is carried from chunk to chunk.
+
+    The backward is hand-written (`ops.scalar_decay_chunk`): the forward keeps the inputs and
+    the state at every chunk's start, the backward recomputes the (C, C) score blocks of all
+    chunks at once and runs the reverse state pass."""
+    t = q.shape[1]
     S = _initial(k, v, state)
     if t == 0:
         return _empty(q, v), S
     C = min(check_int("chunk_size", chunk_size), t)
-    Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
-    if g is None:
-        g = q.new_zeros(b, t, h)
-    b_cum = chunk(g, C).cumsum(-1)  # (b, h, n, C)
-    intra = ((Q @ K.transpose(-1, -2)) * causal_decay(b_cum)) @ V  # (b, h, n, C, d_v)
-    Q = Q * b_cum.exp()[..., None]  # (b, h, n, C, d_k): reads S_0 decayed to t
-    b_last = b_cum[..., -1]  # (b, h, n)
-    KV = (K * (b_last[..., None] - b_cum).exp()[..., None]).transpose(-1, -2) @ V  # (b,h,n,k,v)
-    starts, S = carry(b_last.exp()[..., None, None], KV, S)  # (b, h, n, d_k, d_v)
-    return unchunk(intra + Q @ starts, t), S
+    return scalar_decay_chunked(q, k, v, g, S, C, scale=_scale(q, scale))
 
 
 def _gla_intra(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:
@@ -297,39 +295,19 @@ def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Tensor
     if t == 0:
         return _empty(q, v), S
     C = min(check_int("chunk_size", chunk_size), t)
-    d_v = v.shape[-1]
     Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
-    beta = chunk(beta, C)  # (b, h, n, C)
-    b_cum = chunk(g if g is not None else q.new_zeros(b, t, h), C).cumsum(-1)  # (b, h, n, C)
-    D = causal_decay(b_cum)  # (b, h, n, C, C): gamma_t / gamma_s for s <= t
-    gamma = b_cum.exp()  # (b, h, n, C)
-    KK = K @ K.transpose(-1, -2)  # (b, h, n, C, C)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    system = eye + (beta[..., None] * D * KK).tril(-1)  # (b, h, n, C, C): I + L
-    rhs = torch.cat([beta[..., None] * V, (beta * gamma)[..., None] * K], dim=-1)
-    sol = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    U_tilde, W = sol.split([d_v, K.shape[-1]], dim=-1)  # U = U_tilde - W S_0
-    QK = (Q @ K.transpose(-1, -2)) * D  # (b, h, n, C, C)
-    Q = Q * gamma[..., None]  # (b, h, n, C, d_k)
-    K_end = K * D[..., -1, :, None]  # (b, h, n, C, d_k): k_s gamma_C / gamma_s
-    g_last = gamma[..., -1]  # (b, h, n)
-    starts, Us = [], []
-    for U_i, W_i, K_i, a_i in zip(U_tilde.unbind(2), W.unbind(2), K_end.transpose(-1, -2).unbind(2),
-                                  g_last[..., None, None].unbind(2), strict=True):
-        starts.append(S)
-        U = U_i - W_i @ S  # (b, h, C, d_v): the chunk's pseudo-values
-        Us.append(U)
-        S = a_i * S + K_i @ U  # (b, h, d_k, d_v)
-    o = Q @ torch.stack(starts, dim=2) + QK @ torch.stack(Us, dim=2)  # (b, h, n, C, d_v)
+    b_cum = None if g is None else chunk(g, C).cumsum(-1)  # (b, h, n, C)
+    o, S = delta_chunk(Q, K, V, chunk(beta, C), b_cum, S)  # (b, h, n, C, d_v)
     return unchunk(o, t), S
 
 
 # ---- the ops -------------------------------------------------------------------------------
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
-                     state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+                     state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
                      ) -> tuple[Tensor, Tensor]:
     """Linear attention (Katharopoulos et al. 2020): S_t = S_{t-1} + k_t^T v_t,
     o_t = scale q_t S_t. q, k (b, t, h, d_k), v (b, t, h, d_v) -> o (b, t, h, d_v), S_T."""
+    chunk_size = tuning.resolve("linear_attention", chunk_size)  # None: this machine's best
     C = _dispatch("linear_attention", mode, q.shape[1], chunk_size)
     if C is None:
         return linear_attention_recurrent(q, k, v, scale=scale, state=state)
@@ -337,10 +315,11 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = N
 
 
 def retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, scale: float | None = None,
-              state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+              state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
               ) -> tuple[Tensor, Tensor]:
     """Retention (Sun et al. 2023, RetNet): S_t = gamma S_{t-1} + k_t^T v_t with a fixed decay
     gamma = exp(log_decay) per head, log_decay (h,); o_t = scale q_t S_t."""
+    chunk_size = tuning.resolve("retention", chunk_size)  # None: this machine's best
     C = _dispatch("retention", mode, q.shape[1], chunk_size)
     if C is None:
         return retention_recurrent(q, k, v, log_decay, scale=scale, state=state)
@@ -349,10 +328,11 @@ def retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, scale: floa
 
 
 def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
-        state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+        state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
         ) -> tuple[Tensor, Tensor]:
     """Gated linear attention (Yang et al. 2023): S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t with
     g (b, t, h, d_k) a log forget gate (<= 0); o_t = scale q_t S_t."""
+    chunk_size = tuning.resolve("gla", chunk_size)  # None: this machine's best
     C = _dispatch("gla", mode, q.shape[1], chunk_size)
     if C is None:
         return gla_recurrent(q, k, v, g, scale=scale, state=state)
@@ -362,11 +342,12 @@ def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = Non
 
 
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, scale: float | None = None,
-               state: Tensor | None = None, mode: str = "chunk", chunk_size: int = 64
+               state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
                ) -> tuple[Tensor, Tensor]:
     """The delta rule (Schlag et al. 2021; chunked as in Yang et al. 2024):
     S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, beta (b, t, h), k normalised by
     the caller; o_t = scale q_t S_t."""
+    chunk_size = tuning.resolve("delta_rule", chunk_size)  # None: this machine's best
     C = _dispatch("delta_rule", mode, q.shape[1], chunk_size)
     if C is None:
         return delta_rule_recurrent(q, k, v, beta=beta, scale=scale, state=state)
@@ -375,10 +356,11 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, scale: float | 
 
 def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, g: Tensor, beta: Tensor,
                      scale: float | None = None, state: Tensor | None = None, mode: str = "chunk",
-                     chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+                     chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """The gated delta rule (Yang, Kautz & Hatamizadeh 2025, Gated DeltaNet):
     S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, g, beta (b, t, h);
     o_t = scale q_t S_t."""
+    chunk_size = tuning.resolve("gated_delta_rule", chunk_size)  # None: this machine's best
     C = _dispatch("gated_delta_rule", mode, q.shape[1], chunk_size)
     if C is None:
         return gated_delta_rule_recurrent(q, k, v, g=g, beta=beta, scale=scale, state=state)
