@@ -12,6 +12,7 @@ from seqmem.tasks import (  # noqa: F401  (registers the tasks)
     digits,
     dynamics,
     flagship,
+    grid,
     listops,
     neurogym_task,
     recall,

@@ -145,6 +145,9 @@ def mnist1d_package_installed() -> bool:
 
 
 MNIST1D_SOURCES = ("auto", "package", "builtin")
+LAYOUTS = ("sequence", "grid")  # a grid layout sets the task's `grid = (H, W)`
+MNIST1D_GRID = (5, 8)  # 40 samples, row by row
+DIGITS_GRID = (8, 8)
 
 _CACHE: dict[tuple, tuple] = {}
 
@@ -228,6 +231,13 @@ class MNIST1D(_FixedData):
     repr and every batch's meta show. Batches are drawn with replacement; `iter_batches`
     passes over the split once, in order.
 
+    layout "grid" (seqmem's choice, for 2-D mixers) folds the 40 samples row by row into
+    `grid = (5, 8)`: 5 rows of 8 consecutive samples, so that the raster order of the cells
+    is the signal's own order and a 1-D mixer on the flattened grid reads exactly the
+    sequence task. 5 x 8 is the squarest factorisation of 40 (an 8-sample row is a fifth of
+    the signal, shorter than a dilated template); a row-causal 2-D mixer then sees, at
+    each cell, the earlier rows as the samples 8, 16, ... steps back in its column.
+
     Args:
         split: "train" (the first 80 %) or "test".
         n_samples: examples generated, both splits.
@@ -235,10 +245,11 @@ class MNIST1D(_FixedData):
         shuffle_seq: permute the 40 time steps (one fixed permutation), destroying temporal
             order.
         source: "auto", "package" (the mnist1d package) or "builtin" (seqmem's port).
+        layout: "sequence" (40 steps) or "grid" (the same 40 steps as a 5 x 8 grid).
     """
 
     def __init__(self, *, split: str = "train", n_samples: int = 5000, data_seed: int = 42,
-                 shuffle_seq: bool = False, source: str = "auto"):
+                 shuffle_seq: bool = False, source: str = "auto", layout: str = "sequence"):
         self.split = check_choice("split", split, ("train", "test"))
         source = check_choice("source", source, MNIST1D_SOURCES)
         if source == "package" and not mnist1d_package_installed():
@@ -252,6 +263,9 @@ class MNIST1D(_FixedData):
         if not isinstance(shuffle_seq, bool):
             raise SeqmemError(f"shuffle_seq must be true or false, got {shuffle_seq!r}")
         self.shuffle_seq = shuffle_seq
+        self.layout = check_choice("layout", layout, LAYOUTS)
+        if self.layout == "grid":
+            self.grid = MNIST1D_GRID
         self.d_input = 1
         self.heads = [10]
         self.classes = [str(d) for d in range(10)]
@@ -294,6 +308,8 @@ class SeqDigits(_FixedData):
     permutation of the images by numpy's default_rng(split_seed) (0), the last
     ceil(test_fraction * 1797) (20 %: 360) the test split. The class at the last step.
     meta: {"seq_len", "split", "index": (b,) rows of load_digits()}.
+    layout "grid" keeps the pixel-by-pixel inputs (b, 64, 1) and sets `grid = (8, 8)`, the
+    image itself, for 2-D mixers (a 1-D mixer reads it as by="pixel"); it needs by="pixel".
     Needs scikit-learn: pip install seqmem[data].
 
     Args:
@@ -301,10 +317,11 @@ class SeqDigits(_FixedData):
         by: "pixel" (64 steps of 1) or "row" (8 steps of 8).
         split_seed: seed of the fixed train/test permutation.
         test_fraction: fraction of the images in the test split.
+        layout: "sequence" or "grid" (the 8 x 8 image as a grid of 64 cells; by="pixel").
     """
 
     def __init__(self, *, split: str = "train", by: str = "pixel", split_seed: int = 0,
-                 test_fraction: float = 0.2):
+                 test_fraction: float = 0.2, layout: str = "sequence"):
         if importlib.util.find_spec("sklearn") is None:
             raise SeqmemError("seq_digits needs scikit-learn, which is not installed: "
                               "pip install seqmem[data]")
@@ -315,6 +332,12 @@ class SeqDigits(_FixedData):
                 or not 0 < test_fraction < 1):
             raise SeqmemError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
         self.test_fraction = float(test_fraction)
+        self.layout = check_choice("layout", layout, LAYOUTS)
+        if self.layout == "grid":
+            if self.by != "pixel":
+                raise SeqmemError(f"seq_digits: layout 'grid' reads the image pixel by pixel "
+                                  f"(by: pixel), got by={by!r}")
+            self.grid = DIGITS_GRID
         self.d_input = 1 if by == "pixel" else 8
         self.heads = [10]
         self.classes = [str(d) for d in range(10)]
