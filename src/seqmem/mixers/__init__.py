@@ -10,6 +10,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     classic,
     conv,
     delta,
+    grid,
     leaky,
     lightnet,
     linear_attention,
@@ -22,6 +23,7 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     titans,
 )
 from seqmem.mixers.base import Mixer, State, build, get, hyperparameters, names, register, step_loop
+from seqmem.mixers.grid import Mixer2D, build_2d, is_2d, lookup, names_2d  # noqa: F401  (2-D)
 from seqmem.mixers.hf import from_hf as from_hf  # transformers layers -> seqmem mixers
 
 __all__ = ["Mixer", "State", "build", "get", "hyperparameters", "names", "register", "step_loop"]
