@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
+from seqmem.ops import tuning
 from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
 
 SELECTIVE_SCAN_MODES = ("chunk", "recurrent")
@@ -222,6 +223,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     in chunks of chunk_size tokens, which only sets the working set (chunk_size * b * d * n
     floats per buffer; 32 to 64 measured fastest on a laptop-class CPU at d = 512, n = 16);
     "recurrent": the step loop, differentiated by autograd."""
+    if chunk_size is None:  # this machine's measured best, else only the working-set bound
+        chunk_size = tuning.measured("selective_scan")
     return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
                            chunk_size, False, "selective_scan")
 
@@ -233,6 +236,8 @@ def selective_scan_signed(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
                           chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """`selective_scan` with negative eigenvalues (Grazzi et al. 2025): the transition is
     2 exp(dt A) - 1 in (-1, 1]; the loop of `selective_scan_signed_step`."""
+    if chunk_size is None:  # this machine's measured best, else only the working-set bound
+        chunk_size = tuning.measured("selective_scan_signed")
     return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
                            chunk_size, True, "selective_scan_signed")
 
@@ -308,16 +313,18 @@ def _ssd(x, a, B, C, state, chunk_size, mode, signed, op):
 
 
 def ssd(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = None,
-        chunk_size: int = 64, mode: str = "chunk") -> tuple[Tensor, Tensor]:
+        chunk_size: int | None = None, mode: str = "chunk") -> tuple[Tensor, Tensor]:
     """Mamba-2's state-space duality (Dao & Gu 2024, "Transformers are SSMs"), the loop of
     `ssd_step`: x (b, t, h, p), a (b, t, h) log decays, B, C (b, t, h, n), state (b, h, p, n)
     -> y (b, t, h, p), h_T. Modes "chunk" (default), "quadratic", "recurrent"."""
+    chunk_size = tuning.resolve("ssd", chunk_size)  # None: this machine's best
     return _ssd(x, a, B, C, state, chunk_size, mode, False, "ssd")
 
 
 def ssd_signed(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = None,
-               chunk_size: int = 64, mode: str = "chunk") -> tuple[Tensor, Tensor]:
+               chunk_size: int | None = None, mode: str = "chunk") -> tuple[Tensor, Tensor]:
     """`ssd` with negative eigenvalues (Grazzi et al. 2025): the transition is 2 exp(a_t) - 1
     in (-1, 1]; the loop of `ssd_signed_step`."""
+    chunk_size = tuning.resolve("ssd_signed", chunk_size)  # None: this machine's best
     return _ssd(x, a, B, C, state, chunk_size, mode, True, "ssd_signed")
 
