@@ -18,6 +18,7 @@ from torch import nn
 from seqmem.errors import check_int
 from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import check_heads, gated_rms_norm, merge_heads, split_heads
+from seqmem.ops import tuning
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
 
@@ -62,7 +63,7 @@ class LightNet(Mixer):
         if mode == "recurrent":
             return self._step_loop(x, state)
         q, k, v = self._inputs(x)  # (b, t, h, .)
-        o, state = lightnet_chunk(q, k, v, state, chunk_size)
+        o, state = lightnet_chunk(q, k, v, state, tuning.resolve("lightnet", chunk_size))
         return self._output(x, o), state
 
     def _step(self, x_t, state):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_choice, check_int
 from seqmem.mixers.base import Mixer, register
+from seqmem.ops import tuning
 from seqmem.ops.s4 import MEASURES, hippo, ptd_half
 from seqmem.ops.ssm import (
     diag_recurrence,
@@ -343,7 +344,8 @@ class S5(Mixer):
     def _forward(self, x, state, mode, chunk_size):
         a, B_bar, C = self.discrete()
         v = torch.einsum("pd,btd->btp", B_bar, x.to(B_bar.dtype))  # (b, t, P/2)
-        xs, s = diag_recurrence(a, v, state=_complex(state), mode=mode, chunk_size=chunk_size)
+        xs, s = diag_recurrence(a, v, state=_complex(state), mode=mode,
+                                chunk_size=tuning.resolve("diag_recurrence", chunk_size))
         y = torch.einsum("dp,btp->btd", C, xs).real  # (b, t, d)
         return self.out(y + self.D * x), _real(s)
 

@@ -33,6 +33,7 @@ from seqmem.mixers.parts import (
     rms_norm,
     split_heads,
 )
+from seqmem.ops import tuning
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.neural_memory import (
     BIASES,
@@ -263,7 +264,7 @@ class Titans(Mixer):
                 o, (M, S) = titans_step(q, k, v, alpha, eta, theta, M0)
             else:
                 o, (M, S) = titans(q, k, v, alpha, eta, theta, state=M0, mode=mode,
-                                   chunk_size=chunk_size)
+                                   chunk_size=tuning.resolve("titans", chunk_size))
             mem = (M.flatten(-2), S.flatten(-2), st.D_start, st.pos)
         elif mode is None:
             o, mem = neural_memory_step(q, k, v, alpha, eta, theta, mem, spec=self.spec,
