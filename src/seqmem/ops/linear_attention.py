@@ -58,6 +58,7 @@ from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
 from seqmem.ops import tuning
+from seqmem.ops.delta_chunk import delta_chunk
 from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
@@ -293,35 +294,14 @@ def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Tensor
                      chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """The (gated) delta rule in chunks by the WY / UT transform (see the module docstring):
     beta (b, t, h), g (b, t, h) a log decay or None (no decay)."""
-    b, t, h, _ = q.shape
+    t = q.shape[1]
     S = _initial(k, v, state)
     if t == 0:
         return _empty(q, v), S
     C = min(check_int("chunk_size", chunk_size), t)
-    d_v = v.shape[-1]
     Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
-    beta = chunk(beta, C)  # (b, h, n, C)
-    b_cum = chunk(g if g is not None else q.new_zeros(b, t, h), C).cumsum(-1)  # (b, h, n, C)
-    D = causal_decay(b_cum)  # (b, h, n, C, C): gamma_t / gamma_s for s <= t
-    gamma = b_cum.exp()  # (b, h, n, C)
-    KK = K @ K.transpose(-1, -2)  # (b, h, n, C, C)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    system = eye + (beta[..., None] * D * KK).tril(-1)  # (b, h, n, C, C): I + L
-    rhs = torch.cat([beta[..., None] * V, (beta * gamma)[..., None] * K], dim=-1)
-    sol = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    U_tilde, W = sol.split([d_v, K.shape[-1]], dim=-1)  # U = U_tilde - W S_0
-    QK = (Q @ K.transpose(-1, -2)) * D  # (b, h, n, C, C)
-    Q = Q * gamma[..., None]  # (b, h, n, C, d_k)
-    K_end = K * D[..., -1, :, None]  # (b, h, n, C, d_k): k_s gamma_C / gamma_s
-    g_last = gamma[..., -1]  # (b, h, n)
-    starts, Us = [], []
-    for U_i, W_i, K_i, a_i in zip(U_tilde.unbind(2), W.unbind(2), K_end.transpose(-1, -2).unbind(2),
-                                  g_last[..., None, None].unbind(2), strict=True):
-        starts.append(S)
-        U = U_i - W_i @ S  # (b, h, C, d_v): the chunk's pseudo-values
-        Us.append(U)
-        S = a_i * S + K_i @ U  # (b, h, d_k, d_v)
-    o = Q @ torch.stack(starts, dim=2) + QK @ torch.stack(Us, dim=2)  # (b, h, n, C, d_v)
+    b_cum = None if g is None else chunk(g, C).cumsum(-1)  # (b, h, n, C)
+    o, S = delta_chunk(Q, K, V, chunk(beta, C), b_cum, S)  # (b, h, n, C, d_v)
     return unchunk(o, t), S
 
 
