@@ -161,12 +161,11 @@ def test_flops_per_token_counts_a_fixed_cost_directly():
 
 
 def test_rows_whose_repeated_runs_differ_too_much_are_flagged(tmp_path, monkeypatch):
-    """A fake timing whose slowest run is 3x its fastest at T = 16 (and 1.2x elsewhere): that
-    row's spread is 3, marked in bench.md and printed; the steady row is not."""
+    """A fake timing whose slowest round is 3x its fastest at T = 16 (and 1.2x elsewhere):
+    that row's spread is 3, marked in bench.md and printed; the steady row is not."""
     from rich.console import Console
 
     import seqmem.bench.run as bench_run
-    from seqmem.bench.measure import Timing
     from seqmem.cli import tables
 
     state = {"T": 0}
@@ -177,16 +176,17 @@ def test_rows_whose_repeated_runs_differ_too_much_are_flagged(tmp_path, monkeypa
             state["T"] = size[1]
         return real_randn(*size, **kw)
 
-    def fake_time_it(fn, repeats, warmup=1):
-        for _ in range(warmup + repeats):
+    def fake_rounds(fns, rounds, **kw):
+        for fn in fns:
             fn()
         wide = 3.0 if state["T"] == 16 else 1.2
-        return Timing(median=0.01, low=0.01 / wide ** 0.5, high=0.01 * wide ** 0.5, n=repeats)
+        times = [0.01 / wide ** 0.5, 0.01, 0.01 * wide ** 0.5]
+        return [list(times) for _ in fns], [1] * len(fns)
 
     monkeypatch.setattr(bench_run.torch, "randn", randn)
-    monkeypatch.setattr(bench_run, "time_it", fake_time_it)
+    monkeypatch.setattr(bench_run, "interleaved_rounds", fake_rounds)
     cfg = BenchConfig(mixers=("elman",), references=(), lengths=(8, 16), batch=1, d_model=4,
-                      repeats=2, step_repeats=1, memory=False)
+                      repeats=3, step_repeats=1, memory=False)
     ctx, rows = run_bench(cfg)
     assert [r["spread"] for r in rows] == [pytest.approx(1.2), pytest.approx(3.0)]
     assert bench_run.unsteady(rows) == [
@@ -198,6 +198,28 @@ def test_rows_whose_repeated_runs_differ_too_much_are_flagged(tmp_path, monkeypa
     tables.bench(Console(file=out, width=200), ctx, rows, paths)
     printed = [line for line in out.getvalue().splitlines() if line.startswith("unsteady:")]
     assert printed == ["unsteady: " + bench_run.unsteady(rows)[0]]
+
+
+def test_interleaved_rounds_alternate_the_order_and_time_every_call():
+    """Round r runs the subjects in order for even r, reversed for odd r; each subject runs
+    its calls per round back to back, enough to last round_s; times are per call."""
+    from seqmem.bench.measure import interleaved_rounds, timing
+
+    log = []
+    fns = [lambda i=i: log.append(i) for i in range(3)]
+    times, calls = interleaved_rounds(fns, 4, warmup=1, per_call=[0.1, 0.01, 0.1],
+                                      round_s=0.05)
+    assert calls == [1, 5, 1]
+    warm, measured = log[:3], log[3:]
+    assert warm == [0, 1, 2]
+    one = [0, 1, 1, 1, 1, 1, 2]
+    assert measured == one + one[::-1] + one + one[::-1]
+    assert [len(t) for t in times] == [4, 4, 4] and all(x >= 0 for t in times for x in t)
+    _, same = interleaved_rounds(fns, 1, warmup=0, per_call=[0.1, 0.01, 0.1], same_calls=True,
+                                 round_s=0.05)
+    assert same == [1, 1, 1]
+    t = timing([3.0, 1.0, 2.0])
+    assert (t.median, t.low, t.high, t.n) == (2.0, 1.0, 3.0, 3)
 
 
 def test_one_run_has_no_spread_and_the_thread_count_is_restored():

@@ -12,9 +12,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,53 @@ def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
         fn()
         times.append(time.perf_counter() - t0)
     return Timing(statistics.median(times), min(times), max(times), repeats)
+
+
+ROUND_S = 0.05  # a round repeats each subject until it lasts at least this: ms-long calls are
+# otherwise at the mercy of the scheduler's time slices on a shared machine
+
+
+def timing(times: Sequence[float]) -> Timing:
+    """The median, min and max of measured seconds."""
+    return Timing(statistics.median(times), min(times), max(times), len(times))
+
+
+def interleaved_rounds(fns: Sequence[Callable[[], object]], rounds: int, *, warmup: int = 1,
+                       per_call: Sequence[float] | None = None, same_calls: bool = False,
+                       round_s: float = ROUND_S) -> tuple[list[list[float]], list[int]]:
+    """Seconds per call of every fn in each of `rounds` rounds: a round runs each fn in turn
+    (in the given order in even rounds, reversed in odd ones, so that no fn always runs first
+    or last), each for as many calls as make it last `round_s` (`same_calls`: one count for
+    all, enough for the slowest), so that every fn is timed under the same machine load; on
+    a shared machine back-to-back repetitions drift by up to 15 %. `warmup` unmeasured calls
+    of each first; `per_call`: the seconds of one call of each, if known (else measured, the
+    faster of two calls). Returns (times, calls): times[i][r] of fn i in round r, and the
+    calls per round of each fn."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    if per_call is None:
+        per_call = []
+        for fn in fns:
+            one = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                fn()
+                one.append(time.perf_counter() - t0)
+            per_call.append(min(one))
+    counts = [max(1, math.ceil(round_s / max(c, 1e-6))) for c in per_call]
+    if same_calls:
+        counts = [min(counts)] * len(fns)
+    times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for r in range(rounds):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            fn, n = fns[i], counts[i]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[i].append((time.perf_counter() - t0) / n)
+    return times, counts
 
 
 def _status_kib(key: str) -> int | None:
@@ -125,11 +173,14 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, call: Callable) -> Callable[[], 
         x.grad = None
         y = call(module, x)
         y.sum().backward()
+        x.grad = None  # not kept between runs: many subjects share one long input
 
     return run
 
 
 def fwd_only(module: nn.Module, x: torch.Tensor, call: Callable) -> Callable[[], None]:
+    """A closure running the forward of call(module, x) without autograd."""
+
     def run():
         with torch.no_grad():
             call(module, x)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from seqmem import mixers, ops
 from seqmem.bench.config import BenchConfig
+from seqmem.bench.measure import ROUND_S, interleaved_rounds
 from seqmem.bench.run import machine
 from seqmem.build import seeded
 
@@ -286,38 +287,24 @@ def agreement(sides: Sides) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def _fwd_bwd(fn: Callable[..., Tensor], inputs: list[Tensor], calls: int = 1) -> float:
-    """Seconds of one forward and backward of fn(*inputs).sum(), the mean of `calls`."""
-    t0 = time.perf_counter()
-    for _ in range(calls):
+def _fwd_bwd(fn: Callable[..., Tensor], inputs: list[Tensor]) -> Callable[[], None]:
+    """A closure running one forward and backward of fn(*inputs).sum()."""
+    def run():
         for x in inputs:
             x.grad = None
         fn(*inputs).sum().backward()
-    return (time.perf_counter() - t0) / calls
 
-
-ROUND_S = 0.05  # a round repeats each side until it lasts at least this: ms-long calls are
-# otherwise at the mercy of the scheduler's time slices on a shared machine
+    return run
 
 
 def interleaved(sides: Sides, rounds: int) -> dict:
     """Times of both sides in alternating order (seqmem first in even rounds), after one
-    warm-up each; a round times each side over the same number of calls, enough for the
-    slower one to last `ROUND_S`. Per round the ratio peer / seqmem; medians and the
-    ratio's range."""
-    _fwd_bwd(sides.seqmem, sides.inputs)  # warm-up: first-call allocations, lazy inits
-    _fwd_bwd(sides.peer, sides.inputs)
-    one = max(min(_fwd_bwd(fn, sides.inputs) for _ in range(2))
-              for fn in (sides.seqmem, sides.peer))
-    calls = max(1, math.ceil(ROUND_S / max(one, 1e-6)))
-    mine, theirs = [], []
-    for r in range(rounds):
-        if r % 2 == 0:
-            mine.append(_fwd_bwd(sides.seqmem, sides.inputs, calls))
-            theirs.append(_fwd_bwd(sides.peer, sides.inputs, calls))
-        else:
-            theirs.append(_fwd_bwd(sides.peer, sides.inputs, calls))
-            mine.append(_fwd_bwd(sides.seqmem, sides.inputs, calls))
+    warm-up each (`measure.interleaved_rounds`); a round times each side over the same number
+    of calls, enough for the slower one to last `ROUND_S`. Per round the ratio peer /
+    seqmem; medians and the ratio's range."""
+    runs = [_fwd_bwd(sides.seqmem, sides.inputs), _fwd_bwd(sides.peer, sides.inputs)]
+    (mine, theirs), (calls, _) = interleaved_rounds(runs, rounds, warmup=1, same_calls=True,
+                                                    round_s=ROUND_S)
     ratio = [p / m for p, m in zip(theirs, mine, strict=True)]
     return {"ratio": statistics.median(ratio), "ratio_low": min(ratio),
             "ratio_high": max(ratio), "rounds": rounds, "calls": calls,

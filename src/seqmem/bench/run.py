@@ -28,9 +28,11 @@ from seqmem.bench.measure import (
     count_flops,
     fwd_bwd,
     fwd_only,
+    interleaved_rounds,
     matmul_gflops,
     peak_memory_mib,
     time_it,
+    timing,
 )
 from seqmem.build import seeded
 from seqmem.errors import SeqmemError
@@ -178,6 +180,9 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
 
 def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str], None],
                  on_row: Callable[[dict], None] | None) -> tuple[dict, list[dict]]:
+    """Every subject at each length in turn: at each length the subjects still running are
+    warmed up (the budget probe), then timed together in interleaved rounds (fwd+bwd, then
+    forward), so that they share the machine's load; rows come back in subject order."""
     gen = torch.Generator().manual_seed(cfg.seed)
     skipped: list[str] = []
     subjects = list(_subjects(cfg))  # unknown names fail before anything is measured
@@ -185,61 +190,85 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
     ctx = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": machine(),
            "matmul_gflops": round(matmul_gflops(), 2), "batch": cfg.batch,
            "d_model": cfg.d_model, "dtype": "float32",
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped": skipped}
-    rows = []
-    for i, (name, form, build, call) in enumerate(subjects):
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped": skipped,
+           "timing": f"interleaved rounds ({cfg.repeats} per length)"}
+    modules = []
+    for i, (_, _, build, _) in enumerate(subjects):
         with seeded(cfg.seed + i):  # the module's initial weights
-            module = build()
-        history: list[tuple[int, float | None]] = []
-        for T in cfg.lengths:
-            guess = predicted_peak_mib(history, T)
+            modules.append(build())
+    history: list[list[tuple[int, float | None]]] = [[] for _ in subjects]
+    alive = set(range(len(subjects)))
+    rows: list[tuple[int, dict]] = []
+    for T in cfg.lengths:
+        for i in sorted(alive):
+            name, form = subjects[i][:2]
+            guess = predicted_peak_mib(history[i], T)
             if limit is not None and guess is not None and guess > limit:
                 skipped.append(f"{name} [{form}] from T={T}: about {guess:,.0f} MiB expected "
-                                   f"(from the shorter lengths) > limit {limit:,.0f} MiB")
-                break
-            progress(f"{name} [{form}] T={T}")
-            x = torch.randn(cfg.batch, T, cfg.d_model, generator=gen)
-            tokens = cfg.batch * T
-            run = fwd_bwd(module, x, call)
+                               f"(from the shorter lengths) > limit {limit:,.0f} MiB")
+                alive.discard(i)
+        if not alive:
+            break
+        x = torch.randn(cfg.batch, T, cfg.d_model, generator=gen)  # one input for all
+        tokens = cfg.batch * T
+        runs, first = {}, {}
+        for i in sorted(alive):
+            name, form, _, call = subjects[i]
+            progress(f"{name} [{form}] T={T}: warm-up")
+            run = fwd_bwd(modules[i], x, call)
             t0 = time.perf_counter()
             try:
                 run()  # the warm-up, also the budget probe
             except (RuntimeError, MemoryError) as e:  # e.g. out of memory at a long T
                 skipped.append(f"{name} [{form}] T={T}: {str(e).splitlines()[0][:120]}")
-                break
-            first = time.perf_counter() - t0
-            slow = first > cfg.budget_s
-            repeats = 1 if slow else cfg.repeats
-            tb = time_it(run, repeats=repeats, warmup=0) if not slow else None
-            fb_median = tb.median if tb else first
-            tf = time_it(fwd_only(module, x, call), repeats=repeats, warmup=0 if slow else 1)
+                alive.discard(i)
+                continue
+            runs[i], first[i] = run, time.perf_counter() - t0
+        steady = [i for i in runs if first[i] <= cfg.budget_s]
+        progress(f"T={T}: {len(steady)} subject(s) in {cfg.repeats} interleaved rounds")
+        tb, tf = {}, {}
+        if steady:
+            fb_times, _ = interleaved_rounds([runs[i] for i in steady], cfg.repeats, warmup=0,
+                                             per_call=[first[i] for i in steady])
+            fwds = [fwd_only(modules[i], x, subjects[i][3]) for i in steady]
+            f_times, _ = interleaved_rounds(fwds, cfg.repeats, warmup=1)
+            for j, i in enumerate(steady):
+                tb[i], tf[i] = timing(fb_times[j]), timing(f_times[j])
+        for i in runs:
+            name, form, _, call = subjects[i]
+            module, slow = modules[i], i not in tb
+            if slow:  # measured once: one forward, beside the warm-up's fwd+bwd
+                tf[i] = time_it(fwd_only(module, x, call), repeats=1, warmup=0)
+            fb_median = tb[i].median if not slow else first[i]
             flops = _flops_per_token(module, call, cfg, T, gen)
             row = {
                 "subject": name, "form": form, "T": T, "batch": cfg.batch,
                 "d_model": cfg.d_model,
-                "fwd_tok_s": tokens / tf.median,
-                "fwd_tok_s_low": tokens / tf.high, "fwd_tok_s_high": tokens / tf.low,
+                "fwd_tok_s": tokens / tf[i].median,
+                "fwd_tok_s_low": tokens / tf[i].high, "fwd_tok_s_high": tokens / tf[i].low,
                 "fwdbwd_tok_s": tokens / fb_median,
-                "fwdbwd_tok_s_low": tokens / (tb.high if tb else first),
-                "fwdbwd_tok_s_high": tokens / (tb.low if tb else first),
-                "runs": repeats,
-                "spread": spread(tf, tb),
+                "fwdbwd_tok_s_low": tokens / (tb[i].high if not slow else first[i]),
+                "fwdbwd_tok_s_high": tokens / (tb[i].low if not slow else first[i]),
+                "runs": 1 if slow else cfg.repeats,
+                "spread": spread(tf[i], tb.get(i)),
                 "iterations": _newton_iterations(module, x) if form == "newton" else None,
                 "step_ms": _step_ms(module, form, cfg, T, gen),
-                "peak_mib": peak_memory_mib(run) if cfg.memory else None,
+                "peak_mib": peak_memory_mib(runs[i]) if cfg.memory else None,
                 "flops_per_token": flops,
                 "roofline_frac": flops * tokens / fb_median / (ctx["matmul_gflops"] * 1e9),
                 **{k: ctx[k] for k in ("torch", "threads", "machine")},
             }
-            rows.append(row)
-            history.append((T, row["peak_mib"]))
+            rows.append((i, row))
+            history[i].append((T, row["peak_mib"]))
             if on_row is not None:
                 on_row(row)
             if slow:
                 skipped.append(f"{name} [{form}] beyond T={T}: one fwd+bwd took "
-                                   f"{first:.1f} s > budget {cfg.budget_s:g} s")
-                break
-    return ctx, rows
+                               f"{first[i]:.1f} s > budget {cfg.budget_s:g} s")
+                alive.discard(i)
+        del runs, x
+    rows.sort(key=lambda ir: ir[0])  # stable: each subject's lengths in order
+    return ctx, [r for _, r in rows]
 
 
 def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
