@@ -90,47 +90,67 @@ class Attention(Mixer):
     def _rotate(self, z: Tensor, offset: int) -> Tensor:
         return rotary(z, offset, base=self.rotary_base) if self.rotary else z
 
-    def forward(self, x, state=None, *, mode=None, chunk_size=64):
-        """As Mixer.forward; from the empty cache (state None) the empty slots are skipped."""
-        if state is not None or self.check_mode(mode) != "parallel":
-            return super().forward(x, state, mode=mode, chunk_size=chunk_size)
+    def forward(self, x, state=None, *, mode=None, chunk_size=None, final_state=True):
+        """As Mixer.forward. From the empty cache (state None) the sequence attends to itself
+        alone, and with final_state=False (a training batch) no cache is built at all: the
+        cost of a forward is then that of its t tokens, whatever max_len is."""
+        if self.check_mode(mode) != "parallel":
+            return super().forward(x, state, mode=mode, chunk_size=chunk_size,
+                                   final_state=final_state)
         self.check_input(x, ndim=3)
-        b, t, _ = x.shape
+        if chunk_size is not None:
+            check_int("attention: chunk_size", chunk_size)
+        if x.shape[1] == 0 or state is not None:
+            state = self._given_state(x, state)
+            if x.shape[1] == 0:
+                return x.new_zeros(x.shape), (state if final_state else None)
+            return self._parallel(x, state, final_state)
         q, k, v = self._project(x)  # (b, t, h, d)
         y = attention_parallel(self._rotate(q, 0), self._rotate(k, 0), v, window=self.span)
-        fresh = self.init_state(b, device=x.device, dtype=x.dtype)
-        log_m = torch.zeros(b, t, device=x.device, dtype=x.dtype)
-        return self.out(merge_heads(y)), self._keep(fresh, k, v, log_m)
+        return self.out(merge_heads(y)), (self._keep(None, k, v) if final_state else None)
 
-    def _keep(self, state: AttentionState, k: Tensor, v: Tensor, log_m: Tensor
-              ) -> AttentionState:
-        """The cache after appending k, v (b, t, h, d), log_m (b, t): its last n_cache slots."""
+    def _keep(self, state: AttentionState | None, k: Tensor, v: Tensor) -> AttentionState:
+        """The cache after appending the tokens k, v (b, t, h, d) to `state` (None: the empty
+        cache): its last n_cache slots."""
         n, t = self.n_cache, k.shape[1]
         if t >= n:  # the new tokens alone fill the cache
-            return AttentionState(k[:, t - n:], v[:, t - n:], log_m[:, t - n:])
-        return AttentionState(torch.cat([state.k[:, t:], k], dim=1),  # (b, n_cache, h, d)
-                              torch.cat([state.v[:, t:], v], dim=1),
-                              torch.cat([state.log_m[:, t:], log_m], dim=1))
+            log_m = k.new_zeros(k.shape[0], n)
+            return AttentionState(k[:, t - n:], v[:, t - n:], log_m)
+        b, old = k.shape[0], n - t  # slots kept from before
+        keys, values = k.new_empty(b, n, *k.shape[2:]), v.new_empty(b, n, *v.shape[2:])
+        log_m = k.new_empty(b, n)
+        if state is None:
+            keys[:, :old], values[:, :old], log_m[:, :old] = 0.0, 0.0, EMPTY
+        else:
+            keys[:, :old], values[:, :old] = state.k[:, t:], state.v[:, t:]
+            log_m[:, :old] = state.log_m[:, t:]
+        keys[:, old:], values[:, old:], log_m[:, old:] = k, v, 0.0
+        return AttentionState(keys, values, log_m)
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":
             return self._step_loop(x, state)
+        return self._parallel(x, state, True)
+
+    def _parallel(self, x: Tensor, state: AttentionState, final_state: bool):
+        """The parallel form from a cache; final_state=False: the new cache is not built."""
         b, t, _ = x.shape
         q, k, v = self._project(x)  # (b, t, h, d)
         # cache slots empty in every sequence (the leading ones) carry no weight: skip them,
         # keeping every key's rotary position
         filled = is_filled(state.log_m).any(0).nonzero()  # (n_filled, 1)
         first = int(filled[0, 0]) if len(filled) else self.n_cache
-        q = self._rotate(q, self.n_cache)
-        if first == self.n_cache:  # an empty cache: the sequence alone
-            y = attention_parallel(q, self._rotate(k, self.n_cache), v, window=self.span)
+        if first == self.n_cache:  # an empty cache: the sequence alone (positions relative)
+            y = attention_parallel(self._rotate(q, 0), self._rotate(k, 0), v, window=self.span)
         else:
             keys = torch.cat([state.k[:, first:], k], dim=1)  # (b, n_cache - first + t, h, d)
             values = torch.cat([state.v[:, first:], v], dim=1)
             log_m = torch.cat([state.log_m[:, first:], x.new_zeros(b, t)], dim=1)
-            y = attention_parallel(q, self._rotate(keys, first), values, log_m,
+            # positions relative to the first kept slot: rotary depends on differences only
+            y = attention_parallel(self._rotate(q, self.n_cache - first),
+                                   self._rotate(keys, 0), values, log_m,
                                    window=self.span)  # (b, t, h, d)
-        new = self._keep(state, k, v, x.new_zeros(b, t))
+        new = self._keep(state, k, v) if final_state else None
         return self.out(merge_heads(y)), new
 
     def _step(self, x_t, state):

@@ -79,19 +79,26 @@ class Mixer(nn.Module):
 
     # ---- the contract -------------------------------------------------------------------
     def forward(
-        self, x: Tensor, state: State = None, *, mode: str | None = None, chunk_size: int = 64
+        self, x: Tensor, state: State = None, *, mode: str | None = None,
+        chunk_size: int | None = None, final_state: bool = True
     ) -> tuple[Tensor, State]:
         """Map x (b, t, d_model) to y (b, t, d_model), starting from `state` (zeros if None).
-        A sequence of no tokens (t = 0) gives an empty y and leaves the state as it is."""
+        A sequence of no tokens (t = 0) gives an empty y and leaves the state as it is.
+        chunk_size: the chunk length of a chunked form; None: each op's default for this
+        machine (`seqmem.ops.tuning.chunk_size`). final_state=False: the caller does not want
+        the final state (a training batch), and None is returned in its place; a mixer may
+        then skip building it (attention's KV cache)."""
         mode = self.check_mode(mode)
         self.check_input(x, ndim=3)
-        check_int(f"{self.name or type(self).__name__}: chunk_size", chunk_size)
+        if chunk_size is not None:
+            check_int(f"{self.name or type(self).__name__}: chunk_size", chunk_size)
         state = self._given_state(x, state)
         if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state
-        return self._forward(x, state, mode, chunk_size)
+            return x.new_zeros(x.shape), (state if final_state else None)
+        y, state = self._forward(x, state, mode, chunk_size)
+        return y, (state if final_state else None)
 
-    def _forward(self, x: Tensor, state: State, mode: str, chunk_size: int):
+    def _forward(self, x: Tensor, state: State, mode: str, chunk_size: int | None):
         raise NotImplementedError
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:

@@ -63,11 +63,12 @@ class Block(nn.Module):
         self.norm = nn.LayerNorm(mixer.d_model) if kind == "residual" else None
 
     def forward(self, x: Tensor, state=None, *, mode: str | None = None,
-                aux: list | None = None):
+                aux: list | None = None, final_state: bool = True):
         """The block's output and state; `aux` (a list): the mixer's auxiliary loss on its
-        input (`Mixer.aux_loss`) is appended to it, if the mixer has one."""
+        input (`Mixer.aux_loss`) is appended to it, if the mixer has one. final_state=False:
+        the state is not wanted, None comes back (see `Mixer.forward`)."""
         u = self.norm(x) if self.norm is not None else x
-        y, state = self.mixer(u, state, mode=mode)
+        y, state = self.mixer(u, state, mode=mode, final_state=final_state)
         if aux is not None and (extra := self.mixer.aux_loss(u)) is not None:
             aux.append(extra)
         return (x + y if self.kind == "residual" else y), state
@@ -141,14 +142,16 @@ class SequenceModel(nn.Module):
 
     # ---- sequence form ------------------------------------------------------------------
     def features(self, x: Tensor, state: list | None = None, *, mode: str | None = None,
-                 aux: list | None = None):
+                 aux: list | None = None, final_state: bool = True):
         """Hidden features of the last block, (b, t, d_model), and the list of block states.
-        `aux` (a list): every block's auxiliary loss (`Mixer.aux_loss`) is appended to it."""
+        `aux` (a list): every block's auxiliary loss (`Mixer.aux_loss`) is appended to it.
+        final_state=False (a training batch): the final states are not built where a mixer
+        can skip them (attention's KV cache), and the list holds None for each block."""
         h = self.encode(x)
         state = state if state is not None else [None] * len(self.blocks)
         new_state = []
         for blk, s in zip(self.blocks, state, strict=True):
-            h, s = blk(h, s, mode=mode, aux=aux)
+            h, s = blk(h, s, mode=mode, aux=aux, final_state=final_state)
             new_state.append(s)
         return h, new_state
 
@@ -181,8 +184,10 @@ class SequenceModel(nn.Module):
 
     # ---- step form ----------------------------------------------------------------------
     def init_state(self, batch_size: int, *, device=None, dtype=None,
-                   generator: torch.Generator | None = None) -> list:
-        """Initial state of every block (random initial states draw from `generator`)."""
+                   generator: torch.Generator | None = None, drawn_only: bool = False) -> list:
+        """Initial state of every block (random initial states draw from `generator`).
+        drawn_only=True: None for each block whose mixer's init_state draws nothing (forward
+        builds the same state from None, and attention then skips its empty cache)."""
         p = next(self.parameters())
         device, dtype = device or p.device, dtype or p.dtype
         states = []
@@ -190,6 +195,9 @@ class SequenceModel(nn.Module):
             kw = {}
             if "generator" in inspect.signature(blk.mixer.init_state).parameters:
                 kw["generator"] = generator
+            elif drawn_only:
+                states.append(None)
+                continue
             states.append(blk.mixer.init_state(batch_size, device=device, dtype=dtype, **kw))
         return states
 

@@ -149,14 +149,17 @@ def batch_loss(model, task, batch, heads, generator, counter: list | None = None
     check_finite_inputs(task, batch)
     if counter is not None:
         counter[0] += batch.mask.numel()
-    state = model.init_state(batch.mask.shape[0], generator=generator)
     if is_regression(task) and gtf_alpha is not None:
+        state = model.init_state(batch.mask.shape[0], generator=generator)
         forward = latent_gtf_predictions if gtf == "latent" else gtf_predictions
         pred = forward(model, batch.inputs, gtf_alpha, state)
         return masked_mse(pred, batch.targets, batch.mask)
+    # the final states of a batch are never used: no block builds them (attention's cache),
+    # and a block whose initial state draws nothing starts from None
+    state = model.init_state(batch.mask.shape[0], generator=generator, drawn_only=True)
     # the mixers' auxiliary losses (e.g. mom's load balancing), added in training mode only
     aux: list | None = [] if model.training else None
-    h, _ = model.features(batch.inputs, state, aux=aux)
+    h, _ = model.features(batch.inputs, state, aux=aux, final_state=False)
     if is_regression(task):
         loss, per_head = masked_mse_loss(model, h, batch.targets, batch.mask)
     else:
