@@ -14,6 +14,7 @@ from seqmem.ops.attention import (
 )
 from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
+from seqmem.ops.lightnet2d import LightNet2DState, lightnet2d_chunk, lightnet2d_step
 from seqmem.ops.linear_attention import (
     delta_rule,
     delta_rule_step,
@@ -36,6 +37,7 @@ from seqmem.ops.neural_memory import (
     neural_memory_recurrent,
     neural_memory_step,
 )
+from seqmem.ops.plstm import plstm_cell, plstm_rows, plstm_scan
 from seqmem.ops.rnn import (
     LSTMState,
     activation,
@@ -96,6 +98,7 @@ __all__ = [
     "EMPTY",
     "AarenState",
     "LSTMState",
+    "LightNet2DState",
     "LightNetState",
     "MemorySpec",
     "NeuralMemoryState",
@@ -144,6 +147,8 @@ __all__ = [
     "krylov",
     "leaky_rnn_recurrent",
     "leaky_rnn_step",
+    "lightnet2d_chunk",
+    "lightnet2d_step",
     "lightnet_chunk",
     "lightnet_step",
     "linear_attention",
@@ -160,6 +165,9 @@ __all__ = [
     "nplr",
     "plrnn_recurrent",
     "plrnn_step",
+    "plstm_cell",
+    "plstm_rows",
+    "plstm_scan",
     "ptd",
     "retention",
     "retention_step",
