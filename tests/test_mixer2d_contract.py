@@ -31,6 +31,8 @@ VARIANTS_2D: dict[str, list[dict]] = {
     "lightnet2d": [{"lrpe": True}, {"tpe": True, "tpe_size": 3}, {"lrpe": True, "tpe": True},
                    {"n_heads": 1, "d_key": 3}],
     "plstm": [{"propagation": "D"}, {"n_heads": 1, "d_key": 3}],
+    "chimera": [{"d_state": 1}],
+    "convs5": [{"kernel_size": 1}, {"kernel_size": 5, "d_state": 2}],
 }
 
 CASES = [(n, {}) for n in names_2d()] + [
