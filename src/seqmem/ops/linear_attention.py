@@ -59,7 +59,8 @@ from torch import Tensor
 from seqmem.errors import check_choice, check_int
 from seqmem.ops import tuning
 from seqmem.ops.delta_chunk import delta_chunk
-from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
+from seqmem.ops.loops import carry, chunk, step_loop, unchunk
+from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
 
@@ -197,22 +198,17 @@ def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
     head (None: no decay), in chunks of chunk_size (one chunk = the masked quadratic form):
 
         o_t = exp(b_t) q_t S_0 + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s,  b the cumulative
-        log decay since the chunk's start; the state is carried from chunk to chunk."""
-    b, t, h, _ = q.shape
+        log decay since the chunk's start; the state is carried from chunk to chunk.
+
+    The backward is hand-written (`ops.scalar_decay_chunk`): the forward keeps the inputs and
+    the state at every chunk's start, the backward recomputes the (C, C) score blocks of all
+    chunks at once and runs the reverse state pass."""
+    t = q.shape[1]
     S = _initial(k, v, state)
     if t == 0:
         return _empty(q, v), S
     C = min(check_int("chunk_size", chunk_size), t)
-    Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
-    if g is None:
-        g = q.new_zeros(b, t, h)
-    b_cum = chunk(g, C).cumsum(-1)  # (b, h, n, C)
-    intra = ((Q @ K.transpose(-1, -2)) * causal_decay(b_cum)) @ V  # (b, h, n, C, d_v)
-    Q = Q * b_cum.exp()[..., None]  # (b, h, n, C, d_k): reads S_0 decayed to t
-    b_last = b_cum[..., -1]  # (b, h, n)
-    KV = (K * (b_last[..., None] - b_cum).exp()[..., None]).transpose(-1, -2) @ V  # (b,h,n,k,v)
-    starts, S = carry(b_last.exp()[..., None, None], KV, S)  # (b, h, n, d_k, d_v)
-    return unchunk(intra + Q @ starts, t), S
+    return scalar_decay_chunked(q, k, v, g, S, C, scale=_scale(q, scale))
 
 
 def _gla_intra(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:

@@ -48,7 +48,8 @@ from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
 from seqmem.ops import tuning
-from seqmem.ops.loops import carry, causal_decay, chunk, step_loop, unchunk
+from seqmem.ops.loops import step_loop
+from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 SELECTIVE_SCAN_MODES = ("chunk", "recurrent")
 SSD_MODES = ("chunk", "quadratic", "recurrent")
@@ -298,24 +299,15 @@ def _ssd_chunk(x: Tensor, a: Tensor, B: Tensor, C: Tensor, S: Tensor, L: int, si
     cumulative log|transition| and sg the cumulative sign since the chunk's start:
 
         y_t = sg_t exp(c_t) C_t S_0^T + sum_{s<=t} sg_t sg_s exp(c_t - c_s) (C_t . B_s) x_s,
-        S_L = sg_L exp(c_L) S_0 + sum_s sg_L sg_s exp(c_L - c_s) x_s^T B_s."""
-    t = x.shape[1]
+        S_L = sg_L exp(c_L) S_0 + sum_s sg_L sg_s exp(c_L - c_s) x_s^T B_s.
+
+    This is the scalar-decay recurrence of `ops.scalar_decay_chunk` with q = C, k = B, v = x
+    and the state transposed, (p, n) -> (n, p), and its hand-written backward: the forward
+    keeps the inputs and the state at every chunk's start, the backward recomputes the (L, L)
+    blocks of all chunks at once and runs the reverse state pass."""
     log_a, neg = _log_and_sign(a, signed)
-    X, Bc, Cc = chunk(x, L), chunk(B, L), chunk(C, L)  # (b, h, nc, L, .)
-    c = chunk(log_a, L).cumsum(-1)  # (b, h, nc, L); padding: log decay 0
-    decay = causal_decay(c)  # (b, h, nc, L, L), exp(c_t - c_s) for s <= t
-    c_last = c[..., -1:]  # (b, h, nc, 1)
-    to_end, from_start, total = (c_last - c).exp(), c.exp(), c_last.exp()
-    if neg is not None:
-        sg = 1 - 2 * torch.remainder(chunk(neg, L).cumsum(-1), 2)  # (b, h, nc, L), +-1
-        sg_last = sg[..., -1:]
-        decay = decay * (sg[..., :, None] * sg[..., None, :])
-        to_end, from_start, total = to_end * sg_last * sg, from_start * sg, total * sg_last
-    intra = ((Cc @ Bc.transpose(-1, -2)) * decay) @ X  # (b, h, nc, L, p)
-    KV = (X * to_end[..., None]).transpose(-1, -2) @ Bc  # (b, h, nc, p, n)
-    starts, S = carry(total[..., None], KV, S)  # (b, h, nc, p, n)
-    y = intra + (Cc * from_start[..., None]) @ starts.transpose(-1, -2)  # (b, h, nc, L, p)
-    return unchunk(y, t), S
+    y, S = scalar_decay_chunked(C, B, x, log_a, S.transpose(-1, -2), L, neg=neg)
+    return y, S.transpose(-1, -2).contiguous()  # (b, t, h, p), (b, h, p, n)
 
 
 def _ssd(x, a, B, C, state, chunk_size, mode, signed, op):
