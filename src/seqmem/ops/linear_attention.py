@@ -31,7 +31,10 @@ whose decay differs per key channel, the scores inside a chunk are built from dy
 (halves, quarters, ... of the chunk): a pair of tokens s < t meets at the midpoint r of the
 smallest block holding both, as q_t exp(B_t - B_r) . k_s exp(B_r - B_s), both factors <= 1,
 and each block is one matrix product (the secondary chunking of Yang et al. 2023, taken down to
-single tokens; it never materialises a (t, s, d_k) tensor).
+single tokens; it never materialises a (t, s, d_k) tensor). Its backward is hand-written
+(`ops.gla_chunk`): the forward keeps the chunked inputs, the cumulative gates and the state at
+every chunk's start, never a block of scores; the backward recomputes the blocks level by level
+over groups of chunks sized for the cache and runs the reverse state pass.
 
 Delta rules in chunks (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta
 Rule over Sequence Length", the WY / UT transform). With gamma_t = exp(b_t) the decay since the
@@ -53,13 +56,13 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
 from seqmem.ops import tuning
 from seqmem.ops.delta_chunk import delta_chunk
-from seqmem.ops.loops import carry, chunk, step_loop, unchunk
+from seqmem.ops.gla_chunk import GlaChunk
+from seqmem.ops.loops import chunk, step_loop, unchunk
 from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
@@ -211,56 +214,25 @@ def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
     return scalar_decay_chunked(q, k, v, g, S, C, scale=_scale(q, scale))
 
 
-def _gla_intra(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:
-    """o_t = sum_{s<=t} sum_c q_tc k_sc exp(B_tc - B_sc) v_s within blocks of L tokens, L a
-    power of two: Q, K, B (..., L, d_k), V (..., L, d_v) -> (..., L, d_v).
-
-    Every pair s < t is split by the midpoint of exactly one dyadic block (sizes L, L/2, ...,
-    2); there the pair meets at the block's midpoint r (s <= r < t): q_t exp(B_t - B_r) and
-    k_s exp(B_r - B_s), both exponents <= 0, and the block is one matrix product."""
-    L = Q.shape[-2]
-    o = (Q * K).sum(-1, keepdim=True) * V  # (..., L, d_v): s = t, where exp(0) = 1
-    size = L
-    while size > 1:
-        half = size // 2
-        # (..., L/size, 2, half, d): first and second halves of every block (unbind, whose
-        # backward is one stack, rather than slicing, whose backward zero-fills per slice)
-        (_, q2), (k1, _), (b1, b2), (v1, _) = (
-            z.unflatten(-2, (L // size, 2, half)).unbind(-3) for z in (Q, K, B, V))
-        ref = b1[..., -1:, :]  # (..., L/size, 1, d_k): B at the midpoint
-        scores = (q2 * (b2 - ref).exp()) @ (k1 * (ref - b1).exp()).transpose(-1, -2)
-        part = scores @ v1.contiguous()  # (..., L/size, half, d_v); a strided batch is slow
-        o.unflatten(-2, (L // size, 2, half))[..., 1, :, :] += part  # into the second halves
-        size = half
-    return o
-
-
 def gla_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
               state: Tensor | None = None, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """`gla` in chunks. Inside a chunk (padded with identity tokens to a power of two) the
     scores sum_c q_tc k_sc exp(B_tc - B_sc), B the cumulative log gate since the chunk's
-    start, are built by dyadic blocks so that no exponent is positive (`_gla_intra`); the
-    state is carried from chunk to chunk:
+    start, are built by dyadic blocks so that no exponent is positive; the state is carried
+    from chunk to chunk:
 
         o_t = (q_t * exp(B_t)) S_0 + intra_t,
-        S_C = diag(exp(B_C)) S_0 + sum_s (k_s * exp(B_C - B_s))^T v_s."""
+        S_C = diag(exp(B_C)) S_0 + sum_s (k_s * exp(B_C - B_s))^T v_s.
+
+    The backward is hand-written (`ops.gla_chunk.GlaChunk`): the forward keeps the inputs,
+    the cumulative gates and the state at every chunk's start; the backward recomputes the
+    dyadic blocks of all chunks at once, level by level, and runs the reverse state pass."""
     t = q.shape[1]
     S = _initial(k, v, state)
     if t == 0:
         return _empty(q, v), S
     C = min(check_int("chunk_size", chunk_size), t)
-    L = 1 << (C - 1).bit_length()  # C rounded up to a power of two
-    Q, K, V, G = (chunk(z, C) for z in (q * _scale(q, scale), k, v, g))  # (b, h, n, C, d)
-    if L > C:  # identity tokens at the end of every chunk
-        Q, K, V, G = (F.pad(z, (0, 0, 0, L - C)) for z in (Q, K, V, G))  # (b, h, n, L, d)
-    B = G.cumsum(-2)  # (b, h, n, L, d_k)
-    intra = _gla_intra(Q, K, V, B)  # (b, h, n, L, d_v)
-    B_last = B[..., -1, :]  # (b, h, n, d_k)
-    Q = Q * B.exp()  # (b, h, n, L, d_k): reads S_0 decayed to t
-    KV = (K * (B_last[..., None, :] - B).exp()).transpose(-1, -2) @ V  # (b, h, n, d_k, d_v)
-    starts, S = carry(B_last.exp()[..., None], KV, S)  # (b, h, n, d_k, d_v)
-    o = intra + Q @ starts  # (b, h, n, L, d_v)
-    return unchunk(o[..., :C, :] if L > C else o, t), S
+    return GlaChunk.apply(q, k, v, g, S, _scale(q, scale), C)
 
 
 def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
