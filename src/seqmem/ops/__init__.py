@@ -12,7 +12,9 @@ from seqmem.ops.attention import (
     attention_step,
     rotary,
 )
+from seqmem.ops.chimera import ChimeraState, chimera_read, chimera_rows, chimera_step
 from seqmem.ops.conv import short_conv, short_conv_init_state, short_conv_step
+from seqmem.ops.convs5 import convs5_discretise, convs5_parallel, convs5_step
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
 from seqmem.ops.lightnet2d import LightNet2DState, lightnet2d_chunk, lightnet2d_step
 from seqmem.ops.linear_attention import (
@@ -97,6 +99,7 @@ from seqmem.ops.titans import (
 __all__ = [
     "EMPTY",
     "AarenState",
+    "ChimeraState",
     "LSTMState",
     "LightNet2DState",
     "LightNetState",
@@ -117,7 +120,13 @@ __all__ = [
     "attention_step",
     "carry",
     "causal_decay",
+    "chimera_read",
+    "chimera_rows",
+    "chimera_step",
     "chunk",
+    "convs5_discretise",
+    "convs5_parallel",
+    "convs5_step",
     "delta_rule",
     "delta_rule_step",
     "diag_recurrence",
