@@ -11,7 +11,6 @@ processed in pieces (or one step at a time) gives the same outputs as one pass.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -42,5 +41,40 @@ def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, state: Ten
     if t == 0:
         return x.new_zeros(b, 0, d), state
     xp = torch.cat([state, x], dim=1)  # (b, k-1+t, d)
-    y = F.conv1d(xp.transpose(1, 2), weight[:, None, :], bias, groups=d)  # (b, d, t)
-    return y.transpose(1, 2), xp[:, xp.shape[1] - (k - 1):]
+    return _ShortConv.apply(xp, weight, bias), xp[:, xp.shape[1] - (k - 1):]
+
+
+class _ShortConv(torch.autograd.Function):
+    """y = bias + sum_j weight[:, j] xp[:, j:j+t] over the padded input xp (b, k-1+t, d), as k
+    fused multiply-adds in the (b, t, d) layout, with a hand-written backward of k more each
+    way. On a CPU this is about twice as fast, forward and backward, as torch's depthwise
+    conv1d (whose backward dominates at small widths) and needs no transposes."""
+
+    @staticmethod
+    def forward(ctx, xp: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        k = weight.shape[1]
+        t = xp.shape[1] - (k - 1)
+        last = xp[:, k - 1:]  # the current input, times weight[:, k-1]
+        y = torch.mul(last, weight[:, k - 1]) if bias is None else torch.addcmul(
+            bias, last, weight[:, k - 1])
+        for j in range(k - 1):
+            y.addcmul_(xp[:, j:j + t], weight[:, j])
+        ctx.save_for_backward(xp, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        xp, weight = ctx.saved_tensors
+        k, t = weight.shape[1], g.shape[1]
+        want_x, want_w, want_b = ctx.needs_input_grad
+        g_xp = torch.zeros_like(xp) if want_x else None
+        g_w = torch.empty_like(weight) if want_w else None
+        tmp = torch.empty_like(g) if want_w else None
+        for j in range(k):
+            if want_x:
+                g_xp[:, j:j + t].addcmul_(g, weight[:, j])
+            if want_w:
+                torch.sum(torch.mul(g, xp[:, j:j + t], out=tmp), (0, 1), out=g_w[:, j])
+        g_b = g.sum((0, 1)) if ctx.has_bias and want_b else None
+        return g_xp, g_w, g_b
