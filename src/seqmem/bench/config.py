@@ -12,8 +12,14 @@ from seqmem.config import Strict
 
 TORCH_REFERENCE_NAMES = ("torch.nn.RNN", "torch.nn.GRU", "torch.nn.LSTM")
 FULL_LENGTHS = (256, 1024, 4096, 16384, 65536)
+#: The parts of a bench: the mixer grid (`seqmem.bench.run`), the op table and the chunk
+#: lengths (`ops_table`), the small-model training table (`small`) and decode (`decode`).
+PARTS = ("grid", "ops", "chunks", "small", "decode")
 QUICK = {"mixers": ("leaky_rnn", "gru"), "references": ("torch.nn.GRU",), "lengths": (64, 128),
-         "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0}
+         "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0, "parts": ("grid",),
+         "shapes": "quick"}
+#: `--quick` with a part's flag (`--ops`, `--small`, ...): that part at its small shapes
+QUICK_PARTS = {"repeats": 3, "budget_s": 5.0, "step_repeats": 5, "shapes": "quick"}
 
 
 class BenchConfig(Strict):
@@ -42,8 +48,15 @@ class BenchConfig(Strict):
     peers: bool = False
     peer_shapes: Literal["quick", "full"] = "full"
     peer_rounds: int = Field(7, ge=1)
+    # which parts to run (PARTS); empty: all of them (the full bench); shapes "quick": each
+    # part at its small shapes (ops_table.QUICK_OP_SHAPES, small.QUICK_SMALL, ...)
+    parts: tuple[str, ...] = ()
+    shapes: Literal["quick", "full"] = "full"
+    # save the measured best chunk lengths for this machine (seqmem.ops.tuning); None: only
+    # in the full bench
+    write_chunks: bool | None = None
 
-    @field_validator("mixers", "forms", "references", "lengths", mode="before")
+    @field_validator("mixers", "forms", "references", "lengths", "parts", mode="before")
     @classmethod
     def _comma_list(cls, v):
         if isinstance(v, str):  # "gru,lstm" from the command line
@@ -56,6 +69,14 @@ class BenchConfig(Strict):
     @classmethod
     def _none(cls, v):
         return () if v in ("none", None) else v
+
+    @field_validator("parts")
+    @classmethod
+    def _known_parts(cls, v):
+        unknown = [p for p in v if p not in PARTS]
+        if unknown:
+            raise ValueError(f"unknown bench part {unknown[0]!r}; accepted: {', '.join(PARTS)}")
+        return v
 
     @field_validator("lengths")
     @classmethod

@@ -23,8 +23,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from seqmem.ops import tuning
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def machine() -> str:
+    """The CPU model (Linux /proc/cpuinfo, else platform) and its logical core count."""
+    return tuning.cpu()
 
 
 @dataclass

@@ -42,8 +42,7 @@ from torch import Tensor, nn
 
 from seqmem import mixers, ops
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import ROUND_S, interleaved_rounds
-from seqmem.bench.run import machine
+from seqmem.bench.measure import ROUND_S, interleaved_rounds, machine
 from seqmem.build import seeded
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,18 +20,22 @@ import torch
 from torch import nn
 
 from seqmem import mixers
-from seqmem.bench.config import BenchConfig
+from seqmem.bench.config import PARTS, BenchConfig
+from seqmem.bench.decode import decode_to
 from seqmem.bench.measure import (
     Timing,
     count_flops,
     fwd_bwd,
     fwd_only,
     interleaved_rounds,
+    machine,
     matmul_gflops,
     peak_memory_mib,
     time_it,
     timing,
 )
+from seqmem.bench.ops_table import chunks_to, ops_to
+from seqmem.bench.small import small_to
 from seqmem.build import seeded
 from seqmem.errors import SeqmemError
 
@@ -81,19 +83,6 @@ def unsteady(rows: list[dict], limit: float = SPREAD_LIMIT) -> list[str]:
     return [f"{r['subject']} [{r['form']}] T={r['T']}: repeated runs differ {r['spread']:.1f}x "
             f"(max/min) > {limit:g}x: not to be trusted"
             for r in rows if r.get("spread") is not None and r["spread"] > limit]
-
-
-def machine() -> str:
-    """The CPU model (Linux /proc/cpuinfo, else platform) and its logical core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} logical cores)"
 
 
 def _subjects(cfg: BenchConfig) -> Iterator[tuple[str, str, Callable[[], nn.Module], Callable]]:
@@ -274,11 +263,43 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
 def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
              progress: Callable[[str], None] | None = None, readme: bool = False
              ) -> tuple[dict, list[dict], dict[str, Path]]:
-    """Run the bench and write its outputs to `out_dir` (bench.jsonl/csv/md/png, and
-    README.md if `readme`); every row also goes to bench.partial.jsonl as it is measured, so
-    a killed bench keeps them (a bench that measured nothing leaves no partial file)."""
+    """Run the bench's parts (`cfg.parts`; empty: all of them, the full bench) and write their
+    outputs to `out_dir`: the mixer grid's bench.jsonl/csv/md/png (and README.md if
+    `readme`), every row also to bench.partial.jsonl as it is measured, so a killed bench
+    keeps them (a bench that measured nothing leaves no partial file); then ops, chunks, small
+    and decode .jsonl/.csv/.md. The chunk lengths are saved for this machine with
+    `cfg.write_chunks` (None: in the full bench). Returns (context, grid rows, paths); a
+    bench without the grid has context["kind"] == "parts", and context["pages"] lists the
+    Markdown page of every part but the grid."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    parts = cfg.parts or PARTS
+    full = not cfg.parts
+    ctx: dict = {"kind": "parts", "skipped": [], "pages": []}
+    rows: list[dict] = []
+    paths: dict[str, Path] = {}
+    if "grid" in parts:
+        ctx, rows, paths = _grid_to(cfg, out, command=command, progress=progress, readme=readme)
+        ctx["pages"] = []
+    write = cfg.write_chunks if cfg.write_chunks is not None else full
+    runners = {
+        "ops": lambda: ops_to(cfg, out, command=command, progress=progress),
+        "chunks": lambda: chunks_to(cfg, out, command=command, write=write, progress=progress),
+        "small": lambda: small_to(cfg, out, command=command, progress=progress),
+        "decode": lambda: decode_to(cfg, out, command=command, progress=progress),
+    }
+    for part in parts:
+        if part == "grid":
+            continue
+        _, written = runners[part]()
+        paths.update({f"{part}.{k}": p for k, p in written.items()})
+        ctx["pages"].append(str(written["md"]))
+    return ctx, rows, paths
+
+
+def _grid_to(cfg: BenchConfig, out: Path, *, command: str,
+             progress: Callable[[str], None] | None, readme: bool
+             ) -> tuple[dict, list[dict], dict[str, Path]]:
     partial = out / "bench.partial.jsonl"
     partial.write_text("")
 

@@ -18,6 +18,7 @@ from seqmem.analysis.analyze import analyze_and_record
 from seqmem.analysis.pruning import OPTIONS as PRUNING_OPTIONS
 from seqmem.analysis.pruning import check_options as check_pruning_options
 from seqmem.bench import QUICK as BENCH_QUICK
+from seqmem.bench import QUICK_PARTS as BENCH_QUICK_PARTS
 from seqmem.bench import BenchConfig
 from seqmem.cli import tables
 from seqmem.cli.parser import build_parser, check_config_argument, join_dotted, split_overrides
@@ -277,12 +278,29 @@ def cmd_bench(args, overrides, console) -> int:
         ("peers", True if args.peers else None),
         ("peer_shapes", "quick" if args.peers and args.quick else None),
         ("peer_rounds", args.repeats if args.peers else None)) if v is not None]
-    cfg = load_config(BENCH_QUICK if args.quick else None, flags, schema=BenchConfig)
+    parts = [p for p in ("ops", "chunks", "small", "decode") if getattr(args, p)]
+    grid_flags = (args.mixers, args.forms, args.references, args.lengths, args.batch,
+                  args.d_model)
+    if parts:  # only the tables asked for (quick: each at its small shapes)
+        flags.append(f"parts={','.join(parts)}")
+    elif args.quick or any(v is not None for v in grid_flags):
+        flags.append("parts=grid")  # a chosen grid: the grid alone; plain `bench`: everything
+    if args.write:
+        flags.append("write_chunks=true")
+    source = (BENCH_QUICK_PARTS if parts else BENCH_QUICK) if args.quick else None
+    cfg = load_config(source, flags, schema=BenchConfig)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "benchmarks"))
     req = BenchRequest(cfg, command="seqmem " + shlex.join(args.argv),
                        readme=not args.quick and args.out is None)
     res = api.run_bench_job(req, out, console=console)
-    tables.bench(console, res["context"], res["rows"], res["paths"])
+    ctx = res["context"]
+    if ctx.get("kind") != "parts":
+        tables.bench(console, ctx, res["rows"], res["paths"])
+    for page in ctx.get("pages", []):
+        console.print(Path(page).read_text(), markup=False, soft_wrap=True)
+    if ctx.get("kind") == "parts":
+        console.print(f"written: {', '.join(str(p) for p in res['paths'].values())}",
+                      markup=False)
     return 0
 
 

@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "latency per token, peak memory and the fraction of the matmul roofline "
                        "for mixers x forms x sequence lengths, beside PyTorch's fused RNN/GRU/"
                        "LSTM, in one process. Writes bench.jsonl, bench.csv, bench.png and "
-                       "bench.md (the full run also README.md) to --out.")
+                       "bench.md (the full run also README.md) to --out. --ops, --chunks, "
+                       "--small and --decode run those tables instead (any together); a plain "
+                       "`seqmem bench` runs the grid and all four, and saves the chunk lengths.")
     b.add_argument("--quick", action="store_true",
                    help="a small grid (about 12 s on 2 cores)")
     b.add_argument("--mixers", help="comma-separated mixer names (default: all)")
@@ -217,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "transformers, fla's references, torch.nn RNNs, torch.compile) on the same "
                    "inputs: outputs checked equal, then timed in interleaved rounds (--repeats "
                    "rounds, default 7); writes peers.jsonl/csv/md (pip install 'seqmem[peers]')")
+    b.add_argument("--ops", action="store_true",
+                   help="the op table: fwd+bwd of every chunked op (gla, the delta rules, ssd, "
+                   "linear attention, retention, the selective scans) at b 4, t 2048, h 4, d 64 "
+                   "in interleaved rounds: ms, tokens/s, GFLOP/s and the roofline fraction; "
+                   "writes ops.jsonl/csv/md")
+    b.add_argument("--chunks", action="store_true",
+                   help="every chunked op at chunk lengths 16-256 in interleaved rounds, the "
+                   "best per op; writes chunks.jsonl/csv/md (--write: also saves the best for "
+                   "this machine, where chunk_size=None finds it)")
+    b.add_argument("--write", action="store_true",
+                   help="with --chunks: save the best chunk lengths for this machine "
+                   "($SEQMEM_CHUNK_SIZES, else $XDG_CACHE_HOME/seqmem/chunk_sizes.json); the "
+                   "full bench always does")
+    b.add_argument("--small", action="store_true",
+                   help="training tokens/s of 2-block models of every mixer (batch 64, "
+                   "T 64-2048, d_model 64 and 128) beside attention; writes small.jsonl/csv/md")
+    b.add_argument("--decode", action="store_true",
+                   help="one-token step latency of every mixer and a 2-block model at batch 1 "
+                   "and 64, beside HF's cached Mamba and Gated DeltaNet steps; writes "
+                   "decode.jsonl/csv/md")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
 
     cf = sub.add_parser("config", help="every config key of a section: type, default, help",

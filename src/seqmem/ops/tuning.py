@@ -51,7 +51,8 @@ def cache_path() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _cpu() -> str:
+def cpu() -> str:
+    """The CPU model (Linux /proc/cpuinfo, else platform) and its logical core count."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,7 +68,7 @@ def machine_key(threads: int | None = None) -> str:
     """The key of this machine in the file: the CPU model and core count, torch's version and
     the thread count (`threads`, default torch's current one)."""
     n = torch.get_num_threads() if threads is None else threads
-    return f"{_cpu()} | torch {torch.__version__} | {n} thread(s)"
+    return f"{cpu()} | torch {torch.__version__} | {n} thread(s)"
 
 
 def _read(path: Path) -> dict:
