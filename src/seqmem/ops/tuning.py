@@ -9,6 +9,10 @@ this machine, torch version and thread count. `chunk_size(op)` returns, in this 
 2. else the packaged default (`DEFAULTS`, measured on the reference machine and recorded in
    `benchmarks/chunks.md`), or `FALLBACK` for an op the bench does not tune.
 
+The selective scans (`ops.selective`) differ in step 2: without a measured length they bound
+their chunks by a cache-sized working set alone (`selective.scan_chunk`), so they call
+`measured(op)` rather than `chunk_size(op)`.
+
 The file is `$SEQMEM_CHUNK_SIZES` if that is set, else `$XDG_CACHE_HOME/seqmem/
 chunk_sizes.json` (`~/.cache/seqmem/chunk_sizes.json` without XDG_CACHE_HOME). Its shape:
 `{"<machine key>": {"<op>": <chunk length>, ...}, ...}`, the key from `machine_key()`. A file
