@@ -23,6 +23,7 @@ import torch
 
 from seqmem import mixers, tasks
 from seqmem.config import RunConfig
+from seqmem.config.run import check_grid_mixers
 from seqmem.continual.config import ContinualConfig
 from seqmem.continual.methods import Method, build_method
 from seqmem.continual.protocols import Protocol, build_protocol
@@ -79,7 +80,7 @@ def recipe(cfg: RunConfig) -> Recipe:
 
 def _mixer_optimizer(cfg: RunConfig) -> str | None:
     """The optimizer the run's mixers' source trains them with (None unless all agree)."""
-    choices = {getattr(mixers.get(n), "recipe_optimizer", None)
+    choices = {getattr(mixers.lookup(n), "recipe_optimizer", None)
                for n in parse_pattern(cfg.model.mixer.kind)}
     return choices.pop() if len(choices) == 1 else None
 
@@ -217,16 +218,25 @@ def build_model(cfg: RunConfig, cur: Curriculum | None = None) -> SequenceModel:
     task = build_task(cfg, cur)
     heads = [task.heads[0]] * cur.n_heads if cur.n_heads else list(task.heads)
     m = cfg.model
+    grid = check_grid(cfg, task)
     with seeded(cfg.seed):
         model = SequenceModel(
             task.d_input, m.d_model, mixer=m.mixer.kind, mixer_options=m.mixer.options(),
             n_layers=m.n_layers, block=m.block, heads=heads,
             vocab_size=len(task.vocab) if task.vocab else None,
-            d_output=task.d_output if is_regression(task) else None,
+            d_output=task.d_output if is_regression(task) else None, grid=grid,
         )
     if is_regression(task) and identity_observation(cfg):
         set_identity_observation(model)
     return model
+
+
+def check_grid(cfg: RunConfig, task: tasks.Task) -> tuple[int, int] | None:
+    """The task's grid (H, W) (None for a sequence task); a model with a 2-D mixer on a task
+    without a grid is one ConfigError line naming the 2-D mixers and the grid tasks."""
+    grid = getattr(task, "grid", None)
+    check_grid_mixers(cfg.model.mixer.kind, cfg.task.kind, grid)
+    return tuple(grid) if grid is not None else None
 
 
 def identity_observation(cfg: RunConfig) -> bool:
@@ -234,7 +244,7 @@ def identity_observation(cfg: RunConfig) -> bool:
     latent units: under latent teacher forcing (`train.gtf=latent`), and for a single mixer
     that declares it its observation (al_rnn, as in its paper)."""
     names = parse_pattern(cfg.model.mixer.kind)
-    declared = len(set(names)) == 1 and getattr(mixers.get(names[0]), "observation",
+    declared = len(set(names)) == 1 and getattr(mixers.lookup(names[0]), "observation",
                                                 None) == "identity"
     return cfg.train.gtf == "latent" or declared
 

@@ -96,12 +96,13 @@ def describe(section: str, kind: str | None = None) -> list[dict]:
                           f"{', '.join([*SECTIONS, *COMPONENTS])}")
     reg = mixers if section == "mixer" else tasks
     kind = kind or (DEFAULT_MIXER if section == "mixer" else DEFAULT_TASK)
-    cls = reg.get(kind)
+    cls = mixers.lookup(kind) if section == "mixer" else tasks.get(kind)  # 1-D or 2-D
     hints = typing.get_type_hints(cls.__init__)
     helps = _args_help(cls, reg)
     prefix = "model.mixer." if section == "mixer" else "task."
     rows = [{"key": prefix + "kind", "type": "str", "default": kind,
-             "help": f"the {section}: one of {', '.join(reg.names())}"}]
+             "help": f"the {section}: one of "
+                     f"{', '.join(mixers.every_name() if section == 'mixer' else reg.names())}"}]
     for name, p in reg.hyperparameters(cls).items():
         rows.append({"key": prefix + name, "type": _type_text(hints.get(name, Any)),
                      "default": None if p.default is inspect.Parameter.empty else p.default,

@@ -56,7 +56,7 @@ class TaskConfig(ComponentConfig):
 @functools.cache
 def mixer_config_class(kind: str) -> type[MixerConfig]:
     """The config class of a registered mixer (fields = its keyword hyperparameters)."""
-    return component_config_class(mixers.get(kind), kind, "mixer", MixerConfig,
+    return component_config_class(mixers.lookup(kind), kind, "mixer", MixerConfig,
                                   rebuild_with=(mixer_config_class, (kind,)))
 
 
@@ -68,7 +68,7 @@ def task_config_class(kind: str) -> type[TaskConfig]:
 
 
 def validate_mixer_entry(value: Any, default: str = DEFAULT_MIXER) -> MixerConfig:
-    return validate_component(value, family="mixer", names=mixers.names(),
+    return validate_component(value, family="mixer", names=mixers.every_name(),
                               config_class=mixer_config_class, default=default)
 
 
@@ -128,6 +128,24 @@ def validate_mixer(value: Any) -> MixerConfig:
         except ConfigError as e:
             raise e.within(name) from None
     return HybridMixerConfig(kind=kind, parts=parts)
+
+
+def grid_tasks() -> list[str]:
+    """The tasks whose inputs are grids: those of `seqmem.tasks.grid`, and those with a
+    `layout` option (as "name (layout=grid)")."""
+    out = [n for n in tasks.names() if tasks.get(n).__module__ == "seqmem.tasks.grid"]
+    return out + [f"{n} (layout=grid)" for n in tasks.names()
+                  if "layout" in tasks.hyperparameters(tasks.get(n))]
+
+
+def check_grid_mixers(mixer_kind: str, task_kind: str, grid) -> None:
+    """One ConfigError line (at model.mixer.kind) naming the 2-D mixers and the grid tasks if
+    the mixer pattern has a 2-D mixer and the task has no grid."""
+    two_d = [n for n in parse_pattern(mixer_kind) if mixers.is_2d(n)]
+    if two_d and grid is None:
+        raise ConfigError(f"the 2-D mixer {two_d[0]} needs a grid task; task {task_kind!r} is a "
+                          f"sequence. 2-D mixers: {', '.join(mixers.names_2d())}; grid tasks: "
+                          f"{', '.join(grid_tasks())}", "model.mixer.kind")
 
 
 def length_option(task_cls: type) -> str | None:
@@ -387,14 +405,16 @@ class RunConfig(Strict):
         # building the task and the mixer (on the meta device: no memory, no side effects).
         task_kind, opts_task = self.task.kind, self.task.options()
         try:
-            tasks.build(task_kind, **opts_task)
+            task = tasks.build(task_kind, **opts_task)
         except SeqmemError as e:
             raise ConfigError(str(e), "task") from None
+        grid = getattr(task, "grid", None)
+        check_grid_mixers(self.model.mixer.kind, task_kind, grid)
         try:
             with torch.device("meta"):
                 SequenceModel(1, self.model.d_model, mixer=self.model.mixer.kind,
                               mixer_options=self.model.mixer.options(),
-                              n_layers=self.model.n_layers)
+                              n_layers=self.model.n_layers, grid=grid)
         except SeqmemError as e:
             raise ConfigError(str(e), "model.mixer") from None
         c, kind = self.curriculum, self.curriculum_kind()

@@ -27,7 +27,14 @@ from seqmem.mixers import (  # noqa: F401  (registers the mixers)
     titans,
 )
 from seqmem.mixers.base import Mixer, State, build, get, hyperparameters, names, register, step_loop
-from seqmem.mixers.grid import Mixer2D, build_2d, is_2d, lookup, names_2d  # noqa: F401  (2-D)
+from seqmem.mixers.grid import (  # noqa: F401  (the 2-D mixers' registry)
+    Mixer2D,
+    build_2d,
+    every_name,
+    is_2d,
+    lookup,
+    names_2d,
+)
 from seqmem.mixers.hf import from_hf as from_hf  # transformers layers -> seqmem mixers
 
 __all__ = ["Mixer", "State", "build", "get", "hyperparameters", "names", "register", "step_loop"]

@@ -59,16 +59,18 @@ class Mixer2D(Mixer):
     row_causal: ClassVar[bool] = True
     exact_scan: ClassVar[bool] = True
 
-    def forward(self, x: Tensor, state: State = None, *, mode: str | None = None
-                ) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State = None, *, mode: str | None = None,
+                final_state: bool = True) -> tuple[Tensor, State]:
         """Map the grid x (b, H, W, d_model) to y (b, H, W, d_model), starting from `state`
-        (the fresh state if None). An empty grid gives an empty y and the state as it is."""
+        (the fresh state if None). An empty grid gives an empty y and the state as it is.
+        final_state=False: the caller does not want the state, None comes back."""
         mode = self.check_mode(mode)
         self.check_input(x, ndim=4)
         state = self._given_state(x, state)
         if x.shape[1] == 0 or x.shape[2] == 0:
-            return x.new_zeros(x.shape), state
-        return self._forward(x, state, mode)
+            return x.new_zeros(x.shape), (state if final_state else None)
+        y, state = self._forward(x, state, mode)
+        return y, (state if final_state else None)
 
     def step(self, x_t, state):
         raise SeqmemError(f"{self.name or type(self).__name__} is a 2-D mixer: it has no 1-D "

@@ -39,7 +39,7 @@ def parse_pattern(pattern: str) -> list[str]:
             k = int(count)
         else:
             k = 1
-        mixers.get(name)  # unknown names: a one-line error listing the accepted ones
+        mixers.lookup(name)  # unknown names: a one-line error listing the accepted ones
         out += [name] * k
     return out
 
@@ -54,12 +54,20 @@ class Block(nn.Module):
 
     - "plain": y = mixer(x). The RNN of the flagship paper is a single plain block.
     - "residual": y = x + mixer(LayerNorm(x)) (pre-norm), the usual deep-stack block.
+
+    A 2-D mixer (`mixers.Mixer2D`) reads its block's input (b, H*W, d) as the grid
+    (b, H, W, d) of `grid` (rows first, cells in raster order) and its output back.
     """
 
-    def __init__(self, mixer: mixers.Mixer, *, kind: str = "plain"):
+    def __init__(self, mixer: mixers.Mixer, *, kind: str = "plain",
+                 grid: tuple[int, int] | None = None):
         super().__init__()
         self.kind = check_choice("block", kind, BLOCKS)
         self.mixer = mixer
+        self.grid = tuple(grid) if isinstance(mixer, mixers.Mixer2D) and grid else None
+        if isinstance(mixer, mixers.Mixer2D) and (self.grid is None or len(self.grid) != 2):
+            raise SeqmemError(f"the 2-D mixer {mixer.name} needs the grid (H, W) of a grid "
+                              f"task (SequenceModel(grid=...)), got {grid!r}")
         self.norm = nn.LayerNorm(mixer.d_model) if kind == "residual" else None
 
     def forward(self, x: Tensor, state=None, *, mode: str | None = None,
@@ -68,7 +76,16 @@ class Block(nn.Module):
         input (`Mixer.aux_loss`) is appended to it, if the mixer has one. final_state=False:
         the state is not wanted, None comes back (see `Mixer.forward`)."""
         u = self.norm(x) if self.norm is not None else x
-        y, state = self.mixer(u, state, mode=mode, final_state=final_state)
+        if self.grid is not None:  # (b, H*W, d) <-> (b, H, W, d) around a 2-D mixer
+            H, W = self.grid
+            if u.shape[1] != H * W:
+                raise SeqmemError(f"the 2-D mixer {self.mixer.name} reads grids of {H} x {W} "
+                                  f"= {H * W} cells, got sequences of {u.shape[1]} steps")
+            y, state = self.mixer(u.unflatten(1, (H, W)), state, mode=mode,
+                                  final_state=final_state)
+            y = y.flatten(1, 2)
+        else:
+            y, state = self.mixer(u, state, mode=mode, final_state=final_state)
         if aux is not None and (extra := self.mixer.aux_loss(u)) is not None:
             aux.append(extra)
         return (x + y if self.kind == "residual" else y), state
@@ -95,6 +112,8 @@ class SequenceModel(nn.Module):
         vocab_size: if given, inputs are token ids (b, t) read by an embedding.
         d_output: if given, a linear regression head `regressor` (d_model -> d_output) for
             real-valued targets (`predict`, `masked_mse_loss`).
+        grid: (H, W) of a grid task, for blocks of 2-D mixers (`mixers.names_2d()`), which
+            read the H*W steps of a sequence as that grid; blocks of 1-D mixers ignore it.
     """
 
     def __init__(
@@ -109,6 +128,7 @@ class SequenceModel(nn.Module):
         heads: list[int] | tuple[int, ...] = (2,),
         vocab_size: int | None = None,
         d_output: int | None = None,
+        grid: tuple[int, int] | None = None,
     ):
         super().__init__()
         check_int("n_layers", n_layers)
@@ -134,8 +154,11 @@ class SequenceModel(nn.Module):
             per_name = {names[0]: options}
         self.mixer_pattern = mixer
         self.blocks = nn.ModuleList(
-            Block(mixers.build(n, d_model, **per_name[n]), kind=block) for n in names
+            Block(mixers.build_2d(n, d_model, **per_name[n]), kind=block, grid=grid)
+            if mixers.is_2d(n) else Block(mixers.build(n, d_model, **per_name[n]), kind=block)
+            for n in names
         )
+        self.grid = tuple(grid) if grid else None
         self.heads = nn.ModuleList(nn.Linear(d_model, c) for c in heads)
         self.d_output = d_output
         self.regressor = nn.Linear(d_model, d_output) if d_output is not None else None
@@ -198,7 +221,9 @@ class SequenceModel(nn.Module):
             elif drawn_only:
                 states.append(None)
                 continue
-            states.append(blk.mixer.init_state(batch_size, device=device, dtype=dtype, **kw))
+            width = (blk.grid[1],) if blk.grid is not None else ()  # a 2-D mixer's
+            states.append(blk.mixer.init_state(batch_size, *width, device=device, dtype=dtype,
+                                               **kw))
         return states
 
     def step(self, x_t: Tensor, state: list):
