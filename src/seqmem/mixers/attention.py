@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_int
@@ -84,8 +83,8 @@ class Attention(Mixer):
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v (..., h, d) of x (..., d_model)."""
-        qkv = rearrange(self.qkv(x), "... (n h d) -> n ... h d", n=3, h=self.n_heads)
-        return qkv[0], qkv[1], qkv[2]
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, self.d_head)).unbind(-3)
+        return q, k, v
 
     def _rotate(self, z: Tensor, offset: int) -> Tensor:
         return rotary(z, offset, base=self.rotary_base) if self.rotary else z
@@ -204,9 +203,9 @@ class Aaren(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def _scores_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        kv = rearrange(self.kv(x), "... (n h d) -> n ... h d", n=2, h=self.n_heads)
-        s = torch.einsum("...hd,hd->...h", kv[0], self.query) * self.d_head ** -0.5
-        return s, kv[1]  # (..., h), (..., h, d)
+        k, v = self.kv(x).unflatten(-1, (2, self.n_heads, self.d_head)).unbind(-3)
+        s = (k * self.query).sum(-1) * self.d_head ** -0.5
+        return s, v  # (..., h), (..., h, d)
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":

@@ -23,6 +23,7 @@ from seqmem.registry import Registry, hyperparameters  # noqa: F401  (re-exporte
 State = Any  # a Tensor or a NamedTuple of Tensors
 
 _REGISTRY = Registry("mixer")
+_UNSET = object()  # a cache entry not computed yet
 
 
 class Mixer(nn.Module):
@@ -187,17 +188,32 @@ class Mixer(nn.Module):
                 f"{self.name or type(self).__name__}: expected a floating-point input "
                 f"(float32 or float64), got {x.dtype}"
             )
-        p = next(self.parameters(), None)
-        if p is not None and p.dtype != x.dtype:
+        dtype = self._parameter_dtype()
+        if dtype is not None and dtype != x.dtype:
             raise SeqmemError(
                 f"{self.name or type(self).__name__}: input dtype {x.dtype} does not match the "
-                f"parameters' dtype {p.dtype}; convert one with .to(dtype)"
+                f"parameters' dtype {dtype}; convert one with .to(dtype)"
             )
+
+    def _parameter_dtype(self) -> torch.dtype | None:
+        """The first parameter's dtype (None without parameters), cached: walking the
+        module tree costs as much as a small step. `.to()`, `.double()` and loading a
+        state dict (`_apply`, `_load_from_state_dict`) forget it."""
+        cached = self.__dict__.get("_dtype_cache", _UNSET)
+        if cached is _UNSET:
+            p = next(self.parameters(), None)
+            cached = self.__dict__["_dtype_cache"] = None if p is None else p.dtype
+        return cached
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_dtype_cache", None)
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.__dict__.pop("_dtype_cache", None)
         for old, new in self.legacy_names.items():  # keys of earlier checkpoints
             if prefix + old in state_dict and prefix + new not in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_int
@@ -84,13 +83,13 @@ def chunk_phase(name: str, log_m: Tensor) -> int:
 
 # ---- heads and norms ------------------------------------------------------------------------
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
-    """(..., h e) -> (..., h, e), heads major."""
-    return rearrange(x, "... (h e) -> ... h e", h=n_heads)
+    """(..., h e) -> (..., h, e), heads major (a view; no einops parsing per call)."""
+    return x.unflatten(-1, (n_heads, x.shape[-1] // n_heads))
 
 
 def merge_heads(x: Tensor) -> Tensor:
     """(..., h, e) -> (..., h e), the inverse of `split_heads`."""
-    return rearrange(x, "... h e -> ... (h e)")
+    return x.flatten(-2)
 
 
 def rms_norm(o: Tensor, weight: Tensor, eps: float) -> Tensor:

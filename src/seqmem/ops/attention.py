@@ -52,12 +52,47 @@ def rotary(x: Tensor, offset: int = 0, *, base: float = 10000.0) -> Tensor:
     n_pairs = d // 2
     if n_pairs == 0:
         return x
-    freq = base ** (-torch.arange(n_pairs, device=x.device, dtype=x.dtype) / n_pairs)  # (p,)
-    pos = torch.arange(t, device=x.device, dtype=x.dtype) + offset  # (t,)
+    cos, sin = rotary_table(t, offset, n_pairs, base, x.device, x.dtype)  # (1, t, 1, p)
+    x1, x2 = x[..., :n_pairs], x[..., n_pairs:2 * n_pairs]
+    if torch.is_grad_enabled() and x.requires_grad:  # differentiable: out= is not
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * n_pairs:]],
+                         dim=-1)  # (b, t, h, d)
+    # inference (a decode step rotates every cached key): into one output, no cat
+    out = torch.empty_like(x)
+    o1, o2 = out[..., :n_pairs], out[..., n_pairs:2 * n_pairs]
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+    torch.mul(x1, sin, out=o2).addcmul_(x2, cos)
+    if d % 2:
+        out[..., -1] = x[..., -1]
+    return out
+
+
+_ROTARY_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def rotary_table(t: int, offset: int, n_pairs: int, base: float, device, dtype
+                 ) -> tuple[Tensor, Tensor]:
+    """cos and sin (1, t, 1, n_pairs) of the rotary angles (offset + i) base^(-c / n_pairs),
+    cached per (t, offset, n_pairs, base, device, dtype): a decode step and every training
+    batch of one length reuse them (a small table per length; the cache is cleared past 64
+    entries)."""
+    key = (t, offset, n_pairs, float(base), torch.device(device), dtype)
+    table = _ROTARY_TABLES.get(key)
+    if table is None:
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, in any mode
+            table = _angles(t, offset, n_pairs, base, device, dtype)
+        if len(_ROTARY_TABLES) >= 64:
+            _ROTARY_TABLES.clear()
+        _ROTARY_TABLES[key] = table
+    return table
+
+
+def _angles(t: int, offset: int, n_pairs: int, base: float, device, dtype
+            ) -> tuple[Tensor, Tensor]:
+    freq = base ** (-torch.arange(n_pairs, device=device, dtype=dtype) / n_pairs)  # (p,)
+    pos = torch.arange(t, device=device, dtype=dtype) + offset  # (t,)
     angle = pos[:, None] * freq  # (t, p)
-    cos, sin = angle.cos()[None, :, None], angle.sin()[None, :, None]  # (1, t, 1, p)
-    x1, x2, rest = x[..., :n_pairs], x[..., n_pairs:2 * n_pairs], x[..., 2 * n_pairs:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)  # (b, t, h, d)
+    return angle.cos()[None, :, None], angle.sin()[None, :, None]  # (1, t, 1, p)
 
 
 # ---- softmax attention ------------------------------------------------------------------------
