@@ -24,8 +24,12 @@ linear in t, no (L, L) score block and no exponential of one. Backward, with dO 
                          sum_v exp(B_L) S_0 dS_end + sum_s k * (the state part of dk),
                          dg = the reverse cumulative sum of dB inside each chunk,
 
-where the intra-chunk part recomputes each level's blocks, all chunks in one product per
-level. dB = q dq - k dk holds because A[t, s] depends on B only through B_tc - B_sc.
+where the intra-chunk part recomputes each level's blocks, one batched product per level over
+a group of chunks. dB = q dq - k dk holds because A[t, s] depends on B only through
+B_tc - B_sc. Every per-token pass, forward and backward, runs over groups of chunks of about
+`SLICE_TOKENS` tokens rather than over all chunks at once: the exponentials, products and sums
+of every level (the elementwise work, most of the time on a CPU) then stay in the cache; only
+the state carried across chunks runs over all of them.
 """
 
 from __future__ import annotations
@@ -76,11 +80,14 @@ def _pair_apply(A: Tensor, X: Tensor) -> Tensor:
     return (A[..., :, :, None] * X[..., None, :, :]).sum(-2)
 
 
-def intra_forward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:
+def intra_forward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, *, out: Tensor | None = None
+                  ) -> Tensor:
     """o_t = sum_{s<=t} sum_c q_tc k_sc exp(B_tc - B_sc) v_s within blocks of L tokens, L a
-    power of two: Q, K, B (..., L, d_k), V (..., L, d_v) -> (..., L, d_v)."""
+    power of two: Q, K, B (..., L, d_k), V (..., L, d_v) -> (..., L, d_v), written into `out`
+    when given."""
     L = Q.shape[-2]
-    o = (Q * K).sum(-1, keepdim=True) * V  # (..., L, d_v): s = t, where exp(0) = 1
+    qk = (Q * K).sum(-1, keepdim=True)  # (..., L, 1): s = t, where exp(0) = 1
+    o = qk * V if out is None else torch.mul(qk, V, out=out)  # (..., L, d_v)
     size = L
     while size > 1:
         half = size // 2
@@ -95,14 +102,20 @@ def intra_forward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor) -> Tensor:
     return o
 
 
-def intra_backward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, dO: Tensor
+def intra_backward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, dO: Tensor, *,
+                   out: tuple[Tensor, Tensor, Tensor] | None = None
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients (dQ, dK, dV) of `intra_forward`'s output against dO (..., L, d_v), the
-    blocks recomputed level by level (each level one batched product over every chunk)."""
+    blocks recomputed level by level (each level one batched product over every chunk),
+    written into `out` when given."""
     L = Q.shape[-2]
     qk = (Q * K).sum(-1, keepdim=True)  # (..., L, 1): the diagonal s = t
     dov = (dO * V).sum(-1, keepdim=True)  # (..., L, 1)
-    dQ, dK, dV = dov * K, dov * Q, qk * dO
+    if out is None:
+        dQ, dK, dV = dov * K, dov * Q, qk * dO
+    else:
+        dQ, dK, dV = (torch.mul(x, y, out=z) for x, y, z in zip((dov, dov, qk), (K, Q, dO), out,
+                                                                 strict=True))
     size = L
     while size > 1:
         half = size // 2
@@ -140,27 +153,30 @@ def _slices(n: int, L: int) -> list[slice]:
     return [slice(i, min(i + m, n)) for i in range(0, n, m)]
 
 
-def _chunk_forward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, starts: Tensor) -> Tensor:
-    """The outputs of a group of chunks (N, L, d) from their start states (N, d_k, d_v)."""
-    return intra_forward(Q, K, V, B).add_((Q * B.exp()) @ starts)  # (N, L, d_v)
+def _chunk_forward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, starts: Tensor, out: Tensor
+                   ) -> None:
+    """The outputs of a group of chunks (N, L, d) from their start states (N, d_k, d_v), into
+    out (N, L, d_v)."""
+    intra_forward(Q, K, V, B, out=out).add_((Q * B.exp()) @ starts)
 
 
 def _chunk_backward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, starts: Tensor, ends: Tensor,
-                    dO: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """dQ, dK, dV, dG of a group of chunks (N, L, d), given dO (N, L, d_v) and ends (N, d_k,
-    d_v), the gradient of the state at every chunk's end (after the reverse state pass)."""
+                    dO: Tensor, out: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    """dQ, dK, dV, dG of a group of chunks (N, L, d) into out, given dO (N, L, d_v) and ends
+    (N, d_k, d_v), the gradient of the state at every chunk's end (after the reverse state
+    pass)."""
     B_last = B[..., -1:, :]  # (N, 1, d_k)
     eK = (B_last - B).exp()  # (N, L, d_k)
     dK_state = (V @ ends.transpose(-1, -2)).mul_(eK)  # (N, L, d_k)
-    dQ, dK, dV = intra_backward(Q, K, V, B, dO)
+    dQ, dK, dV = intra_backward(Q, K, V, B, dO, out=out[:3])
     dQ.addcmul_(dO @ starts.transpose(-1, -2), B.exp())
     dK.add_(dK_state)
     dV.add_((K * eK) @ ends)
     dB = Q * dQ - K * dK  # (N, L, d_k)
     dB[..., -1, :] += ((starts * ends).sum(-1) * B_last[..., 0, :].exp()
                        + (K * dK_state).sum(-2))
-    dG = dB.flip(-2).cumsum(-2).flip(-2)  # B_t = sum_{l<=t} g_l
-    return dQ, dK, dV, dG
+    # dg_l = sum_{t>=l} dB_t, as B_t = sum_{l<=t} g_l
+    torch.sub(dB.sum(-2, keepdim=True), dB.cumsum(-2), out=out[3]).add_(dB)
 
 
 class GlaChunk(torch.autograd.Function):
@@ -184,8 +200,9 @@ class GlaChunk(torch.autograd.Function):
         starts, S = carry(B_last.exp().unflatten(0, (b, h, n))[..., None],
                           KV.unflatten(0, (b, h, n)), state)  # (b, h, n, d_k, d_v)
         starts = starts.flatten(0, 2)  # (b h n, d_k, d_v)
-        o = torch.cat([_chunk_forward(Q[i], K[i], V[i], B[i], starts[i])
-                       for i in _slices(Q.shape[0], L)])  # (b h n, L, d_v)
+        o = torch.empty_like(V)  # (b h n, L, d_v)
+        for i in _slices(Q.shape[0], L):
+            _chunk_forward(Q[i], K[i], V[i], B[i], starts[i], o[i])
         ctx.save_for_backward(Q, K, V, B, starts)
         ctx.shape = b, t, h, n, C
         ctx.scale = scale
@@ -201,14 +218,16 @@ class GlaChunk(torch.autograd.Function):
         if dS is None:
             dS = starts.new_zeros(b, h, *starts.shape[1:])
         # the reverse state pass: ends[i] = dL/dS at the end of chunk i
-        P = torch.cat([(Q[i] * B[i].exp()).transpose(-1, -2) @ dO[i]
-                       for i in _slices(Q.shape[0], L)])  # (b h n, d_k, d_v)
+        P = starts.new_empty(starts.shape)  # (b h n, d_k, d_v)
+        for i in _slices(Q.shape[0], L):
+            torch.matmul((Q[i] * B[i].exp()).transpose(-1, -2), dO[i], out=P[i])
         a = B[:, -1, :].exp().unflatten(0, (b, h, n))  # (b, h, n, d_k): decay across a chunk
         ends, dS0 = carry(a.flip(2)[..., None], P.unflatten(0, (b, h, n)).flip(2), dS)
         ends = ends.flip(2).flatten(0, 2)  # (b h n, d_k, d_v)
-        grads = [torch.cat(z) for z in zip(*(
-            _chunk_backward(Q[i], K[i], V[i], B[i], starts[i], ends[i], dO[i])
-            for i in _slices(Q.shape[0], L)), strict=True)]
+        grads = [torch.empty_like(z) for z in (Q, K, V, B)]  # dQ, dK, dV, dG
+        for i in _slices(Q.shape[0], L):
+            _chunk_backward(Q[i], K[i], V[i], B[i], starts[i], ends[i], dO[i],
+                            tuple(z[i] for z in grads))
         grads[0].mul_(scale)
         dq, dk, dv, dg = (unchunk(z[:, :C].unflatten(0, (b, h, n)), t) for z in grads)
         return dq, dk, dv, dg, dS0, None, None
