@@ -18,6 +18,8 @@ import math
 import pytest
 import torch
 
+from seqmem.bench import BenchConfig
+from seqmem.bench.grid import grid_markdown, run_grid
 from seqmem.build import build_model
 from seqmem.config import load_config
 from seqmem.errors import ConfigError, SeqmemError
@@ -260,3 +262,16 @@ def test_2d_options_are_checked():
         build_2d("lightnet2d", 8, no_such=1)
     with pytest.raises(SeqmemError, match=r"n_heads|divisor"):
         build_2d("lightnet2d", 8, n_heads=3)
+
+
+def test_bench_grid_rows():
+    cfg = BenchConfig(mixers=("plstm", "gru"), forms=("default",), repeats=1, shapes="quick",
+                      memory=False, batch=1)
+    ctx, rows = run_grid(cfg)
+    assert [(r["mixer"], r["form"], r["grid"], r["cells"]) for r in rows] == [
+        ("plstm", "parallel", "8x8", 64), ("plstm", "parallel", "16x16", 256)]
+    for r in rows:
+        assert r["fwdbwd_ms_low"] <= r["fwdbwd_ms"] <= r["fwdbwd_ms_high"]
+        assert r["cells_s"] == pytest.approx(r["cells"] / (r["fwdbwd_ms"] / 1e3))
+    assert ctx["threads"] == 1 and "| plstm | parallel | 8x8 |" in grid_markdown(
+        rows, ctx, command="seqmem bench --grid")

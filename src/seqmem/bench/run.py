@@ -22,6 +22,7 @@ from torch import nn
 from seqmem import mixers
 from seqmem.bench.config import PARTS, BenchConfig
 from seqmem.bench.decode import decode_to
+from seqmem.bench.grid import grid_to
 from seqmem.bench.measure import (
     Timing,
     count_flops,
@@ -287,6 +288,7 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
         "chunks": lambda: chunks_to(cfg, out, command=command, write=write, progress=progress),
         "small": lambda: small_to(cfg, out, command=command, progress=progress),
         "decode": lambda: decode_to(cfg, out, command=command, progress=progress),
+        "grid2d": lambda: grid_to(cfg, out, command=command, progress=progress),
     }
     for part in parts:
         if part == "grid":

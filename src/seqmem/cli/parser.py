@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one-token step latency of every mixer and a 2-block model at batch 1 "
                    "and 64, beside HF's cached Mamba and Gated DeltaNet steps; writes "
                    "decode.jsonl/csv/md")
+    b.add_argument("--grid", action="store_true",
+                   help="the 2-D mixers' forward + backward time and peak memory at grids 8x8, "
+                   "16x16, 32x32 (quick: 8x8, 16x16); writes grid2d.jsonl/csv/md")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
 
     cf = sub.add_parser("config", help="every config key of a section: type, default, help",
