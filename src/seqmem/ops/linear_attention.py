@@ -26,7 +26,10 @@ g and beta have the same shape (b, t, h) and fla's kernels have taken them in th
 
 Numerics. Cumulative log decays b_t = sum_{l<=t} g_l only ever enter as exp(b_t - b_s) with
 s <= t (masked to exactly 0 elsewhere before the exponential), so no exponent is positive when
-the gates are forget gates (g <= 0): nothing overflows, however strong the decay. For `gla`,
+the gates are forget gates (g <= 0): nothing overflows, however strong the decay. (The scalar
+decays of linear attention and retention, `ops.scalar_decay_chunk`, with its hand-written
+backward, are factored as exp(b_t) exp(-b_s) into one product's operands where every |b_t|
+in a chunk is at most 30, and masked as above where it is not.) For `gla`,
 whose decay differs per key channel, the scores inside a chunk are built from dyadic blocks
 (halves, quarters, ... of the chunk): a pair of tokens s < t meets at the midpoint r of the
 smallest block holding both, as q_t exp(B_t - B_r) . k_s exp(B_r - B_s), both factors <= 1,

@@ -14,14 +14,18 @@ S_0, with c_t = sum_{l<=t} g_l and sg_t the product of the signs since the chunk
     S_C = sg_C exp(c_C) S_0 + sum_s sg_C sg_s exp(c_C - c_s) k_s^T v_s,
 
 every chunk at once as batched matrix products; only the carry of the state from chunk to
-chunk is sequential. Every exponent is c_t - c_s with s <= t (masked before the exponential),
-so no factor exceeds 1 however strong the decay.
+chunk is sequential. Where every |c_t| <= FACTOR_RANGE (30), the decay matrix is factored,
+exp(c_t - c_s) = exp(c_t) exp(-c_s), into the queries and keys of one product followed by the
+causal mask (no (C, C) exponential at all; no factor beyond e^30); stronger decays take the
+masked exponential exp((c_t - c_s) mask) mask, whose exponents are never positive, so nothing
+overflows however strong the decay.
 
 Backward (`_ScalarDecayChunk`). The forward saves the chunked inputs, the cumulative log
 decays and the state at every chunk's start (n_chunks x d_k x d_v per head, memory linear in
-t), never a (C, C) block. The backward recomputes the masked score blocks M = scale (Q K^T) * D
-of all chunks at once, runs the reverse state pass G_{i-1} = alpha_i G_i + (scale f_i Q_i)^T dO_i
-(G_i = dL/dS at chunk i's end, f the decay from the chunk's start), and then
+t), never a (C, C) block nor its exponentials. The backward recomputes the masked score blocks
+M = scale (Q K^T) * D of all chunks at once (D the masked decay, or the factored form above),
+runs the reverse state pass G_{i-1} = alpha_i G_i + (scale f_i Q_i)^T dO_i (G_i = dL/dS at
+chunk i's end, f the decay from the chunk's start), and then
 
     dQ = (dO V^T * scale D) K + scale f (dO S_0^T),    dV = M^T dO + (e K) G,
     dK = (dO V^T * scale D)^T Q + e (V G^T),           e the decay to the chunk's end,
@@ -34,35 +38,71 @@ the chunk's end, by the backward of the cumulative sum.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from seqmem.ops.loops import chunk, unchunk
 
+# A chunk whose cumulative log decays all lie within +-FACTOR_RANGE has its decay matrix
+# factored, exp(c_t - c_s) = exp(c_t) exp(-c_s), into the operands of one matrix product (no
+# factor beyond e^30, far from overflow in float32, and no cancellation: a product of two
+# factors keeps their relative precision); stronger decays take the masked exponential.
+FACTOR_RANGE = 30.0
 
-def _factors(c: Tensor | None, sg: Tensor | None, C: int, scale: float, like: Tensor):
-    """The decay factors of a chunk: D (scale times the masked causal decay, (..., C, C)),
-    f = sg_t exp(c_t) (from the start), e = sg_C sg_s exp(c_C - c_s) (to the end) and
-    alpha = sg_C exp(c_C) (over the chunk) as (..., C) and (..., 1, 1); without decay
-    (c None) D is scale times the lower triangle and f, e, alpha are None (all ones)."""
+
+class _Decays(NamedTuple):
+    """The decay factors of every chunk, f_t = sg_t exp(c_t) from the chunk's start:
+    qf = scale f (..., C), the queries' factor (None: scale alone, no decay); kf = sg_s
+    exp(-c_s) (..., C), the keys' factor when factored (None: 1); D (..., C, C) the masked
+    decay sg_t sg_s exp(c_t - c_s) times scale when not factored (None when factored);
+    tri the (C, C) lower triangle; alpha = sg_C exp(c_C) (..., 1, 1), the chunk's transition
+    (None: 1); e = sg_C sg_s exp(c_C - c_s) (..., C), the decay to the chunk's end, when not
+    factored (factored, it is alpha kf)."""
+
+    qf: Tensor | None
+    kf: Tensor | None
+    D: Tensor | None
+    tri: Tensor
+    alpha: Tensor | None
+    e: Tensor | None
+
+
+def _decays(c: Tensor | None, sg: Tensor | None, C: int, scale: float, like: Tensor) -> _Decays:
     tri = torch.ones(C, C, dtype=like.dtype, device=like.device).tril()
     if c is None:
-        return tri * scale, None, None, None
+        return _Decays(None, None, None, tri, None, None)
+    c_last = c[..., -1:]  # (b, h, n, 1)
+    f, alpha = c.exp(), c_last.exp()
+    if sg is not None:
+        f, alpha = f * sg, alpha * sg[..., -1:]
+    if c.abs().amax() <= FACTOR_RANGE:
+        kf = (-c).exp()
+        return _Decays(f * scale, kf if sg is None else kf * sg, None, tri, alpha[..., None],
+                       None)
     diff = c[..., :, None] - c[..., None, :]  # (b, h, n, C, C)
     D = (diff * tri).exp_().mul_(tri * scale)  # masked exponents are 0, then zeroed
-    c_last = c[..., -1:]  # (b, h, n, 1)
-    f, e, alpha = c.exp(), (c_last - c).exp(), c_last.exp()
+    e = (c_last - c).exp()
     if sg is not None:
-        sg_last = sg[..., -1:]
         D.mul_(sg[..., :, None] * sg[..., None, :])
-        f, e, alpha = f * sg, e * (sg * sg_last), alpha * sg_last
-    return D, f, e, alpha[..., None]
+        e = e * (sg * sg[..., -1:])
+    return _Decays(f * scale, None, D, tri, alpha[..., None], e)
 
 
-def _scaled(x: Tensor, w: Tensor | None) -> Tensor:
-    """x (..., C, d) times a per-token weight w (..., C); w None: x as it is."""
-    return x if w is None else x * w[..., None]
+def _times(x: Tensor, w: Tensor | float | None) -> Tensor:
+    """x (..., C, d) times a per-token weight w (..., C) or a number; None: x as it is."""
+    if w is None:
+        return x
+    return x * w if isinstance(w, float) else x * w[..., None]
+
+
+def _bmm(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """x + a @ b over the leading (b, h, n) dimensions, as one batched product accumulated
+    into x (a fresh contiguous tensor of the caller's), which it returns."""
+    x.view(-1, *x.shape[-2:]).baddbmm_(a.flatten(0, 2), b.flatten(0, 2))
+    return x
 
 
 class _ScalarDecayChunk(torch.autograd.Function):
@@ -73,21 +113,28 @@ class _ScalarDecayChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Q, K, V, c, sg, S0, scale):
-        C = Q.shape[-2]
-        D, f, e, alpha = _factors(c, sg, C, scale, Q)
-        KV = _scaled(K, e).transpose(-1, -2) @ V  # (b, h, n, d_k, d_v)
-        if alpha is None:  # no decay: the states are sums of the chunks' KV
+        dec = _decays(c, sg, Q.shape[-2], scale, Q)
+        Qa = _times(Q, scale if dec.qf is None else dec.qf)  # (b, h, n, C, d_k)
+        Kb = _times(K, dec.kf)  # (b, h, n, C, d_k)
+        if dec.D is None:  # factored (or no decay): one product, then the causal mask
+            M = (Qa @ Kb.transpose(-1, -2)).mul_(dec.tri)  # (b, h, n, C, C)
+            KV = Kb.transpose(-1, -2) @ V  # (b, h, n, d_k, d_v), times alpha below
+            if dec.alpha is not None:
+                KV.mul_(dec.alpha)
+        else:
+            M = (Q @ K.transpose(-1, -2)).mul_(dec.D)
+            KV = _times(K, dec.e).transpose(-1, -2) @ V
+        if dec.alpha is None:  # no decay: the states are sums of the chunks' KV
             starts = KV.cumsum(2).sub_(KV).add_(S0[:, :, None])  # (b, h, n, d_k, d_v)
             S = starts[:, :, -1] + KV[:, :, -1]
-        else:
-            starts_l, S = [], S0
-            for a_i, KV_i in zip(alpha.unbind(2), KV.unbind(2), strict=True):
-                starts_l.append(S)
-                S = a_i * S + KV_i  # (b, h, d_k, d_v)
-            starts = torch.stack(starts_l, dim=2)  # (b, h, n, d_k, d_v)
-        M = (Q @ K.transpose(-1, -2)).mul_(D)  # (b, h, n, C, C)
-        QS = (_scaled(Q, f) @ starts).mul_(scale)  # (b, h, n, C, d_v): S_0 decayed to t
-        O = torch.baddbmm(QS.flatten(0, 2), M.flatten(0, 2), V.flatten(0, 2)).view(QS.shape)
+        else:  # written in place chunk by chunk: a stack of n states costs one more copy
+            starts = KV.new_empty(KV.shape)  # (b, h, n, d_k, d_v)
+            S = S0
+            for i, (a_i, KV_i) in enumerate(zip(dec.alpha.unbind(2), KV.unbind(2),
+                                                strict=True)):
+                starts[:, :, i] = S
+                S = torch.addcmul(KV_i, a_i, S)  # (b, h, d_k, d_v)
+        O = _bmm(Qa @ starts, M, V)  # (b, h, n, C, d_v): S_0 decayed to t, plus the chunk
         ctx.save_for_backward(Q, K, V, c, sg, starts, S)
         ctx.scale = scale
         return O, S
@@ -98,44 +145,54 @@ class _ScalarDecayChunk(torch.autograd.Function):
         Q, K, V, c, sg, starts, S_T = ctx.saved_tensors
         need_q, need_k, need_v, need_c, _, need_s0, _ = ctx.needs_input_grad
         need_c = need_c and c is not None
-        scale, C = ctx.scale, Q.shape[-2]
         dO, G = dO.contiguous(), dS  # G: dL/dS at the last chunk's end (zeros if unused)
-        D, f, e, alpha = _factors(c, sg, C, scale, Q)
-        Qf = _scaled(Q, f) * scale  # (b, h, n, C, d_k)
-        R = Qf.transpose(-1, -2) @ dO  # (b, h, n, d_k, d_v): dL/dS_start from the outputs
-        # the reverse state pass: Gs[i] = dL/dS at chunk i's end
-        if alpha is None:
+        dec = _decays(c, sg, Q.shape[-2], ctx.scale, Q)
+        qf = ctx.scale if dec.qf is None else dec.qf
+        Qa = _times(Q, qf)  # (b, h, n, C, d_k)
+        R = Qa.transpose(-1, -2) @ dO  # (b, h, n, d_k, d_v): dL/dS_start from the outputs
+        # the reverse state pass: Gs[i] = dL/dS at chunk i's end; with a decay to learn, also
+        # SG[i] = <S_i, G_i>, S_i the state at chunk i's end, while both are in cache
+        n = Q.shape[2]
+        if dec.alpha is None:
             tail = R.flip(2).cumsum(2).flip(2)  # sum_{j>=i} R_j
             Gs = (tail - R).add_(G[:, :, None])  # (b, h, n, d_k, d_v)
             dS0 = tail[:, :, 0] + G
         else:
-            Gs_l = []
-            for a_i, R_i in zip(reversed(alpha.unbind(2)), reversed(R.unbind(2)), strict=True):
-                Gs_l.append(G)
-                G = a_i * G + R_i  # (b, h, d_k, d_v)
-            Gs = torch.stack(Gs_l[::-1], dim=2)
+            Gs, SG = R.new_empty(R.shape), R.new_empty(R.shape[:3])  # (b, h, n, ...)
+            for i in reversed(range(n)):
+                Gs[:, :, i] = G
+                if need_c:
+                    S_i = S_T if i == n - 1 else starts[:, :, i + 1]
+                    SG[:, :, i] = (S_i * G).sum((-1, -2))
+                G = torch.addcmul(R[:, :, i], dec.alpha[:, :, i], G)  # (b, h, d_k, d_v)
             dS0 = G
-        Ke = _scaled(K, e)  # (b, h, n, C, d_k): k_s decayed to the chunk's end
+        factored = dec.D is None
+        Kb = _times(K, dec.kf)
+        # G as the keys see it: Ke^T = (alpha Kb)^T when factored, so alpha goes onto G
+        Gk = Gs if not factored or dec.alpha is None else Gs * dec.alpha
+        dP = (dO @ V.transpose(-1, -2)).mul_(dec.tri if factored else dec.D)  # (b,h,n,C,C)
         dQ = dK = dV = dc = None
-        dP = (dO @ V.transpose(-1, -2)).mul_(D)  # (b, h, n, C, C): dL/d(Q K^T)
         if need_q or need_c:
-            dQ = dO @ starts.transpose(-1, -2)  # (b, h, n, C, d_k)
-            dQ = (dQ if f is None else dQ * f[..., None]).mul_(scale)
-            dQ = torch.baddbmm(dQ.flatten(0, 2), dP.flatten(0, 2), K.flatten(0, 2)
-                               ).view(Q.shape)
+            if factored:  # dL/dQa, then through Qa = qf Q
+                dQ = _times(_bmm(dO @ starts.transpose(-1, -2), dP, Kb), qf)
+            else:
+                dQ = _bmm(_times(dO @ starts.transpose(-1, -2), qf), dP, K)
         if need_k or need_c:
-            dK = _scaled(V @ Gs.transpose(-1, -2), e)  # (b, h, n, C, d_k)
-            dK = torch.baddbmm(dK.flatten(0, 2), dP.transpose(-1, -2).flatten(0, 2),
-                               Q.flatten(0, 2)).view(K.shape)
+            VG = V @ Gk.transpose(-1, -2)  # (b, h, n, C, d_k)
+            if factored:  # dL/dKb, then through Kb = kf K
+                dK = _times(_bmm(VG, dP.transpose(-1, -2), Qa), dec.kf)
+            else:
+                dK = _bmm(_times(VG, dec.e), dP.transpose(-1, -2), Q)
         if need_v:
-            M = (Q @ K.transpose(-1, -2)).mul_(D)  # (b, h, n, C, C): recomputed
-            dV = Ke @ Gs  # (b, h, n, C, d_v)
-            dV = torch.baddbmm(dV.flatten(0, 2), M.transpose(-1, -2).flatten(0, 2),
-                               dO.flatten(0, 2)).view(V.shape)
+            if factored:  # the scores recomputed
+                M = (Qa @ Kb.transpose(-1, -2)).mul_(dec.tri)
+                dV = _bmm(Kb @ Gk, M.transpose(-1, -2), dO)
+            else:
+                M = (Q @ K.transpose(-1, -2)).mul_(dec.D)
+                dV = _bmm(_times(K, dec.e) @ Gs, M.transpose(-1, -2), dO)
         if need_c:
             dc = (Q * dQ).sum(-1) - (K * dK).sum(-1)  # (b, h, n, C)
-            ends = torch.cat([starts[:, :, 1:], S_T[:, :, None]], dim=2)  # S at chunk ends
-            dc[..., -1] += (ends * Gs).sum((-1, -2))
+            dc[..., -1] += SG
         return (dQ if need_q else None, dK if need_k else None, dV, dc, None,
                 dS0 if need_s0 else None, None)
 

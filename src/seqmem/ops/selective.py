@@ -36,7 +36,11 @@ the passes over (t, d, n) that any exact form needs bound it from going much fur
 Forms of `ssd` (scalar decay per head, so the chunked form is matrix products): "recurrent"
 (the loop), "quadratic" (one masked attention-like form over the whole sequence, plus the
 initial state's contribution) and "chunk" (the SSD algorithm: the quadratic form inside chunks,
-the (p, n) state carried from chunk to chunk). Cumulative log decays only enter as
+the (p, n) state carried from chunk to chunk). Both are `ops.scalar_decay_chunk` (q = C,
+k = B, v = x, the state transposed), with its hand-written backward: the forward keeps the
+inputs and the state at every chunk's start, the backward recomputes the (L, L) blocks of all
+chunks at once and runs the reverse state pass. Decays whose cumulative logs stay within
++-30 in a chunk are factored into the products' operands; stronger ones enter as
 exp(c_t - c_s) with s <= t, masked before the exponential: no exponent is positive.
 """
 
