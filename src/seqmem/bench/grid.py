@@ -3,10 +3,11 @@
 For each 2-D mixer (those of `cfg.mixers` that are 2-D; none named: all of them), each of its
 modes (`cfg.forms` if given) and each square grid side in `GRID_SIDES` (quick: the first
 two): forward + backward of the mixer alone on x (b, H, W, d_model) in float32 (the sum of
-outputs as the loss), its median over `cfg.repeats` runs with their range, cells per second,
-and the peak memory that one forward + backward adds (`measure.peak_memory_mib`). A mode
-whose run exceeds `cfg.budget_s` is not measured at larger grids (the scan visits cells one
-by one, so it meets the budget first).
+outputs as the loss). At each side all subjects are timed against one another in
+`cfg.repeats` interleaved rounds (`measure.interleaved_rounds`): the median over the rounds
+with its range, cells per second, and the peak memory that one forward + backward adds
+(`measure.peak_memory_mib`). A subject whose call exceeds `cfg.budget_s` is not measured at
+larger grids (the scan visits cells one by one, so it meets the budget first).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import fwd_bwd, machine, peak_memory_mib, time_it
+from seqmem.bench.measure import fwd_bwd, interleaved_rounds, machine, peak_memory_mib, timing
 from seqmem.bench.ops_table import write_rows
 from seqmem.build import seeded
 
@@ -39,28 +40,34 @@ def run_grid(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
         torch.set_num_threads(cfg.threads)
     rows = []
     try:
+        subjects = []  # (name, form, module)
         for name in names:
             with seeded(cfg.seed):
                 m = mixers.build_2d(name, d)
-            forms = [f for f in m.modes if not cfg.forms or f in cfg.forms
-                     or ("default" in cfg.forms and f == m.modes[0])]
-            for form in forms:
-                for side in sides:
-                    g = torch.Generator().manual_seed(cfg.seed)
-                    x = torch.randn(cfg.batch, side, side, d, generator=g)
-                    run = fwd_bwd(m, x, lambda mod, u, f=form: mod(u, mode=f)[0])
-                    t0 = time.perf_counter()
-                    t = time_it(run, cfg.repeats)
-                    peak = peak_memory_mib(run) if cfg.memory else None
-                    cells = cfg.batch * side * side
-                    rows.append({"mixer": name, "form": form, "grid": f"{side}x{side}",
-                                 "cells": side * side, "fwdbwd_ms": 1e3 * t.median,
-                                 "fwdbwd_ms_low": 1e3 * t.low, "fwdbwd_ms_high": 1e3 * t.high,
-                                 "cells_s": cells / t.median, "peak_mib": peak})
-                    if progress:
-                        progress(f"{name} {form} {side}x{side}: {1e3 * t.median:.3g} ms")
-                    if time.perf_counter() - t0 > cfg.budget_s:
-                        break  # no larger grids for this form
+            subjects += [(name, f, m) for f in m.modes if not cfg.forms or f in cfg.forms
+                         or ("default" in cfg.forms and f == m.modes[0])]
+        for side in sides:
+            if not subjects:
+                break
+            x = torch.randn(cfg.batch, side, side, d,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+            fns = [fwd_bwd(m, x, lambda mod, u, f=form: mod(u, mode=f)[0])
+                   for _, form, m in subjects]
+            times, _ = interleaved_rounds(fns, cfg.repeats)
+            slow = []
+            for (name, form, _m), run, ts in zip(subjects, fns, times, strict=True):
+                t = timing(ts)
+                cells = cfg.batch * side * side
+                rows.append({"mixer": name, "form": form, "grid": f"{side}x{side}",
+                             "cells": side * side, "fwdbwd_ms": 1e3 * t.median,
+                             "fwdbwd_ms_low": 1e3 * t.low, "fwdbwd_ms_high": 1e3 * t.high,
+                             "cells_s": cells / t.median,
+                             "peak_mib": peak_memory_mib(run) if cfg.memory else None})
+                if progress:
+                    progress(f"{name} {form} {side}x{side}: {1e3 * t.median:.3g} ms")
+                if t.median > cfg.budget_s:
+                    slow.append((name, form))
+            subjects = [s for s in subjects if s[:2] not in slow]  # no larger grids for these
     finally:
         torch.set_num_threads(old)
     ctx = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads()
