@@ -153,13 +153,6 @@ def _slices(n: int, L: int) -> list[slice]:
     return [slice(i, min(i + m, n)) for i in range(0, n, m)]
 
 
-def _chunk_forward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, starts: Tensor, out: Tensor
-                   ) -> None:
-    """The outputs of a group of chunks (N, L, d) from their start states (N, d_k, d_v), into
-    out (N, L, d_v)."""
-    intra_forward(Q, K, V, B, out=out).add_((Q * B.exp()) @ starts)
-
-
 def _chunk_backward(Q: Tensor, K: Tensor, V: Tensor, B: Tensor, starts: Tensor, ends: Tensor,
                     dO: Tensor, out: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
     """dQ, dK, dV, dG of a group of chunks (N, L, d) into out, given dO (N, L, d_v) and ends
@@ -195,14 +188,18 @@ class GlaChunk(torch.autograd.Function):
         Q, K, V, G = (_pad(chunk(z, C), L).flatten(0, 2) for z in (q * scale, k, v, g))
         n = Q.shape[0] // (b * h)  # Q, K, V, G: (b h n, L, d)
         B = G.cumsum(-2)  # (b h n, L, d_k)
-        B_last = B[..., -1, :]  # (b h n, d_k)
-        KV = (K * (B_last[..., None, :] - B).exp()).transpose(-1, -2) @ V  # (b h n, k, v)
-        starts, S = carry(B_last.exp().unflatten(0, (b, h, n))[..., None],
+        o = torch.empty_like(V)  # (b h n, L, d_v)
+        KV = V.new_empty(Q.shape[0], Q.shape[-1], V.shape[-1])  # (b h n, d_k, d_v)
+        groups = _slices(Q.shape[0], L)
+        for i in groups:  # what does not depend on the states: within chunks, their writes
+            intra_forward(Q[i], K[i], V[i], B[i], out=o[i])
+            torch.matmul((K[i] * (B[i, -1:] - B[i]).exp()).transpose(-1, -2), V[i],
+                         out=KV[i])
+        starts, S = carry(B[:, -1].exp().unflatten(0, (b, h, n))[..., None],
                           KV.unflatten(0, (b, h, n)), state)  # (b, h, n, d_k, d_v)
         starts = starts.flatten(0, 2)  # (b h n, d_k, d_v)
-        o = torch.empty_like(V)  # (b h n, L, d_v)
-        for i in _slices(Q.shape[0], L):
-            _chunk_forward(Q[i], K[i], V[i], B[i], starts[i], o[i])
+        for i in groups:  # reads of the start states, decayed to each token
+            o[i].baddbmm_(Q[i] * B[i].exp(), starts[i])
         ctx.save_for_backward(Q, K, V, B, starts)
         ctx.shape = b, t, h, n, C
         ctx.scale = scale
