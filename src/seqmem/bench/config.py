@@ -19,7 +19,7 @@ QUICK = {"mixers": ("leaky_rnn", "gru"), "references": ("torch.nn.GRU",), "lengt
          "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0, "parts": ("grid",),
          "shapes": "quick"}
 #: `--quick` with a part's flag (`--ops`, `--small`, ...): that part at its small shapes
-QUICK_PARTS = {"repeats": 3, "budget_s": 5.0, "step_repeats": 5, "shapes": "quick"}
+QUICK_PARTS = {"repeats": 2, "budget_s": 5.0, "step_repeats": 5, "shapes": "quick"}
 
 
 class BenchConfig(Strict):

@@ -32,7 +32,7 @@ from torch import nn
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import interleaved_rounds, machine, timing
+from seqmem.bench.measure import interleaved_rounds, machine, ms, timing
 from seqmem.bench.ops_table import write_rows
 from seqmem.bench.peers import _gated_deltanet_layer, _mamba_layer, _quiet_transformers
 from seqmem.build import seeded
@@ -272,7 +272,7 @@ def decode_markdown(rows: list[dict], skipped: list[str], ctx: dict, *, command:
 def _ms(r: dict | None) -> str:
     if r is None:
         return ""
-    return f"{r['step_ms']:.3g} ({r['step_ms_low']:.3g}-{r['step_ms_high']:.3g})"
+    return f"{ms(r['step_ms'])} ({ms(r['step_ms_low'])}-{ms(r['step_ms_high'])})"
 
 
 def decode_to(cfg: BenchConfig, out_dir: Path, *, command: str,

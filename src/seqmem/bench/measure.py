@@ -168,6 +168,11 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / t.low / 1e9
 
 
+def ms(v: float) -> str:
+    """Milliseconds for a table: three significant digits, whole ms from 100 up."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def fwd_bwd(module: nn.Module, x: torch.Tensor, call: Callable) -> Callable[[], None]:
     """A closure running forward and backward of call(module, x) (sum of outputs as loss).
     The input requires a gradient too, as it does for every layer but the first of a stack."""

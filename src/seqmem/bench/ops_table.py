@@ -29,7 +29,14 @@ from torch import Tensor
 
 from seqmem import ops
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import count_flops, interleaved_rounds, machine, matmul_gflops, timing
+from seqmem.bench.measure import (
+    count_flops,
+    interleaved_rounds,
+    machine,
+    matmul_gflops,
+    ms,
+    timing,
+)
 from seqmem.errors import SeqmemError
 from seqmem.ops import tuning
 
@@ -284,7 +291,7 @@ def _head(title: str, ctx: dict, command: str) -> list[str]:
 
 
 def _range(r: dict) -> str:
-    return f"{r['fwdbwd_ms']:.3g} ({r['fwdbwd_ms_low']:.3g}-{r['fwdbwd_ms_high']:.3g})"
+    return f"{ms(r['fwdbwd_ms'])} ({ms(r['fwdbwd_ms_low'])}-{ms(r['fwdbwd_ms_high'])})"
 
 
 def ops_markdown(rows: list[dict], ctx: dict, *, command: str) -> str:

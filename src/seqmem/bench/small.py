@@ -22,7 +22,7 @@ import torch
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import interleaved_rounds, machine, timing
+from seqmem.bench.measure import interleaved_rounds, machine, ms, timing
 from seqmem.bench.ops_table import write_rows
 from seqmem.build import build_curriculum, build_model, build_optimizer, build_task
 from seqmem.config import RunConfig, load_config
@@ -167,8 +167,8 @@ def small_markdown(rows: list[dict], skipped: list[str], ctx: dict, *, command: 
             if r["d_model"] != d:
                 continue
             ratio = f"{r['vs_attention']:.2f}x" if r["vs_attention"] is not None else ""
-            lines.append(f"| {r['mixer']} | {r['form']} | {r['T']} | {r['step_ms']:.3g} "
-                         f"({r['step_ms_low']:.3g}-{r['step_ms_high']:.3g}) | "
+            lines.append(f"| {r['mixer']} | {r['form']} | {r['T']} | {ms(r['step_ms'])} "
+                         f"({ms(r['step_ms_low'])}-{ms(r['step_ms_high'])}) | "
                          f"{r['tok_s']:,.0f} | {ratio} |")
     if skipped:
         lines += ["", "Not measured:", "", *(f"- {x}" for x in skipped)]
