@@ -157,8 +157,13 @@ class Attention(Mixer):
         keys = torch.cat([state.k, k[:, None]], dim=1)  # (b, n_cache + 1, h, d)
         values = torch.cat([state.v, v[:, None]], dim=1)
         log_m = torch.cat([state.log_m, x_t.new_zeros(x_t.shape[0], 1)], dim=1)
-        q = self._rotate(q[:, None], self.n_cache)[:, 0]  # the query sits after the cache
-        y = attention_step(q, self._rotate(keys, 0), values, log_m)  # (b, h, d)
+        # slots empty in every sequence (the leading ones) carry no weight: attend from the
+        # first filled one, each key keeping its slot's rotary position
+        filled = is_filled(state.log_m).any(0).nonzero()  # (n_filled, 1)
+        first = int(filled[0, 0]) if len(filled) else self.n_cache
+        q = self._rotate(q[:, None], self.n_cache - first)[:, 0]  # the query after the cache
+        y = attention_step(q, self._rotate(keys[:, first:], 0), values[:, first:],
+                           log_m[:, first:])  # (b, h, d)
         new = AttentionState(keys[:, 1:], values[:, 1:], log_m[:, 1:])
         return self.out(merge_heads(y)), new
 
