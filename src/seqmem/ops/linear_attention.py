@@ -65,7 +65,7 @@ from seqmem.errors import check_choice, check_int
 from seqmem.ops import tuning
 from seqmem.ops.delta_chunk import delta_chunk
 from seqmem.ops.gla_chunk import GlaChunk
-from seqmem.ops.loops import chunk, step_loop, unchunk
+from seqmem.ops.loops import step_loop
 from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
@@ -270,10 +270,7 @@ def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Tensor
     if t == 0:
         return _empty(q, v), S
     C = min(check_int("chunk_size", chunk_size), t)
-    Q, K, V = chunk(q * _scale(q, scale), C), chunk(k, C), chunk(v, C)  # (b, h, n, C, d)
-    b_cum = None if g is None else chunk(g, C).cumsum(-1)  # (b, h, n, C)
-    o, S = delta_chunk(Q, K, V, chunk(beta, C), b_cum, S)  # (b, h, n, C, d_v)
-    return unchunk(o, t), S
+    return delta_chunk(q, k, v, beta, g, S, scale=_scale(q, scale), chunk_size=C)
 
 
 # ---- the ops -------------------------------------------------------------------------------
