@@ -70,7 +70,10 @@ class _Decays(NamedTuple):
     e: Tensor | None
 
 
-def _decays(c: Tensor | None, sg: Tensor | None, C: int, scale: float, like: Tensor) -> _Decays:
+def _decays(c: Tensor | None, sg: Tensor | None, C: int, scale: float, like: Tensor,
+            factor: bool | None = None) -> _Decays:
+    """The decay factors (`_Decays`), factored when every |c| <= FACTOR_RANGE (or as
+    `factor` says, the forward's choice repeated in the backward)."""
     tri = torch.ones(C, C, dtype=like.dtype, device=like.device).tril()
     if c is None:
         return _Decays(None, None, None, tri, None, None)
@@ -78,7 +81,7 @@ def _decays(c: Tensor | None, sg: Tensor | None, C: int, scale: float, like: Ten
     f, alpha = c.exp(), c_last.exp()
     if sg is not None:
         f, alpha = f * sg, alpha * sg[..., -1:]
-    if c.abs().amax() <= FACTOR_RANGE:
+    if factor if factor is not None else bool(c.abs().amax() <= FACTOR_RANGE):
         kf = (-c).exp()
         return _Decays(f * scale, kf if sg is None else kf * sg, None, tri, alpha[..., None],
                        None)
@@ -101,8 +104,9 @@ def _times(x: Tensor, w: Tensor | float | None) -> Tensor:
 def _bmm(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """x + a @ b over the leading (b, h, n) dimensions, as one batched product accumulated
     into x (a fresh contiguous tensor of the caller's), which it returns."""
-    x.view(-1, *x.shape[-2:]).baddbmm_(a.flatten(0, 2), b.flatten(0, 2))
-    return x
+    x3 = x.view(-1, *x.shape[-2:])
+    torch.baddbmm(x3, a.flatten(0, 2), b.flatten(0, 2), out=x3)  # out=, not baddbmm_: the
+    return x  # flop counter of `seqmem.bench` counts this one
 
 
 class _ScalarDecayChunk(torch.autograd.Function):
@@ -135,20 +139,22 @@ class _ScalarDecayChunk(torch.autograd.Function):
                 starts[:, :, i] = S
                 S = torch.addcmul(KV_i, a_i, S)  # (b, h, d_k, d_v)
         O = _bmm(Qa @ starts, M, V)  # (b, h, n, C, d_v): S_0 decayed to t, plus the chunk
-        ctx.save_for_backward(Q, K, V, c, sg, starts, S)
+        ctx.factored = dec.D is None  # then the factored operands are kept, not Q and K
+        ctx.save_for_backward(*((Qa, Kb) if ctx.factored else (Q, K)), V, c, sg, starts, S)
         ctx.scale = scale
         return O, S
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dO, dS):
-        Q, K, V, c, sg, starts, S_T = ctx.saved_tensors
+        factored = ctx.factored
+        Q, K, V, c, sg, starts, S_T = ctx.saved_tensors  # Q, K: Qa, Kb when factored
         need_q, need_k, need_v, need_c, _, need_s0, _ = ctx.needs_input_grad
         need_c = need_c and c is not None
         dO, G = dO.contiguous(), dS  # G: dL/dS at the last chunk's end (zeros if unused)
-        dec = _decays(c, sg, Q.shape[-2], ctx.scale, Q)
+        dec = _decays(c, sg, Q.shape[-2], ctx.scale, Q, factored)
         qf = ctx.scale if dec.qf is None else dec.qf
-        Qa = _times(Q, qf)  # (b, h, n, C, d_k)
+        Qa = Q if factored else _times(Q, qf)  # (b, h, n, C, d_k)
         R = Qa.transpose(-1, -2) @ dO  # (b, h, n, d_k, d_v): dL/dS_start from the outputs
         # the reverse state pass: Gs[i] = dL/dS at chunk i's end; with a decay to learn, also
         # SG[i] = <S_i, G_i>, S_i the state at chunk i's end, while both are in cache
@@ -166,21 +172,22 @@ class _ScalarDecayChunk(torch.autograd.Function):
                     SG[:, :, i] = (S_i * G).sum((-1, -2))
                 G = torch.addcmul(R[:, :, i], dec.alpha[:, :, i], G)  # (b, h, d_k, d_v)
             dS0 = G
-        factored = dec.D is None
-        Kb = _times(K, dec.kf)
+        Kb = K  # used only when factored
         # G as the keys see it: Ke^T = (alpha Kb)^T when factored, so alpha goes onto G
         Gk = Gs if not factored or dec.alpha is None else Gs * dec.alpha
         dP = (dO @ V.transpose(-1, -2)).mul_(dec.tri if factored else dec.D)  # (b,h,n,C,C)
         dQ = dK = dV = dc = None
+        # factored: dL/dQa and dL/dKb first (Q . dQ = Qa . dL/dQa for dc), then through
+        # Qa = qf Q and Kb = kf K
         if need_q or need_c:
-            if factored:  # dL/dQa, then through Qa = qf Q
-                dQ = _times(_bmm(dO @ starts.transpose(-1, -2), dP, Kb), qf)
+            if factored:
+                dQ = _bmm(dO @ starts.transpose(-1, -2), dP, Kb)
             else:
                 dQ = _bmm(_times(dO @ starts.transpose(-1, -2), qf), dP, K)
         if need_k or need_c:
             VG = V @ Gk.transpose(-1, -2)  # (b, h, n, C, d_k)
-            if factored:  # dL/dKb, then through Kb = kf K
-                dK = _times(_bmm(VG, dP.transpose(-1, -2), Qa), dec.kf)
+            if factored:
+                dK = _bmm(VG, dP.transpose(-1, -2), Qa)
             else:
                 dK = _bmm(_times(VG, dec.e), dP.transpose(-1, -2), Q)
         if need_v:
@@ -193,6 +200,9 @@ class _ScalarDecayChunk(torch.autograd.Function):
         if need_c:
             dc = (Q * dQ).sum(-1) - (K * dK).sum(-1)  # (b, h, n, C)
             dc[..., -1] += SG
+        if factored:
+            dQ = None if dQ is None else _times(dQ, qf)
+            dK = None if dK is None else _times(dK, dec.kf)
         return (dQ if need_q else None, dK if need_k else None, dV, dc, None,
                 dS0 if need_s0 else None, None)
 
