@@ -48,10 +48,14 @@ S_t = exp(g_t) S_{t-1} + k_t^T u_t, so inside a chunk starting from S_0
     (I + L) U = diag(beta) V - diag(beta gamma) K S_0,
     L[t, i] = beta_t (gamma_t / gamma_i) k_t . k_i  for i < t (0 elsewhere),
 
-one unit lower-triangular solve per chunk, done for all chunks at once before the sequential
-pass: U = U~ - W S_0 with (I + L) [U~, W] = [diag(beta) V, diag(beta gamma) K]. The outputs are
-o_t = gamma_t q_t S_0 + sum_{i<=t} (gamma_t / gamma_i) (q_t . k_i) u_i. The "parallel" form of
-the delta rules is this algorithm with one chunk holding the whole sequence.
+one unit lower-triangular system per chunk, inverted for all chunks at once before the
+sequential pass: U = U~ - W S_0 with [U~, W] = (I + L)^-1 [diag(beta) V, diag(beta gamma) K].
+The outputs are o_t = gamma_t q_t S_0 + sum_{i<=t} (gamma_t / gamma_i) (q_t . k_i) u_i. The
+"parallel" form of the delta rules is this algorithm with one chunk holding the whole sequence.
+Its backward is hand-written (`ops.delta_chunk`): the forward keeps the inputs and the state
+at every chunk's start (memory linear in t, never a (C, C) block); the backward recomputes the
+blocks and (I + L)^-1 for all chunks at once, runs the reverse state pass and differentiates
+through the transform by products with the inverse's transpose.
 """
 
 from __future__ import annotations
