@@ -56,9 +56,11 @@ class Attention(Mixer):
         max_len: the span of full attention (window = 0): the cache holds max_len - 1 tokens;
             older tokens leave it, so attention is exact full attention on sequences (and
             streams carried by the state) of up to max_len tokens. The state is a cache of
-            max_len - 1 slots whatever the sequence length, so for training on short
-            sequences set max_len to the longest one (e.g. max_len=64 for 64-token tasks):
-            every forward builds and returns that cache.
+            max_len - 1 slots whatever the sequence length; a training batch (forward with
+            final_state=False from the empty state, as the training loop calls it) builds no
+            cache at all, so max_len costs nothing there. The recorded state size of a run
+            (`state_size(t)` at the task's length) counts the slots that t tokens fill,
+            min(t, max_len - 1), not the capacity.
         rotary: rotary position embedding on queries and keys (otherwise no positions).
         rotary_base: the rotary frequency base.
     """
