@@ -17,6 +17,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seqmem.bench import BenchConfig
 from seqmem.bench.grid import grid_markdown, run_grid
@@ -26,7 +27,7 @@ from seqmem.errors import ConfigError, SeqmemError
 from seqmem.mixers.grid import build_2d
 from seqmem.models import SequenceModel
 from seqmem.ops.attention import EMPTY
-from seqmem.ops.lightnet2d import grid_phase, lightnet2d_chunk, lightnet2d_step
+from seqmem.ops.lightnet2d import grid_phase, lightnet2d_chunk, lightnet2d_step, tpe_grid
 from seqmem.ops.plstm import d_mode_transitions, p_mode_transitions, plstm_rows, plstm_scan
 
 F64 = torch.float64
@@ -107,6 +108,20 @@ def test_lightnet_lrpe_reads_the_relative_phase():
     # the phase difference of cells (i, j), (i', j') is (i - i') theta_row + (j - j') theta_col
     p = grid_phase(theta, H, W)
     assert torch.allclose(p[2, 1] - p[1, 0], p[1, 2] - p[0, 1], atol=1e-14)
+
+
+def test_lightnet_tpe_is_a_causal_toeplitz_convolution():
+    b, H, W, d, K = 2, 5, 6, 3, 3
+    x = torch.randn(b, H, W, d, generator=_g(9), dtype=F64)
+    r, c = (torch.randn(K, d, generator=_g(s), dtype=F64) for s in (10, 11))
+    u, rows = tpe_grid(x, torch.zeros(b, K - 1, W, d, dtype=F64), r, c)
+    xc = x.permute(0, 3, 1, 2)  # (b, d, H, W)
+    # depthwise convolutions padded on the top / left only: causal along both axes
+    ur = F.conv2d(F.pad(xc, (0, 0, K - 1, 0)), r.flip(0).T[:, None, :, None], groups=d)
+    c0 = torch.cat([torch.zeros(1, d, dtype=F64), c[1:]])  # the own cell is counted once
+    uc = F.conv2d(F.pad(xc, (K - 1, 0, 0, 0)), c0.flip(0).T[:, None, None, :], groups=d)
+    assert torch.allclose(u, (ur + uc).permute(0, 2, 3, 1), atol=1e-12)
+    assert torch.equal(rows, x[:, H - (K - 1):])  # the rows above the next block
 
 
 # ---- pLSTM ------------------------------------------------------------------------------------
