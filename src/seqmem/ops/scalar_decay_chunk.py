@@ -198,11 +198,13 @@ class _ScalarDecayChunk(torch.autograd.Function):
                 M = (Q @ K.transpose(-1, -2)).mul_(dec.D)
                 dV = _bmm(_times(K, dec.e) @ Gs, M.transpose(-1, -2), dO)
         if need_c:
-            dc = (Q * dQ).sum(-1) - (K * dK).sum(-1)  # (b, h, n, C)
+            dc = torch.linalg.vecdot(Q, dQ) - torch.linalg.vecdot(K, dK)  # (b, h, n, C)
             dc[..., -1] += SG
-        if factored:
-            dQ = None if dQ is None else _times(dQ, qf)
-            dK = None if dK is None else _times(dK, dec.kf)
+        if factored:  # in place: both are fresh
+            if dQ is not None:
+                dQ.mul_(qf if isinstance(qf, float) else qf[..., None])
+            if dK is not None and dec.kf is not None:
+                dK.mul_(dec.kf[..., None])
         return (dQ if need_q else None, dK if need_k else None, dV, dc, None,
                 dS0 if need_s0 else None, None)
 
