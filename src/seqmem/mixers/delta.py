@@ -85,9 +85,10 @@ class _DeltaLayer(Mixer):
         """q, k (..., h, d_k), v (..., h, d_v), beta and the log decay g (..., h) (None
         without gate) from x (..., d_model) and the convolved projections u (..., h (2 d_k +
         d_v))."""
-        q, k, v = split_heads(F.silu(u), self.n_heads).split([self.d_k, self.d_k, self.d_v],
-                                                             dim=-1)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        qkv = split_heads(F.silu(u), self.n_heads)  # (..., h, 2 d_k + d_v)
+        # q and k normalised in one call, as (..., h, 2, d_k)
+        qk = F.normalize(qkv[..., :2 * self.d_k].unflatten(-1, (2, self.d_k)), dim=-1)
+        q, k, v = qk[..., 0, :], qk[..., 1, :], qkv[..., 2 * self.d_k:]
         gates = self.gates(x)  # (..., h) or (..., 2 h)
         beta = gates[..., :self.n_heads].sigmoid()  # (..., h)
         if self.negative_eigenvalues:
