@@ -28,7 +28,13 @@ from seqmem.mixers.grid import build_2d
 from seqmem.models import SequenceModel
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet2d import grid_phase, lightnet2d_chunk, lightnet2d_step, tpe_grid
-from seqmem.ops.plstm import d_mode_transitions, p_mode_transitions, plstm_rows, plstm_scan
+from seqmem.ops.plstm import (
+    d_mode_transitions,
+    p_mode_transitions,
+    plstm_parallel,
+    plstm_rows,
+    plstm_scan,
+)
 
 F64 = torch.float64
 
@@ -173,6 +179,7 @@ def test_plstm_scan_equals_the_sum_over_paths(mode):
     q, k, v, S, T, M, D = _plstm_parts(H, W, 11, mode)
     o, _ = plstm_scan(q, k, v, S, T, M, D, torch.zeros(1, W, 1, 2, 3, dtype=F64))
     o_rows, _ = plstm_rows(q, k, v, S, T, M, D, torch.zeros(1, W, 1, 2, 3, dtype=F64))
+    o_par, _ = plstm_parallel(q, k, v, S, T, M, D, torch.zeros(1, W, 1, 2, 3, dtype=F64))
     gates = [a[0, :, :, 0] for a in (S, T, M, D)]
     cells = [(i, j) for i in range(H) for j in range(W)]
     for c in cells:
@@ -180,6 +187,7 @@ def test_plstm_scan_equals_the_sum_over_paths(mode):
                    * v[0, s[0], s[1], 0] for s in cells)
         assert torch.allclose(o[0, c[0], c[1], 0], want, atol=1e-12), c
         assert torch.allclose(o_rows[0, c[0], c[1], 0], want, atol=1e-12), c
+        assert torch.allclose(o_par[0, c[0], c[1], 0], want, atol=1e-12), c
 
 
 def _propagate(T, H, W):
@@ -280,13 +288,14 @@ def test_2d_options_are_checked():
 
 
 def test_bench_grid_rows():
-    cfg = BenchConfig(mixers=("plstm", "gru"), forms=("default",), repeats=1, shapes="quick",
-                      memory=False, batch=1)
+    cfg = BenchConfig(mixers=("plstm", "gru"), forms=("rows", "scan"), repeats=1,
+                      shapes="quick", memory=False, batch=1)
     ctx, rows = run_grid(cfg)
     assert [(r["mixer"], r["form"], r["grid"], r["cells"]) for r in rows] == [
-        ("plstm", "parallel", "8x8", 64), ("plstm", "parallel", "16x16", 256)]
+        ("plstm", "rows", "8x8", 64), ("plstm", "scan", "8x8", 64),
+        ("plstm", "rows", "16x16", 256), ("plstm", "scan", "16x16", 256)]
     for r in rows:
         assert r["fwdbwd_ms_low"] <= r["fwdbwd_ms"] <= r["fwdbwd_ms_high"]
         assert r["cells_s"] == pytest.approx(r["cells"] / (r["fwdbwd_ms"] / 1e3))
-    assert ctx["threads"] == 1 and "| plstm | parallel | 8x8 |" in grid_markdown(
+    assert ctx["threads"] == 1 and "| plstm | rows | 8x8 |" in grid_markdown(
         rows, ctx, command="seqmem bench --grid")

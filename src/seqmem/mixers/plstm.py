@@ -19,7 +19,13 @@ from torch import nn
 from seqmem.errors import check_choice, check_int
 from seqmem.mixers.grid import Mixer2D, register_2d
 from seqmem.mixers.parts import check_heads, gated_rms_norm, merge_heads, split_heads
-from seqmem.ops.plstm import d_mode_transitions, p_mode_transitions, plstm_rows, plstm_scan
+from seqmem.ops.plstm import (
+    d_mode_transitions,
+    p_mode_transitions,
+    plstm_parallel,
+    plstm_rows,
+    plstm_scan,
+)
 
 PROPAGATION = ("P", "D")
 
@@ -36,7 +42,7 @@ class PLSTM(Mixer2D):
             an absolute sum <= 1) or "D" (diffusive distribution: every transition tau / 2).
     """
 
-    modes = ("parallel", "scan")
+    modes = ("parallel", "rows", "scan")
 
     def __init__(self, d_model: int, *, n_heads: int = 2, d_key: int = 0,
                  propagation: str = "P"):
@@ -78,7 +84,8 @@ class PLSTM(Mixer2D):
 
     def _forward(self, x, state, mode):
         parts = self._inputs(x)
-        o, state = (plstm_scan if mode == "scan" else plstm_rows)(*parts, state)
+        form = {"parallel": plstm_parallel, "rows": plstm_rows, "scan": plstm_scan}[mode]
+        o, state = form(*parts, state)
         y = self.out(gated_rms_norm(merge_heads(o), self.norm_weight, self.gate(x), 1e-6))
         return y, state
 

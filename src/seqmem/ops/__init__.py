@@ -39,7 +39,7 @@ from seqmem.ops.neural_memory import (
     neural_memory_recurrent,
     neural_memory_step,
 )
-from seqmem.ops.plstm import plstm_cell, plstm_rows, plstm_scan
+from seqmem.ops.plstm import plstm_cell, plstm_parallel, plstm_rows, plstm_scan
 from seqmem.ops.rnn import (
     LSTMState,
     activation,
@@ -175,6 +175,7 @@ __all__ = [
     "plrnn_recurrent",
     "plrnn_step",
     "plstm_cell",
+    "plstm_parallel",
     "plstm_rows",
     "plstm_scan",
     "ptd",

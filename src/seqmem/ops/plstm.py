@@ -21,9 +21,10 @@ transitions make the state explode with distance. The paper's two modes bound it
   tau^{i+j-1} binom(i + j, i) / 2^{i+j}: a binomial (diffusive) kernel, whose mass on each
   anti-diagonal is conserved for tau = 1 and whose width grows like sqrt(i + j).
 
-`plstm_cell` is the specification; `plstm_scan` visits the cells in raster order and
-`plstm_rows` is the parallel form: the rows in sequence, the cells of a row at once (the
-horizontal recurrence solved by its matrix of transition products).
+`plstm_cell` is the specification; `plstm_scan` visits the cells in raster order;
+`plstm_rows` runs the rows in sequence, the cells of a row at once (the horizontal recurrence
+solved by its matrix of transition products); `plstm_parallel` is the gating-matrix form, all
+cells at once (the path sums between every pair of cells, then an attention-like product).
 """
 
 from __future__ import annotations
@@ -106,3 +107,33 @@ def plstm_rows(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor,
         ys.append((qi[..., :, None] * C).sum(dim=-2))  # (b, W, h, d_v)
         up = g(Ti[..., 1, 0]) * left + g(Ti[..., 1, 1]) * up + g(Si[..., 1]) * kv
     return torch.stack(ys, dim=1), up
+
+
+def plstm_parallel(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
+                   state: Tensor) -> tuple[Tensor, Tensor]:
+    """The fully parallel form of `plstm_scan` (same arguments and results), as the paper's
+    gating matrix: G[c, c'] = the sum over the DAG's paths from cell c' to cell c of Source x
+    Transitions x Mark (D on the diagonal), and G0[c, j] the same from the state's down edge
+    above column j. Then
+
+        o_c = sum_{c'} G[c, c'] (q_c . k_c') v_c' + sum_j G0[c, j] q_c^T state_j,
+
+    attention-like in the H W cells. G is the recurrence itself run on scalar states, one per
+    source (the H W cells and the W edges above): `plstm_rows` with k = 1 and v one-hot,
+    memory (H W)^2 per head instead of d_k d_v per edge; the final down edges come out of the
+    same run, as weights over the sources."""
+    b, H, W, h, _ = q.shape
+    N = H * W
+    opts = {"device": q.device, "dtype": q.dtype}
+    one = torch.ones(b, H, W, h, 1, **opts)
+    src = torch.eye(N + W, **opts)[:N].view(1, H, W, 1, N + W).expand(b, H, W, h, N + W)
+    edge = torch.eye(N + W, **opts)[N:].view(1, W, 1, 1, N + W).expand(b, W, h, 1, N + W)
+    G, Gd = plstm_rows(one, one, src, S, T, M, D, edge)  # (b, H, W, h, N + W), (b, W, h, 1, .)
+    G, Gd = G.flatten(1, 2), Gd[:, :, :, 0]  # (b, N, h, N + W), (b, W, h, N + W)
+    qf, kf, vf = q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2)  # (b, N, h, .)
+    scores = torch.einsum("bchk,bshk->bchs", qf, kf) * G[..., :N]  # (b, N, h, N)
+    o = torch.einsum("bchs,bshv->bchv", scores, vf) + torch.einsum(
+        "bchj,bchk,bjhkv->bchv", G[..., N:], qf, state)
+    down = torch.einsum("bjhs,bshk,bshv->bjhkv", Gd[..., :N], kf, vf) + torch.einsum(
+        "bjhi,bihkv->bjhkv", Gd[..., N:], state)
+    return o.view(b, H, W, h, -1), down
