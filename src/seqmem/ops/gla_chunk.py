@@ -193,13 +193,12 @@ class GlaChunk(torch.autograd.Function):
         groups = _slices(Q.shape[0], L)
         for i in groups:  # what does not depend on the states: within chunks, their writes
             intra_forward(Q[i], K[i], V[i], B[i], out=o[i])
-            torch.matmul((K[i] * (B[i, -1:] - B[i]).exp()).transpose(-1, -2), V[i],
-                         out=KV[i])
+            KV[i] = (K[i] * (B[i, -1:] - B[i]).exp()).transpose(-1, -2) @ V[i]
         starts, S = carry(B[:, -1].exp().unflatten(0, (b, h, n))[..., None],
                           KV.unflatten(0, (b, h, n)), state)  # (b, h, n, d_k, d_v)
         starts = starts.flatten(0, 2)  # (b h n, d_k, d_v)
         for i in groups:  # reads of the start states, decayed to each token
-            o[i].baddbmm_(Q[i] * B[i].exp(), starts[i])
+            o[i] += (Q[i] * B[i].exp()) @ starts[i]  # (a plain product: FLOPs are counted)
         ctx.save_for_backward(Q, K, V, B, starts)
         ctx.shape = b, t, h, n, C
         ctx.scale = scale
