@@ -1,7 +1,8 @@
 """Measuring one configuration: throughput, decode latency, peak memory and FLOPs.
 
-Every number is measured, never assumed: times are medians over `repeats` runs after a warm-up
-run, with the spread (min and max) kept beside them; peak memory is the process's resident-set
+Every number is measured, never assumed: times are medians over repeated runs after a
+warm-up run, with the spread (min and max) kept beside them, and subjects that are compared are
+timed in interleaved rounds (`interleaved_rounds`); peak memory is the process's resident-set
 high-water mark (Linux VmHWM, reset before each measurement) above the resident set before it;
 FLOPs are counted by PyTorch's FlopCounterMode on a short sequence and scaled per token.
 """

@@ -3,8 +3,11 @@ RNN, GRU and LSTM and the machine's matmul rate, measured side by side in one pr
 
 Rows go to JSON lines and CSV (with the torch version, thread count and machine), a log-log
 plot of fwd+bwd tokens/s against T, and a Markdown table (benchmarks/README.md for the full
-run). A form whose single warm-up run exceeds `budget_s` is measured once at that length and
-skipped at longer ones (recorded as such), so a slow reference loop cannot stall the bench.
+run). At each length every subject is timed against the others in interleaved rounds
+(`measure.interleaved_rounds`), so that all share the machine's load. A form whose single
+warm-up run exceeds `budget_s` is measured once at that length and skipped at longer ones
+(recorded as such), so a slow reference loop cannot stall the bench. `bench_to` also runs the
+other tables (`BenchConfig.parts`: `ops_table`, `small`, `decode`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -221,7 +225,10 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
             fb_times, _ = interleaved_rounds([runs[i] for i in steady], cfg.repeats, warmup=0,
                                              per_call=[first[i] for i in steady])
             fwds = [fwd_only(modules[i], x, subjects[i][3]) for i in steady]
-            f_times, _ = interleaved_rounds(fwds, cfg.repeats, warmup=1)
+            # a forward costs about a third of its fwd+bwd: no calibration runs at long T
+            f_times, _ = interleaved_rounds(
+                fwds, cfg.repeats, warmup=1,
+                per_call=[statistics.median(fb_times[j]) / 3 for j in range(len(steady))])
             for j, i in enumerate(steady):
                 tb[i], tf[i] = timing(fb_times[j]), timing(f_times[j])
         for i in runs:
