@@ -217,9 +217,12 @@ class GlaChunk(torch.autograd.Function):
         P = starts.new_empty(starts.shape)  # (b h n, d_k, d_v)
         for i in _slices(Q.shape[0], L):
             torch.matmul((Q[i] * B[i].exp()).transpose(-1, -2), dO[i], out=P[i])
-        a = B[:, -1, :].exp().unflatten(0, (b, h, n))  # (b, h, n, d_k): decay across a chunk
-        ends, dS0 = carry(a.flip(2)[..., None], P.unflatten(0, (b, h, n)).flip(2), dS)
-        ends = ends.flip(2).flatten(0, 2)  # (b h n, d_k, d_v)
+        a = B[:, -1, :, None].exp().unflatten(0, (b, h, n))  # (b, h, n, d_k, 1): chunk decay
+        ends = torch.empty_like(P)  # (b h n, d_k, d_v)
+        ends_, P_, dS0 = ends.unflatten(0, (b, h, n)), P.unflatten(0, (b, h, n)), dS
+        for j in reversed(range(n)):  # dS_{end of j-1} = a_j dS_{end of j} + P_j
+            ends_[:, :, j] = dS0
+            dS0 = a[:, :, j] * dS0 + P_[:, :, j]  # (b, h, d_k, d_v)
         grads = [torch.empty_like(z) for z in (Q, K, V, B)]  # dQ, dK, dV, dG
         for i in _slices(Q.shape[0], L):
             _chunk_backward(Q[i], K[i], V[i], B[i], starts[i], ends[i], dO[i],
