@@ -128,16 +128,13 @@ class _ScalarDecayChunk(torch.autograd.Function):
         else:
             M = (Q @ K.transpose(-1, -2)).mul_(dec.D)
             KV = _times(K, dec.e).transpose(-1, -2) @ V
-        if dec.alpha is None:  # no decay: the states are sums of the chunks' KV
-            starts = KV.cumsum(2).sub_(KV).add_(S0[:, :, None])  # (b, h, n, d_k, d_v)
-            S = starts[:, :, -1] + KV[:, :, -1]
-        else:  # written in place chunk by chunk: a stack of n states costs one more copy
-            starts = KV.new_empty(KV.shape)  # (b, h, n, d_k, d_v)
-            S = S0
-            for i, (a_i, KV_i) in enumerate(zip(dec.alpha.unbind(2), KV.unbind(2),
-                                                strict=True)):
-                starts[:, :, i] = S
-                S = torch.addcmul(KV_i, a_i, S)  # (b, h, d_k, d_v)
+        # chunk by chunk, each state written in place (a stack of n states costs one more
+        # copy; a cumulative sum over chunks, several passes over all the states)
+        starts, S = KV.new_empty(KV.shape), S0  # (b, h, n, d_k, d_v)
+        for i in range(KV.shape[2]):
+            starts[:, :, i] = S
+            S = KV[:, :, i] + S if dec.alpha is None else torch.addcmul(
+                KV[:, :, i], dec.alpha[:, :, i], S)  # (b, h, d_k, d_v)
         O = _bmm(Qa @ starts, M, V)  # (b, h, n, C, d_v): S_0 decayed to t, plus the chunk
         ctx.factored = dec.D is None  # then the factored operands are kept, not Q and K
         ctx.save_for_backward(*((Qa, Kb) if ctx.factored else (Q, K)), V, c, sg, starts, S)
@@ -159,19 +156,15 @@ class _ScalarDecayChunk(torch.autograd.Function):
         # the reverse state pass: Gs[i] = dL/dS at chunk i's end; with a decay to learn, also
         # SG[i] = <S_i, G_i>, S_i the state at chunk i's end, while both are in cache
         n = Q.shape[2]
-        if dec.alpha is None:
-            tail = R.flip(2).cumsum(2).flip(2)  # sum_{j>=i} R_j
-            Gs = (tail - R).add_(G[:, :, None])  # (b, h, n, d_k, d_v)
-            dS0 = tail[:, :, 0] + G
-        else:
-            Gs, SG = R.new_empty(R.shape), R.new_empty(R.shape[:3])  # (b, h, n, ...)
-            for i in reversed(range(n)):
-                Gs[:, :, i] = G
-                if need_c:
-                    S_i = S_T if i == n - 1 else starts[:, :, i + 1]
-                    SG[:, :, i] = (S_i * G).sum((-1, -2))
-                G = torch.addcmul(R[:, :, i], dec.alpha[:, :, i], G)  # (b, h, d_k, d_v)
-            dS0 = G
+        Gs, SG = R.new_empty(R.shape), R.new_empty(R.shape[:3])  # (b, h, n, ...)
+        for i in reversed(range(n)):
+            Gs[:, :, i] = G
+            if need_c:
+                S_i = S_T if i == n - 1 else starts[:, :, i + 1]
+                SG[:, :, i] = torch.linalg.vecdot(S_i.flatten(-2), G.flatten(-2))
+            G = R[:, :, i] + G if dec.alpha is None else torch.addcmul(
+                R[:, :, i], dec.alpha[:, :, i], G)  # (b, h, d_k, d_v)
+        dS0 = G
         Kb = K  # used only when factored
         # G as the keys see it: Ke^T = (alpha Kb)^T when factored, so alpha goes onto G
         Gk = Gs if not factored or dec.alpha is None else Gs * dec.alpha
