@@ -188,3 +188,43 @@ def test_hf_cached_steps_agree_with_seqmem(peer):
     assert err <= decode.PEER_TOL
     mine()
     theirs()  # both steps run on from the states the comparison left
+
+
+def test_bench_flags_choose_the_parts(monkeypatch, tmp_path):
+    """A plain `bench` runs every part (and saves chunk lengths); a grid flag or --quick alone
+    the grid; a table's flag that table; --write asks to save."""
+    import seqmem.engine.jobs as jobs
+
+    seen = []
+
+    def fake_bench_to(cfg, out_dir, **kw):
+        seen.append(cfg)
+        return {"kind": "parts", "skipped": [], "pages": []}, [], {}
+
+    monkeypatch.setattr(jobs, "bench_to", fake_bench_to)
+    for argv in ([], ["--quick"], ["--mixers", "gru"], ["--small", "--decode"],
+                 ["--chunks", "--write", "--quick"]):
+        assert main(["bench", *argv, "--out", str(tmp_path)]) == 0
+    assert [c.parts for c in seen] == [(), ("grid",), ("grid",), ("small", "decode"),
+                                       ("chunks",)]
+    assert [c.write_chunks for c in seen] == [None, None, None, None, True]
+    assert seen[4].shapes == "quick" and seen[4].mixers == () and seen[0].shapes == "full"
+
+
+def test_bench_tables_command_writes_and_prints_each_page(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(ops_table, "matmul_gflops", lambda: 1.0)
+    monkeypatch.setattr(ops_table, "QUICK_OP_SHAPES", TINY_OPS)
+    monkeypatch.setattr(ops_table, "OPS", ("linear_attention",))
+    monkeypatch.setattr(small, "QUICK_SMALL", small.SmallShapes(d_models=(8,), lengths=(8,),
+                                                                batch=2, vocab=8))
+    monkeypatch.setattr(decode, "QUICK_DECODE", decode.DecodeShapes(d_model=8, batches=(1,),
+                                                                    prefill=2, warmup=1))
+    monkeypatch.setattr(decode, "PEERS", ())
+    assert main(["bench", "--ops", "--small", "--decode", "--quick", "--mixers", "elman",
+                 "--repeats", "1", "--out", str(tmp_path)]) == 0
+    for stem in ("ops", "small", "decode"):
+        assert (tmp_path / f"{stem}.md").exists() and (tmp_path / f"{stem}.csv").exists()
+    small_rows = [json.loads(x) for x in (tmp_path / "small.jsonl").read_text().splitlines()]
+    assert [r["mixer"] for r in small_rows] == ["attention", "elman"]
+    printed = capsys.readouterr().out
+    assert all(f"# seqmem bench --{p}" in printed for p in ("ops", "small", "decode"))
