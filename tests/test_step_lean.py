@@ -70,3 +70,15 @@ def test_heads_split_and_merge_as_einops():
     assert torch.equal(split_heads(x, 3), rearrange(x, "... (h e) -> ... h e", h=3))
     y = torch.randn(2, 3, 4, 5).transpose(-1, -2)  # not contiguous
     assert torch.equal(merge_heads(y), rearrange(y, "... h e -> ... (h e)"))
+
+
+@pytest.mark.parametrize("d", [4, 5])
+def test_rotary_gradient_by_finite_differences(d):
+    x = torch.randn(2, 4, 2, d, dtype=torch.float64, requires_grad=True,
+                    generator=torch.Generator().manual_seed(7))
+    assert torch.autograd.gradcheck(lambda z: rotary(z, 3, base=50.0), (x,))
+    # and against autograd through the closed form
+    g = torch.randn(2, 4, 2, d, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((rotary(x, 3, base=50.0) * g).sum(), [x])
+    (ref,) = torch.autograd.grad((_rotary_closed_form(x, 3, 50.0) * g).sum(), [x])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)

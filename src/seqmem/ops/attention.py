@@ -53,18 +53,38 @@ def rotary(x: Tensor, offset: int = 0, *, base: float = 10000.0) -> Tensor:
     if n_pairs == 0:
         return x
     cos, sin = rotary_table(t, offset, n_pairs, base, x.device, x.dtype)  # (1, t, 1, p)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rotary.apply(x, cos, sin)
+    return _rotate(x, cos, sin, 1.0)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, sign: float) -> Tensor:
+    """x's channel pairs rotated by the angles of (cos, sign * sin), into one output: four
+    fused passes, no concatenation; an odd last channel copied."""
+    n_pairs = cos.shape[-1]
     x1, x2 = x[..., :n_pairs], x[..., n_pairs:2 * n_pairs]
-    if torch.is_grad_enabled() and x.requires_grad:  # differentiable: out= is not
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * n_pairs:]],
-                         dim=-1)  # (b, t, h, d)
-    # inference (a decode step rotates every cached key): into one output, no cat
     out = torch.empty_like(x)
     o1, o2 = out[..., :n_pairs], out[..., n_pairs:2 * n_pairs]
-    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
-    torch.mul(x1, sin, out=o2).addcmul_(x2, cos)
-    if d % 2:
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
+    if x.shape[-1] % 2:
         out[..., -1] = x[..., -1]
     return out
+
+
+class _Rotary(torch.autograd.Function):
+    """The rotation and its backward, the rotation by the opposite angles (a rotation's
+    transpose is its inverse)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(g, cos, sin, -1.0), None, None
 
 
 _ROTARY_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
