@@ -139,11 +139,14 @@ class _DeltaChunk(torch.autograd.Function):
         states = S0.new_empty(N + bh, d_k, d_v)  # the state at every chunk's start, then S_T
         states[:bh] = S0.reshape(bh, d_k, d_v)
         g_last = None if gamma is None else gamma[:, -1, None, None]  # (N, 1, 1)
-        for s in range(0, N, bh):
+        for s in range(0, N, bh):  # no temporaries: each state is written where it is kept
             e, S = s + bh, states[s:s + bh]
             torch.baddbmm(U[s:e], W[s:e], S, alpha=-1, out=U[s:e])
-            S = S if g_last is None else S * g_last[s:e]
-            torch.baddbmm(S, K_end[s:e].mT, U[s:e], out=states[e:e + bh])
+            S_end = torch.bmm(K_end[s:e].mT, U[s:e], out=states[e:e + bh])
+            if g_last is None:
+                S_end.add_(S)
+            else:
+                S_end.addcmul_(S, g_last[s:e])
         starts = states[:N]  # (N, d_k, d_v)
         o = torch.bmm(Q, starts)  # (N, C, d_v)
         if gamma is not None:
@@ -169,15 +172,18 @@ class _DeltaChunk(torch.autograd.Function):
         # the reverse state pass, chunk by chunk: dU = P^T dO + K_end dS_end,
         # dS_0 = Qg^T dO + gamma_C dS_end - W^T dU
         dU = torch.bmm(P.mT, dO)  # (N, C, d_v)
-        E = torch.bmm(Qg.mT, dO)  # (N, d_k, d_v)
         grads = starts.new_empty(N + bh, d_k, d_v)  # dL/d(the state at every chunk's start)
+        torch.bmm(Qg.mT, dO, out=grads[:N])  # Qg^T dO, completed in place chunk by chunk
         grads[N:] = d_S.reshape(bh, d_k, d_v)
         g_last = None if gamma is None else gamma[:, -1, None, None]  # (N, 1, 1)
         for s in reversed(range(0, N, bh)):
-            e, G = s + bh, grads[s + bh:s + 2 * bh]
+            e, G, acc = s + bh, grads[s + bh:s + 2 * bh], grads[s:s + bh]
             torch.baddbmm(dU[s:e], K_end[s:e], G, out=dU[s:e])
-            acc = E[s:e].add_(G) if g_last is None else E[s:e].addcmul_(G, g_last[s:e])
-            torch.baddbmm(acc, W[s:e].mT, dU[s:e], alpha=-1, out=grads[s:e])
+            if g_last is None:
+                acc.add_(G)
+            else:
+                acc.addcmul_(G, g_last[s:e])
+            torch.baddbmm(acc, W[s:e].mT, dU[s:e], alpha=-1, out=acc)
         G = grads[bh:]  # (N, d_k, d_v): dL/dS_end of every chunk
 
         dQg = torch.bmm(dO, starts.mT)  # (N, C, d_k)
