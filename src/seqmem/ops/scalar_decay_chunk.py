@@ -128,13 +128,18 @@ class _ScalarDecayChunk(torch.autograd.Function):
         else:
             M = (Q @ K.transpose(-1, -2)).mul_(dec.D)
             KV = _times(K, dec.e).transpose(-1, -2) @ V
-        # chunk by chunk, each state written in place (a stack of n states costs one more
-        # copy; a cumulative sum over chunks, several passes over all the states)
-        starts, S = KV.new_empty(KV.shape), S0  # (b, h, n, d_k, d_v)
-        for i in range(KV.shape[2]):
-            starts[:, :, i] = S
-            S = KV[:, :, i] + S if dec.alpha is None else torch.addcmul(
-                KV[:, :, i], dec.alpha[:, :, i], S)  # (b, h, d_k, d_v)
+        # chunk by chunk, each state written where it is kept (a stack of n states costs one
+        # more copy; a cumulative sum over chunks, several passes over all the states)
+        n = KV.shape[2]
+        starts = KV.new_empty(KV.shape)  # (b, h, n, d_k, d_v)
+        starts[:, :, 0] = S0
+        for i in range(n):
+            S_prev = starts[:, :, i]
+            S = starts[:, :, i + 1] if i + 1 < n else None  # None: the final state, fresh
+            if dec.alpha is None:
+                S = torch.add(KV[:, :, i], S_prev, out=S)  # (b, h, d_k, d_v)
+            else:
+                S = torch.addcmul(KV[:, :, i], dec.alpha[:, :, i], S_prev, out=S)
         O = _bmm(Qa @ starts, M, V)  # (b, h, n, C, d_v): S_0 decayed to t, plus the chunk
         ctx.factored = dec.D is None  # then the factored operands are kept, not Q and K
         ctx.save_for_backward(*((Qa, Kb) if ctx.factored else (Q, K)), V, c, sg, starts, S)
@@ -157,14 +162,17 @@ class _ScalarDecayChunk(torch.autograd.Function):
         # SG[i] = <S_i, G_i>, S_i the state at chunk i's end, while both are in cache
         n = Q.shape[2]
         Gs, SG = R.new_empty(R.shape), R.new_empty(R.shape[:3])  # (b, h, n, ...)
+        Gs[:, :, -1] = G
         for i in reversed(range(n)):
-            Gs[:, :, i] = G
+            G = Gs[:, :, i]
             if need_c:
                 S_i = S_T if i == n - 1 else starts[:, :, i + 1]
                 SG[:, :, i] = torch.linalg.vecdot(S_i.flatten(-2), G.flatten(-2))
-            G = R[:, :, i] + G if dec.alpha is None else torch.addcmul(
-                R[:, :, i], dec.alpha[:, :, i], G)  # (b, h, d_k, d_v)
-        dS0 = G
+            out = Gs[:, :, i - 1] if i > 0 else None  # None: dL/dS_0, fresh
+            if dec.alpha is None:
+                dS0 = torch.add(R[:, :, i], G, out=out)  # (b, h, d_k, d_v)
+            else:
+                dS0 = torch.addcmul(R[:, :, i], dec.alpha[:, :, i], G, out=out)
         Kb = K  # used only when factored
         # G as the keys see it: Ke^T = (alpha Kb)^T when factored, so alpha goes onto G
         Gk = Gs if not factored or dec.alpha is None else Gs * dec.alpha
