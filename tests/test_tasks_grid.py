@@ -34,18 +34,18 @@ def bfs_joined(lit: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 # ---- pathfinder ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("height", "width", "length", "n_distractors"),
-                         [(10, 10, 12, 1), (6, 9, 20, 3), (3, 5, 4, 0)])
+                         [(10, 10, 12, 1), (6, 9, 8, 2), (3, 5, 4, 0)])
 def test_pathfinder_labels_are_the_connectivity_of_the_drawing(height, width, length,
                                                                n_distractors):
     task = tasks.build("pathfinder", height=height, width=width, path_length=length,
                        n_distractors=n_distractors)
     assert task.grid == (height, width) and task.d_input == 2 and task.heads == [2]
-    batch = task.sample(200, generator=gen(1))
+    batch = task.sample(100, generator=gen(1))
     t = height * width
-    assert batch.inputs.shape == (200, t, 2) and batch.meta["seq_len"] == t
-    assert batch.mask.tolist() == [[False] * (t - 1) + [True]] * 200
-    x = batch.inputs.view(200, height, width, 2).numpy()
-    for i in range(200):
+    assert batch.inputs.shape == (100, t, 2) and batch.meta["seq_len"] == t
+    assert batch.mask.tolist() == [[False] * (t - 1) + [True]] * 100
+    x = batch.inputs.view(100, height, width, 2).numpy()
+    for i in range(100):
         lit, marked = x[i, ..., 0] > 0, x[i, ..., 1] > 0
         marks = [tuple(p) for p in np.argwhere(marked)]
         assert len(marks) == 2 and all(lit[m] for m in marks)
@@ -183,6 +183,13 @@ def test_mnist1d_grid_folds_the_signal_into_rows_of_eight():
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
     cells = b.inputs.view(2, 5, 8)
     assert torch.equal(cells[:, 2, 3], a.inputs[:, 2 * 8 + 3, 0])  # row r, column c: 8 r + c
+
+
+def test_pathfinder_refuses_grids_where_one_class_is_too_rare():
+    task = tasks.build("pathfinder", height=3, width=3, path_length=20, n_distractors=3)
+    with pytest.raises(SeqmemError, match=r"marks apart are too rare on a 3 x 3 grid") as e:
+        task.sample(8, generator=gen(9))
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(("name", "kw", "match"), [

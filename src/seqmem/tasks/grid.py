@@ -32,6 +32,7 @@ from seqmem.tasks.render import check_index, facts
 # Headings of a walk: up, right, down, left (row, column steps); a turn adds +-1 mod 4.
 HEADINGS = torch.tensor([[-1, 0], [0, 1], [1, 0], [0, -1]])
 TURN_PROBS = (0.5, 0.25, 0.25)  # straight on, turn right, turn left
+MAX_ROUNDS = 16  # rounds of 2 * batch_size candidate drawings before a class is too rare
 
 
 def fold(p: Tensor, n: int) -> Tensor:
@@ -43,13 +44,15 @@ def fold(p: Tensor, n: int) -> Tensor:
 
 
 def random_walks(n: int, length: int, height: int, width: int, *,
-                 generator: torch.Generator) -> Tensor:
+                 generator: torch.Generator, start: Tensor | None = None) -> Tensor:
     """n walks of `length` steps on a height x width grid: cells (n, length + 1, 2) as
     (row, column). Each starts in a uniform cell with a uniform heading and at every step goes
     straight on with probability 1/2 or turns left or right (1/4 each), never back, reflected
-    at the borders (`fold`): smooth snake-like contours, drawn without a loop over steps."""
-    start = torch.stack([torch.randint(0, height, (n,), generator=generator),
+    at the borders (`fold`): smooth snake-like contours, drawn without a loop over steps.
+    `start` (n, 2) gives the first cells instead (the uniform ones are drawn all the same)."""
+    uniform = torch.stack([torch.randint(0, height, (n,), generator=generator),
                          torch.randint(0, width, (n,), generator=generator)], dim=-1)  # (n, 2)
+    start = uniform if start is None else start
     heading0 = torch.randint(0, 4, (n, 1), generator=generator)  # (n, 1)
     turn = torch.multinomial(torch.tensor(TURN_PROBS).expand(n, 3), length, replacement=True,
                              generator=generator)  # (n, length) in {0, 1, 2}
@@ -92,7 +95,9 @@ class Pathfinder(Task):
     walks of path_length steps, straight on with probability 1/2, else a left or right turn,
     reflected at the borders) and marks two cells: the two ends of the first path (a positive
     example), or the start of the first and the end of the second (a negative one), so both
-    classes show the same number of paths. The label is the connectivity of the drawing
+    classes show the same number of paths; the second path starts two cells from the first
+    one's start (in a random direction), so that the marks of both classes lie about as far
+    apart (the distance between them is a weaker cue). The label is the connectivity of the drawing
     itself: 1 when the marks are joined by a 4-connected chain of path cells, however the
     paths cross (`connected`). Labels are balanced: each example's label is drawn
     Bernoulli(1/2) first and filled from candidate drawings with that label (drawings whose
@@ -103,8 +108,6 @@ class Pathfinder(Task):
     1 on path cells, channel 1 is 1 on the two marked cells (which are path cells too);
     `grid = (height, width)`. The label (2 classes) is supervised at the last cell only.
     meta: {"seq_len", "grid", "marks": (b, 2, 2) the marked cells as (row, column)}.
-    A shortcut the task keeps, as Pathfinder does: a positive example's marks are at most
-    path_length steps apart.
 
     Args:
         height: rows of the grid (>= 3).
@@ -138,6 +141,14 @@ class Pathfinder(Task):
         n_paths = 2 + self.n_distractors
         cells = random_walks(n * n_paths, self.path_length, self.height, self.width,
                              generator=generator).view(n, n_paths, -1, 2)  # (n, p, L+1, 2)
+        # the second path starts two cells from the first one's start (a random direction,
+        # folded into the grid), so that the negatives' marks are as far apart as the
+        # positives': both are the ends of walks from about the same cell
+        offset = 2 * HEADINGS[torch.randint(0, 4, (n,), generator=generator)]  # (n, 2)
+        near = cells[:, 0, 0] + offset
+        near = torch.stack([fold(near[:, 0], self.height), fold(near[:, 1], self.width)], -1)
+        cells[:, 1] = random_walks(n, self.path_length, self.height, self.width,
+                                   generator=generator, start=near)
         lit = torch.zeros(n, self.height, self.width, dtype=torch.bool)
         flat = (cells[..., 0] * self.width + cells[..., 1]).reshape(n, -1)  # (n, p * (L+1))
         lit.view(n, -1).scatter_(1, flat, True)
@@ -155,13 +166,24 @@ class Pathfinder(Task):
         lit_parts, mark_parts, label_parts = [], [], []
         have = torch.zeros(2, dtype=torch.long)
         need = torch.stack([(want == 0).sum(), (want == 1).sum()])
-        while bool((have < need).any()):  # a few rounds of candidates, each vectorised
+        for _ in range(MAX_ROUNDS):  # a few rounds of candidates, each vectorised
+            if not bool((have < need).any()):
+                break
             lit, marks, label = self.draw(2 * batch_size, generator=generator)
             keep = label >= 0
             lit_parts.append(lit[keep])
             mark_parts.append(marks[keep])
             label_parts.append(label[keep])
             have += torch.stack([(label == 0).sum(), (label == 1).sum()])
+        else:
+            if bool((have < need).any()):
+                rare = "apart" if have[0] < need[0] else "joined"
+                raise SeqmemError(
+                    f"pathfinder: drawings with marks {rare} are too rare on a {self.height} x "
+                    f"{self.width} grid with {2 + self.n_distractors} paths of {self.path_length}"
+                    f" steps ({int(have[0])} apart, {int(have[1])} joined in "
+                    f"{MAX_ROUNDS * 2 * batch_size} candidates); use a larger grid, shorter "
+                    f"paths (path_length) or fewer distractors (n_distractors)")
         lit, marks, label = (torch.cat(p) for p in (lit_parts, mark_parts, label_parts))
         # the k-th example wanting class c takes the k-th candidate of class c
         order = torch.argsort(label * len(label) + torch.arange(len(label)))
