@@ -35,6 +35,7 @@ from seqmem.ops.plstm import (
     plstm_rows,
     plstm_scan,
 )
+from seqmem.train.loop import model_state_size
 
 F64 = torch.float64
 
@@ -257,6 +258,8 @@ def test_model_reshapes_around_a_2d_block(name):
     assert type(fresh) is type(s) and all(
         a.shape == b.shape for a, b in zip(*(t if isinstance(t, tuple) else (t,)
                                              for t in (fresh, s)), strict=True))
+    floats = sum(t.numel() for t in (fresh if isinstance(fresh, tuple) else (fresh,))) // 2
+    assert model_state_size(model, None) == blk.mixer.state_size(W) == floats
     with pytest.raises(SeqmemError, match="12 cells"):
         model.features(torch.randn(2, 10, 2, dtype=F64))
     with pytest.raises(SeqmemError, match="needs the grid"):

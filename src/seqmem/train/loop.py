@@ -417,11 +417,15 @@ def eval_lengths(cfg: RunConfig, parts: TrainParts, gen: torch.Generator) -> dic
 
 def model_state_size(model: SequenceModel, task) -> int:
     """Floats of recurrent state per sequence, summed over the blocks; a mixer whose state
-    grows with t (attention's KV cache) is counted at the task's sequence length."""
+    grows with t (attention's KV cache) is counted at the task's sequence length, a 2-D
+    mixer's (the state carried from one row block to the next) at the grid's width."""
     t = None
     total = 0
-    for m in model.mixer_modules():
-        if getattr(m, "state_grows", False):
+    for blk in model.blocks:
+        m = blk.mixer
+        if getattr(blk, "grid", None) is not None:  # a 2-D mixer: the state of a grid's width
+            total += int(m.state_size(blk.grid[1]))
+        elif getattr(m, "state_grows", False):
             if t is None:
                 probe = task.sample(1, generator=torch.Generator().manual_seed(0))
                 t = int(probe.mask.shape[1])
