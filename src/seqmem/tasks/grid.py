@@ -87,7 +87,7 @@ def connected(lit: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 @register("pathfinder")
 class Pathfinder(Task):
-    """Pathfinder: are the two marked cells joined by a drawn path? (connectivity, on a grid)
+    """Pathfinder: whether the two marked cells of a grid are joined by a drawn path.
 
     After Linsley et al. 2018 and the Pathfinder task of the Long Range Arena (Tay et al.
     2021), on small generated grids of cells instead of 32 x 32 images of dashed curves
