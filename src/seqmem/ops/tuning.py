@@ -38,9 +38,11 @@ TUNED = ("linear_attention", "retention", "gla", "delta_rule", "gated_delta_rule
 CANDIDATES = (16, 32, 64, 128, 256)
 #: The chunk length of an op that is not tuned, and of every op until measured.
 FALLBACK = 64
-#: The packaged defaults: the best chunk length per op on the reference machine, from the
-#: table in benchmarks/chunks.md (64 for every op until that table is measured there).
-DEFAULTS: dict[str, int] = dict.fromkeys(TUNED, FALLBACK)
+#: The packaged defaults: the best chunk length per op on the reference machine (a 2-core AMD
+#: EPYC, one thread), from the table in benchmarks/chunks.md. The selective scans have none:
+#: unmeasured, they bound their chunks by a working set (module docstring).
+DEFAULTS: dict[str, int] = {"linear_attention": 64, "retention": 32, "gla": 32, "delta_rule": 32,
+                            "gated_delta_rule": 32, "ssd": 64, "ssd_signed": 64}
 
 _loaded: dict[tuple[str, int | None], dict] = {}  # (path, mtime_ns) -> the parsed file
 
