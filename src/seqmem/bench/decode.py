@@ -22,7 +22,6 @@ compared (relative difference against `PEER_TOL`); only a pair that agrees is ti
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ from torch import nn
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import interleaved_rounds, machine, ms, timing
+from seqmem.bench.measure import interleaved_rounds, ms, table_context, thread_count, timing
 from seqmem.bench.ops_table import write_rows
-from seqmem.bench.peers import _gated_deltanet_layer, _mamba_layer, _quiet_transformers
+from seqmem.bench.peers import _gated_deltanet_layer, _mamba_layer, quiet_transformers
 from seqmem.build import seeded
 from seqmem.models import SequenceModel
 
@@ -160,16 +159,9 @@ def run_decode(shapes: DecodeShapes, *, names: tuple[str, ...] = (), rounds: int
     names = names or tuple(mixers.names())
     for n in names:
         mixers.get(n)  # unknown names: a one-line error before anything runs
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    restore = _quiet_transformers()
     rows, skipped = [], []
-    try:
-        ctx = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-               "machine": machine(), "shapes": shapes.__dict__,
-               "rounds": rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "dtype": "float32"}
+    with thread_count(threads), quiet_transformers():
+        ctx = table_context(shapes, rounds)
         for b in shapes.batches:
             gen = torch.Generator().manual_seed(seed + b)
             subjects: list[Subject] = []
@@ -221,9 +213,6 @@ def run_decode(shapes: DecodeShapes, *, names: tuple[str, ...] = (), rounds: int
                              "step_ms_low": 1e3 * t.low, "step_ms_high": 1e3 * t.high,
                              "tok_s": b / t.median, "rounds": rounds, "calls": n_i,
                              "peer": s.peer, "rel_diff": diffs.get(s.peer)})
-    finally:
-        torch.set_num_threads(old)
-        restore()
     return ctx, rows, skipped
 
 

@@ -20,7 +20,14 @@ import torch
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import fwd_bwd, interleaved_rounds, machine, peak_memory_mib, timing
+from seqmem.bench.measure import (
+    fwd_bwd,
+    interleaved_rounds,
+    machine,
+    peak_memory_mib,
+    thread_count,
+    timing,
+)
 from seqmem.bench.ops_table import write_rows
 from seqmem.build import seeded
 
@@ -35,11 +42,8 @@ def run_grid(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
     names = [n for n in cfg.mixers if mixers.is_2d(n)] or mixers.names_2d()
     sides = GRID_SIDES[:2] if cfg.shapes == "quick" else GRID_SIDES
     d = QUICK_D_MODEL if cfg.shapes == "quick" else cfg.d_model
-    old = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     rows = []
-    try:
+    with thread_count(cfg.threads):
         subjects = []  # (name, form, module)
         for name in names:
             with seeded(cfg.seed):
@@ -68,8 +72,6 @@ def run_grid(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
                 if t.median > cfg.budget_s:
                     slow.append((name, form))
             subjects = [s for s in subjects if s[:2] not in slow]  # no larger grids for these
-    finally:
-        torch.set_num_threads(old)
     ctx = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads()
            if cfg.threads is None else cfg.threads, "b": cfg.batch, "d_model": d,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

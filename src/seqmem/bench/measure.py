@@ -26,6 +26,28 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from seqmem.ops import tuning
 
+
+@contextlib.contextmanager
+def thread_count(threads: int | None):
+    """torch's intra-op thread count set to `threads` inside the block (None or 0: left as
+    it is), and the process's own setting restored after it."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def table_context(shapes, rounds: int) -> dict:
+    """What a table's page states about how it was measured: torch, threads, the machine,
+    the shapes (a dataclass), the rounds, the date and the dtype."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": machine(), "shapes": shapes.__dict__, "rounds": rounds,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": "float32"}
+
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 

@@ -35,6 +35,7 @@ from seqmem.bench.measure import (
     machine,
     matmul_gflops,
     ms,
+    thread_count,
     timing,
 )
 from seqmem.errors import SeqmemError
@@ -183,13 +184,8 @@ def forward_flops(case: OpCase, chunk_size: int | None) -> int:
 
 
 def _with_threads(threads: int | None, fn: Callable[[], object]):
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with thread_count(threads):
         return fn()
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_ops(shapes: OpShapes, *, rounds: int = 7, seed: int = 0, threads: int | None = 1,

@@ -25,6 +25,7 @@ The peers, each skipped with a line naming its package when that is not installe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from seqmem import mixers, ops
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import ROUND_S, interleaved_rounds, machine
+from seqmem.bench.measure import ROUND_S, interleaved_rounds, machine, thread_count
 from seqmem.build import seeded
 
 
@@ -311,16 +312,22 @@ def interleaved(sides: Sides, rounds: int) -> dict:
             "peer_tok_s": sides.tokens / statistics.median(theirs)}
 
 
-def _quiet_transformers() -> Callable[[], None]:
-    """Silence transformers' notices that a fused kernel is missing and it falls back to its
-    torch path (that path is the peer); returns what restores its verbosity."""
+@contextlib.contextmanager
+def quiet_transformers():
+    """Inside the block, transformers' notices that a fused kernel is missing and it falls
+    back to its torch path (that path is the peer) are silenced; its verbosity is restored
+    after it."""
     if importlib.util.find_spec("transformers") is None:
-        return lambda: None
+        yield
+        return
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    return lambda: hf_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def run_peers(shapes: Shapes, *, rounds: int = 7, seed: int = 0, threads: int | None = 1,
@@ -330,12 +337,8 @@ def run_peers(shapes: Shapes, *, rounds: int = 7, seed: int = 0, threads: int | 
     contains one of `only`, if given; `quick` leaves out the `SLOW` ones), checked for
     agreement, then timed."""
     progress = progress or (lambda msg: None)
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    restore = _quiet_transformers()
     rows, skipped = [], []
-    try:
+    with thread_count(threads), quiet_transformers():
         for i, pair in enumerate(PAIRS):
             label = f"{pair.subject} / {pair.peer}"
             if only and not any(o in label for o in only):
@@ -363,9 +366,6 @@ def run_peers(shapes: Shapes, *, rounds: int = 7, seed: int = 0, threads: int | 
                 skipped.append(f"{label}: outputs differ (relative {err:.2g} > {pair.tol:g}): "
                                f"not timed")
             rows.append(row)
-    finally:
-        torch.set_num_threads(old)
-        restore()
     return rows, skipped
 
 

@@ -22,7 +22,7 @@ import torch
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import interleaved_rounds, machine, ms, timing
+from seqmem.bench.measure import interleaved_rounds, ms, table_context, thread_count, timing
 from seqmem.bench.ops_table import write_rows
 from seqmem.build import build_curriculum, build_model, build_optimizer, build_task
 from seqmem.config import RunConfig, load_config
@@ -89,15 +89,9 @@ def run_small(shapes: SmallShapes, *, names: tuple[str, ...] = (), rounds: int =
     names = tuple(dict.fromkeys((REFERENCE, *(names or mixers.names()))))
     for n in names:
         mixers.get(n)  # unknown names: a one-line error before anything runs
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     rows, skipped = [], []
-    try:
-        ctx = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-               "machine": machine(), "shapes": shapes.__dict__,
-               "rounds": rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "dtype": "float32"}
+    with thread_count(threads):
+        ctx = table_context(shapes, rounds)
         for d in shapes.d_models:
             alive = list(names)
             for T in shapes.lengths:
@@ -140,8 +134,6 @@ def run_small(shapes: SmallShapes, *, names: tuple[str, ...] = (), rounds: int =
                         "spread": t.high / t.low if t.low > 0 else None,
                     })
                 del steps
-    finally:
-        torch.set_num_threads(old)
     return ctx, rows, skipped
 
 
