@@ -45,6 +45,7 @@ DEFAULTS: dict[str, int] = {"linear_attention": 64, "retention": 32, "gla": 32, 
                             "gated_delta_rule": 32, "ssd": 64, "ssd_signed": 64}
 
 _loaded: dict[tuple[str, int | None], dict] = {}  # (path, mtime_ns) -> the parsed file
+_seen: dict[tuple[str, int | None], int | None] = {}  # (op, threads) -> the last lookup
 
 
 def cache_path() -> Path:
@@ -101,11 +102,16 @@ def _read(path: Path) -> dict:
 
 
 def measured(op: str, threads: int | None = None) -> int | None:
-    """The chunk length measured for op on this machine (None if the file lacks it)."""
+    """The chunk length measured for op on this machine (None if the file lacks it). Under
+    torch.compile, which cannot trace a file read, the length this process looked up last
+    outside it (the packaged default if it never did)."""
+    if torch.compiler.is_compiling():
+        return _seen.get((op, threads))
     value = _read(cache_path()).get(machine_key(threads), {}).get(op)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    return None
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        value = None
+    _seen[(op, threads)] = value
+    return value
 
 
 def chunk_size(op: str) -> int:
