@@ -23,26 +23,17 @@ from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet import LightNetState, lightnet_chunk, lightnet_step
 
 
-@register("lightnet")
-class LightNet(Mixer):
-    """LightNet's additive linear recurrence with a gated RMS-normalised output.
+class LightNetIO:
+    """LightNet's projections and gated output, shared by the 1-D layer and `lightnet2d`:
+    q = silu(W_q x), k = W_k x, v = W_v x per head, and y = W_o (RMSNorm(o) * silu(W_g2 W_g1
+    x)). A mixin of a Mixer: `_init_io` sets the parameters (qk, v, gate, norm_weight, out)."""
 
-    Args:
-        d_model: model width (and value width).
-        n_heads: heads (a divisor of d_model).
-        d_key: key width per head (0 = d_model // n_heads).
-        d_gate: rank of the output gate's projection.
-    """
-
-    modes = ("chunk", "recurrent")
-
-    def __init__(self, d_model: int, *, n_heads: int = 2, d_key: int = 0, d_gate: int = 16):
-        super().__init__(d_model)
+    def _init_io(self, who: str, d_model: int, n_heads: int, d_key: int, d_gate: int) -> None:
         self.n_heads = n_heads
-        self.d_head = check_heads("lightnet", d_model, n_heads)
-        self.d_key = check_int("lightnet: d_key (0: d_model // n_heads)", d_key, low=0) \
+        self.d_head = check_heads(who, d_model, n_heads)
+        self.d_key = check_int(f"{who}: d_key (0: d_model // n_heads)", d_key, low=0) \
             or self.d_head
-        self.d_gate = check_int("lightnet: d_gate", d_gate)
+        self.d_gate = check_int(f"{who}: d_gate", d_gate)
         self.qk = nn.Linear(d_model, 2 * n_heads * self.d_key, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.gate = nn.Sequential(nn.Linear(d_model, d_gate, bias=False),
@@ -58,6 +49,24 @@ class LightNet(Mixer):
     def _output(self, x, o):
         """W_o (RMSNorm(o) * SiLU(W_g2 W_g1 x)) over the merged heads, o (..., h, d_head)."""
         return self.out(gated_rms_norm(merge_heads(o), self.norm_weight, self.gate(x), 1e-6))
+
+
+@register("lightnet")
+class LightNet(LightNetIO, Mixer):
+    """LightNet's additive linear recurrence with a gated RMS-normalised output.
+
+    Args:
+        d_model: model width (and value width).
+        n_heads: heads (a divisor of d_model).
+        d_key: key width per head (0 = d_model // n_heads).
+        d_gate: rank of the output gate's projection.
+    """
+
+    modes = ("chunk", "recurrent")
+
+    def __init__(self, d_model: int, *, n_heads: int = 2, d_key: int = 0, d_gate: int = 16):
+        super().__init__(d_model)
+        self._init_io("lightnet", d_model, n_heads, d_key, d_gate)
 
     def _forward(self, x, state, mode, chunk_size):
         if mode == "recurrent":

@@ -14,13 +14,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from seqmem.errors import check_int
 from seqmem.mixers.grid import Mixer2D, register_2d
-from seqmem.mixers.parts import check_heads, gated_rms_norm, merge_heads, split_heads
+from seqmem.mixers.lightnet import LightNetIO
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.lightnet2d import (
     LightNet2DState,
@@ -34,7 +32,7 @@ from seqmem.ops.lightnet2d import (
 
 
 @register_2d("lightnet2d")
-class LightNet2D(Mixer2D):
+class LightNet2D(LightNetIO, Mixer2D):
     """LightNet's one-scan additive recurrence over a grid, causal in raster order.
 
     Args:
@@ -56,20 +54,10 @@ class LightNet2D(Mixer2D):
                  lrpe: bool = False, tpe: bool = False, tpe_size: int = 4,
                  chunk_size: int = 64):
         super().__init__(d_model)
-        self.n_heads = n_heads
-        self.d_head = check_heads("lightnet2d", d_model, n_heads)
-        self.d_key = check_int("lightnet2d: d_key (0: d_model // n_heads)", d_key, low=0) \
-            or self.d_head
-        self.d_gate = check_int("lightnet2d: d_gate", d_gate)
+        self._init_io("lightnet2d", d_model, n_heads, d_key, d_gate)
         self.chunk_size = check_int("lightnet2d: chunk_size", chunk_size)
         self.lrpe, self.tpe = bool(lrpe), bool(tpe)
         self.tpe_size = check_int("lightnet2d: tpe_size", tpe_size) if tpe else 1
-        self.qk = nn.Linear(d_model, 2 * n_heads * self.d_key, bias=False)
-        self.v = nn.Linear(d_model, d_model, bias=False)
-        self.gate = nn.Sequential(nn.Linear(d_model, d_gate, bias=False),
-                                  nn.Linear(d_gate, d_model, bias=False))
-        self.norm_weight = nn.Parameter(torch.ones(d_model))
-        self.out = nn.Linear(d_model, d_model, bias=False)
         if self.lrpe:  # rotary-like frequencies, one per key channel, for rows and columns
             freq = 10000 ** (-torch.arange(self.d_key) / self.d_key) * math.pi / 2
             self.theta = nn.Parameter(torch.stack([freq, freq.flip(0)])[:, None].repeat(
@@ -87,13 +75,6 @@ class LightNet2D(Mixer2D):
         a = torch.arange(K, device=like.device, dtype=like.dtype)[:, None] / K
         r, c = self.tpe_net(a).chunk(2, dim=-1)  # (K, d) each
         return r + (a == 0).to(like.dtype), c
-
-    def _inputs(self, u):
-        q, k = rearrange(self.qk(u), "... (n h d) -> n ... h d", n=2, h=self.n_heads)
-        return F.silu(q), k, split_heads(self.v(u), self.n_heads)
-
-    def _output(self, u, o):
-        return self.out(gated_rms_norm(merge_heads(o), self.norm_weight, self.gate(u), 1e-6))
 
     # ---- the forms ------------------------------------------------------------------------
     def _forward(self, x, state, mode):
