@@ -31,8 +31,14 @@ from torch import nn
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import interleaved_rounds, ms, table_context, thread_count, timing
-from seqmem.bench.ops_table import write_rows
+from seqmem.bench.measure import (
+    interleaved_rounds,
+    ms,
+    table_context,
+    thread_count,
+    timing,
+    write_rows,
+)
 from seqmem.bench.peers import _gated_deltanet_layer, _mamba_layer, quiet_transformers
 from seqmem.build import seeded
 from seqmem.models import SequenceModel

@@ -27,8 +27,8 @@ from seqmem.bench.measure import (
     peak_memory_mib,
     thread_count,
     timing,
+    write_rows,
 )
-from seqmem.bench.ops_table import write_rows
 from seqmem.build import seeded
 
 GRID_SIDES = (8, 16, 32)

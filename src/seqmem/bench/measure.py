@@ -10,9 +10,11 @@ FLOPs are counted by PyTorch's FlopCounterMode on a short sequence and scaled pe
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import ctypes.util
 import gc
+import json
 import math
 import statistics
 import time
@@ -76,7 +78,7 @@ def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), min(times), max(times), repeats)
+    return timing(times)
 
 
 ROUND_S = 0.05  # a round repeats each subject until it lasts at least this: ms-long calls are
@@ -221,3 +223,22 @@ def fwd_only(module: nn.Module, x: torch.Tensor, call: Callable) -> Callable[[],
             call(module, x)
 
     return run
+
+
+def write_rows(rows: list[dict], ctx: dict, out_dir: Path, stem: str, md: str, *,
+               fields: Sequence[str] = ("op",)) -> dict[str, Path]:
+    """<stem>.jsonl (each row with the context), <stem>.csv (the rows' keys; `fields` when
+    there are no rows) and <stem>.md in out_dir; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"{stem}.{k}" for k in ("jsonl", "csv", "md")}
+    with paths["jsonl"].open("w") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "context": ctx}) + "\n")
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or list(fields)
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    paths["md"].write_text(md)
+    return paths

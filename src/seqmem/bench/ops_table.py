@@ -16,8 +16,6 @@ one another in interleaved rounds; the best (the smallest median) per op is repo
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from seqmem.bench.measure import (
     ms,
     thread_count,
     timing,
+    write_rows,
 )
 from seqmem.errors import SeqmemError
 from seqmem.ops import tuning
@@ -261,22 +260,6 @@ def _context(shapes: OpShapes, rounds: int, *, gflops: bool = True) -> dict:
 
 
 # ---- outputs ----------------------------------------------------------------------------------
-def write_rows(rows: list[dict], ctx: dict, out_dir: Path, stem: str, md: str) -> dict[str, Path]:
-    """<stem>.jsonl (each row with the context), <stem>.csv and <stem>.md in out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: out_dir / f"{stem}.{k}" for k in ("jsonl", "csv", "md")}
-    with paths["jsonl"].open("w") as f:
-        for r in rows:
-            f.write(json.dumps({**r, "context": ctx}) + "\n")
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["op"]
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    paths["md"].write_text(md)
-    return paths
-
-
 def _head(title: str, ctx: dict, command: str) -> list[str]:
     s = ctx["shapes"]
     return [f"# {title}", "", f"Regenerate with `{command}`.", "",

@@ -26,9 +26,7 @@ The peers, each skipped with a line naming its package when that is not installe
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.util
-import json
 import math
 import shutil
 import statistics
@@ -43,7 +41,7 @@ from torch import Tensor, nn
 
 from seqmem import mixers, ops
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import ROUND_S, interleaved_rounds, machine, thread_count
+from seqmem.bench.measure import ROUND_S, interleaved_rounds, machine, thread_count, write_rows
 from seqmem.build import seeded
 
 
@@ -429,17 +427,6 @@ def peers_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
            torch.get_num_threads(), "machine": machine(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "shapes": shapes.__dict__,
            "peers": peer_versions(), "skipped": skipped}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"peers.{k}" for k in ("jsonl", "csv", "md")}
-    with paths["jsonl"].open("w") as f:
-        for r in rows:
-            f.write(json.dumps({**r, "context": ctx}) + "\n")
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["subject", "peer"]
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    paths["md"].write_text(peers_markdown(rows, skipped, shapes=shapes, context=ctx,
-                                          command=command))
+    md = peers_markdown(rows, skipped, shapes=shapes, context=ctx, command=command)
+    paths = write_rows(rows, ctx, Path(out_dir), "peers", md, fields=("subject", "peer"))
     return ctx, rows, paths

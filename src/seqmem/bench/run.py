@@ -12,7 +12,6 @@ other tables (`BenchConfig.parts`: `ops_table`, `small`, `decode`).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -38,6 +37,7 @@ from seqmem.bench.measure import (
     peak_memory_mib,
     time_it,
     timing,
+    write_rows,
 )
 from seqmem.bench.ops_table import chunks_to, ops_to
 from seqmem.bench.small import small_to
@@ -375,15 +375,8 @@ def write_outputs(ctx: dict, rows: list[dict], out_dir: str | Path, *, skipped: 
     """bench.jsonl, bench.csv, bench.png and bench.md in out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"bench.{k}" for k in ("jsonl", "csv", "png", "md")}
-    with paths["jsonl"].open("w") as f:
-        for r in rows:
-            f.write(json.dumps({**r, "context": ctx}) + "\n")
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
-    _plot(rows, paths["png"], ctx)
+    png = out / "bench.png"
+    _plot(rows, png, ctx)
     lines = [
         "# seqmem bench", "",
         f"Regenerate with `{command}`.", "",
@@ -408,8 +401,8 @@ def write_outputs(ctx: dict, rows: list[dict], out_dir: str | Path, *, skipped: 
     if skipped:
         lines += ["Not measured:", "", *(f"- {s}" for s in skipped), ""]
     lines += ["![fwd+bwd tokens/s against T](bench.png)", ""]
-    paths["md"].write_text("\n".join(lines))
-    return paths
+    paths = write_rows(rows, ctx, out, "bench", "\n".join(lines), fields=COLUMNS)
+    return {**paths, "png": png}
 
 
 def _plot(rows: list[dict], path: Path, ctx: dict) -> None:

@@ -22,8 +22,14 @@ import torch
 
 from seqmem import mixers
 from seqmem.bench.config import BenchConfig
-from seqmem.bench.measure import interleaved_rounds, ms, table_context, thread_count, timing
-from seqmem.bench.ops_table import write_rows
+from seqmem.bench.measure import (
+    interleaved_rounds,
+    ms,
+    table_context,
+    thread_count,
+    timing,
+    write_rows,
+)
 from seqmem.build import build_curriculum, build_model, build_optimizer, build_task
 from seqmem.config import RunConfig, load_config
 from seqmem.train.loop import batch_loss
