@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "seqmem"
 # Lower tiers first; a module may import its own package and anything in a lower tier.
 TIERS = [
     ("errors",),
-    ("registry", "store"),
+    ("registry", "store", "devices"),
     ("ops",),
     ("mixers",),
     ("models", "tasks", "curricula"),
