@@ -52,7 +52,7 @@ def features_silenced(model: SequenceModel, x: Tensor, units, *, generator=None)
     """
     d = model.d_model
     keep = torch.ones(d, dtype=x.dtype, device=x.device)  # (d,)
-    idx = torch.as_tensor(list(units), dtype=torch.long)
+    idx = torch.as_tensor(list(units), dtype=torch.long, device=x.device)
     if idx.numel() and (idx.min() < 0 or idx.max() >= d):
         raise SeqmemError(f"units must lie in [0, {d}), got {idx.tolist()}")
     keep[idx] = 0
@@ -135,7 +135,8 @@ def perturbed(model: SequenceModel, what: str, eps: float, *, generator: torch.G
     omix = out.blocks[-1].mixer
     p = getattr(omix, name)
     with torch.no_grad():
-        D = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        # drawn on the CPU, where the generator is, then moved to the parameter
+        D = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
         if what == "tau":
             D = D.abs()
         # the norm of W as used (diagonal zeroed where the mixer zeroes it)

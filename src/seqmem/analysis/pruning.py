@@ -283,7 +283,8 @@ def _group_pruned(model, block: int, i: int) -> float:
     zero = total = 0
     for s in P.group(model, block, i):
         if s.mask and s.param in masks and ".mixer." in s.param:
-            sel = masks[s.param].index_select(s.dim, torch.tensor(s.index))
+            m = masks[s.param]
+            sel = m.index_select(s.dim, torch.tensor(s.index, device=m.device))
             zero += int((sel == 0).sum())
             total += sel.numel()
     return zero / total if total else 0.0

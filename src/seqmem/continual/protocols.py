@@ -73,9 +73,10 @@ class SplitTask(Task):
         index = torch.randint(0, len(self._y), (batch_size,), generator=generator)  # (b,)
         inputs = self._x[index]  # (b, t, d)
         t = inputs.shape[1]
-        targets = torch.zeros(batch_size, t, 1, dtype=torch.long)  # (b, t, 1)
+        targets = torch.zeros(batch_size, t, 1, dtype=torch.long,
+                              device=inputs.device)  # (b, t, 1)
         targets[:, -1, 0] = self._y[index]
-        mask = torch.zeros(batch_size, t, dtype=torch.bool)  # (b, t)
+        mask = torch.zeros(batch_size, t, dtype=torch.bool, device=inputs.device)  # (b, t)
         mask[:, -1] = True
         return Batch(inputs, targets, mask, {"seq_len": t, "classes": self.classes})
 

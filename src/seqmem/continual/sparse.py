@@ -42,7 +42,7 @@ def random_mask(shape: torch.Size, density: float, generator: torch.Generator) -
     """A 0/1 float mask with exactly round(density n) ones at uniformly random places."""
     n = int(torch.Size(shape).numel())
     keep = torch.randperm(n, generator=generator)[: round(density * n)]
-    mask = torch.zeros(n)
+    mask = torch.zeros(n, device=keep.device)  # on the CPU with the draws; callers move it
     mask[keep] = 1.0
     return mask.view(shape)
 
@@ -62,7 +62,8 @@ def prune_and_regrow(weight: Tensor, mask: Tensor, fraction: float, *, regrow: s
     mag = weight.detach().reshape(-1)[active].abs()
     pruned = active[torch.topk(mag, k, largest=False).indices]
     if regrow == "random":
-        grown = inactive[torch.randperm(len(inactive), generator=generator)[:k]]
+        pick = torch.randperm(len(inactive), generator=generator)[:k]  # drawn on the CPU
+        grown = inactive[pick.to(inactive.device)]
     else:
         score = grad.detach().reshape(-1)[inactive].abs()
         grown = inactive[torch.topk(score, k).indices]

@@ -130,7 +130,9 @@ class LeakyRNN(NewtonForm, Mixer):
     def init_state(self, batch_size, *, device=None, dtype=None, generator=None):
         kw = self.state_options(device, dtype)
         if self.h0 == "random":
-            return 0.1 * torch.rand(batch_size, self.d_model, generator=generator, **kw)
+            # drawn on the CPU, where the generator is, then moved to the state's device
+            return 0.1 * torch.rand(batch_size, self.d_model, generator=generator,
+                                    dtype=kw["dtype"]).to(kw["device"])
         return torch.zeros(batch_size, self.d_model, **kw)
 
     def state_size(self):
