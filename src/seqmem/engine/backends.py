@@ -2,6 +2,12 @@
 
 Every backend turns a job into the same stream of events `(run id, event)` and reports
 workers that have exited (with a reason when one died without reporting its end).
+
+A job may carry the resources one run asks for (a sweep file's `resources: {gpu: 0.25,
+cpu: 1}`): on Ray they are the task's `num_gpus` / `num_cpus`, so that Ray packs several small
+runs onto one GPU; the process backend pins each run that asks for a GPU to one device,
+round-robin (the i-th such run sees device i mod k of the k CUDA devices, as its
+CUDA_VISIBLE_DEVICES), and leaves how many run at a time to `workers`; inline runs ignore them.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from seqmem.engine.jobs import get_kind
 from seqmem.errors import RunFailed, SeqmemError
 from seqmem.store import Run, RunLocked, RunStore
 
 BACKENDS = ("auto", "ray", "process", "inline")
+RESOURCES = ("gpu", "cpu")  # what one run may ask for
 
 
 @dataclass
@@ -35,6 +44,45 @@ class Job:
     label: str
     resume: bool = False
     kind: str = "train"
+    resources: dict[str, float] | None = None  # per run: {"gpu": share of a GPU, "cpu": cores}
+
+
+def run_device(cfg: Any) -> str:
+    """The device a job's config asks for (`train.device`; "auto" for a config without one)."""
+    return str(getattr(getattr(cfg, "train", None), "device", "auto"))
+
+
+def gpu_share(job: Job) -> float:
+    """The GPU share a job asks for: its `resources.gpu`, 0 when none or when the run's device
+    is cpu (such a run computes on the CPU whatever it asked for)."""
+    if run_device(job.cfg) == "cpu":
+        return 0.0
+    return float((job.resources or {}).get("gpu", 0.0))
+
+
+def check_gpus(jobs: list[Job]) -> None:
+    """A one-line error when a job asks for a GPU (resources.gpu > 0, its train.device not cpu)
+    and this machine has none."""
+    asking = [j for j in jobs if gpu_share(j) > 0]
+    if asking and not torch.cuda.is_available():
+        raise SeqmemError(f"resources.gpu asks for a GPU but this machine has none (torch "
+                          f"{torch.__version__} sees no CUDA device; {len(asking)} run"
+                          f"{'s' if len(asking) != 1 else ''} asking); remove the key, set "
+                          f"resources.gpu to 0, or run on CPU with train.device=cpu")
+
+
+def ray_options(resources: dict[str, float] | None) -> dict[str, Any]:
+    """The Ray task options of one run: `num_cpus` (default 1) and `num_gpus` (when it asks
+    for a GPU: a fraction lets Ray run several tasks on one device), never retried by Ray (the
+    engine retries, resuming from the run's checkpoint)."""
+    res = resources or {}
+    unknown = sorted(set(res) - set(RESOURCES))
+    if unknown:
+        raise SeqmemError(f"unknown resource {unknown[0]!r}; accepted: {', '.join(RESOURCES)}")
+    out: dict[str, Any] = {"num_cpus": float(res.get("cpu", 1)), "max_retries": 0}
+    if res.get("gpu", 0) > 0:
+        out["num_gpus"] = float(res["gpu"])
+    return out
 
 
 def raise_interrupt(signum, frame):
@@ -82,13 +130,19 @@ def guarded(job: Job, emit) -> None:
 ORPHAN_POLL_S = 1.0
 
 
-def process_worker(job: Job, q) -> None:
+def process_worker(job: Job, q, cuda_devices: str | None = None) -> None:
     """The body of a spawned worker process: the job's events go to the queue `q`.
+
+    `cuda_devices`, when given, becomes the process's CUDA_VISIBLE_DEVICES before anything
+    initialises CUDA (torch reads it on its first CUDA call, not at import), so the run sees
+    its pinned GPU as cuda:0.
 
     Ctrl-C belongs to the driver (it stops workers with SIGTERM, which ends the job as
     interrupted). A worker whose driver is gone (killed) notices within ORPHAN_POLL_S, stops
     its job the same way and, the driver being unable to, records the end of its run itself;
     it never waits on the dead driver's queue."""
+    if cuda_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_devices
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     q.cancel_join_thread()  # buffered events to a dead driver must not block the exit
@@ -126,9 +180,23 @@ class Processes:
         self.q = self.ctx.Queue()
         self.procs: dict[str, mp.Process] = {}
         self.slots = workers
+        self.n_pinned = 0  # runs pinned to a GPU so far
+
+    def cuda_devices(self, job: Job) -> str | None:
+        """The CUDA_VISIBLE_DEVICES of the next run: device i mod k for the i-th run asking for
+        a GPU, when CUDA has k devices; None (the environment's own) for a run that asks for
+        none, that names its device (cuda:N), or where there is no CUDA."""
+        if gpu_share(job) <= 0 or run_device(job.cfg) not in ("auto", "cuda"):
+            return None
+        if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
+            return None
+        device = self.n_pinned % torch.cuda.device_count()
+        self.n_pinned += 1
+        return str(device)
 
     def start(self, job: Job) -> int | None:
-        p = self.ctx.Process(target=process_worker, args=(job, self.q), daemon=True)
+        p = self.ctx.Process(target=process_worker, args=(job, self.q, self.cuda_devices(job)),
+                             daemon=True)
         # The child starts with SIGINT ignored (Python keeps an ignored SIGINT), so that a
         # Ctrl-C during its start-up cannot end it before it can record an interruption.
         main = threading.current_thread() is threading.main_thread()
@@ -216,7 +284,8 @@ class Ray:
         self.remote = ray.remote(num_cpus=1, max_retries=0)(ray_worker)
 
     def start(self, job: Job) -> int | None:
-        self.refs[self.remote.remote(job, self.q)] = job.run_id
+        task = self.remote.options(**ray_options(job.resources)) if job.resources else self.remote
+        self.refs[task.remote(job, self.q)] = job.run_id
         return None  # the driver owns the row: a dead driver leaves the run stale
 
     def events(self, timeout: float) -> list[tuple[str, dict]]:

@@ -14,6 +14,7 @@ recorded:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -150,8 +151,7 @@ def execute(jobs: list[Job], store: RunStore, *, backend: str = "inline",
             has_last = "last" in store.open_run(rid).checkpoints()
             display.note(f"retrying {job.label} ({out.attempts[rid]}/{retries}): "
                          f"{ev.get('reason')}")
-            pending.insert(0, Job(job.cfg, rid, job.run_dir, job.label, resume=has_last,
-                                  kind=job.kind))
+            pending.insert(0, dataclasses.replace(job, resume=has_last))  # same resources
             out.status[rid] = "retrying"
         else:
             out.status[rid] = st

@@ -11,6 +11,9 @@ Backends (`workers` runs at a time; see `seqmem.engine`):
   a cluster); events come back through a Ray queue; a task whose worker dies is recorded.
 - "process": one spawned process per run (no Ray needed).
 - "inline": one run after another in this process (`workers=1`).
+A sweep's `resources` (per run) go with each job: Ray's num_gpus / num_cpus, or the process
+backend's round-robin pinning of runs to GPUs; asking for a GPU that this machine lacks is an
+error before anything runs (not checked when joining a cluster at `address`).
 A run whose worker dies or raises is recorded as failed with its reason and retried (resumed)
 up to `retries` times; a non-finite loss is not retried (it would fail the same way).
 
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from seqmem.engine import Job, Quiet, execute
-from seqmem.engine.backends import choose_backend
+from seqmem.engine.backends import check_gpus, choose_backend
 from seqmem.errors import SeqmemError
 from seqmem.store import RunStore, config_hash
 from seqmem.sweep.spec import SweepSpec, expand, phase_spec, point_label
@@ -44,6 +47,7 @@ class Plan:
 def plan_sweep(spec: SweepSpec, store: RunStore) -> Plan:
     """Match every point to the store (see the module docstring)."""
     plan = Plan()
+    resources = spec.resources.model_dump() if spec.resources is not None else None
     for point, cfg in expand(spec):
         rows = [r for r in store.find_by_hash(config_hash(cfg.model_dump(mode="json")))
                 if r["kind"] == "sweep"]
@@ -58,10 +62,12 @@ def plan_sweep(spec: SweepSpec, store: RunStore) -> Plan:
             run = store.open_run(rows[0]["id"])
             rid = run.id
             plan.jobs.append(Job(cfg, run.id, str(run.dir), label=label,
-                                 resume="last" in run.checkpoints(), kind=spec.kind))
+                                 resume="last" in run.checkpoints(), kind=spec.kind,
+                                 resources=resources))
         else:  # created when it starts, so a sweep stopped early leaves no empty rows
             rid = f"new-{len(plan.points)}"
-            plan.jobs.append(Job(cfg, rid, "", label=label, kind=spec.kind))
+            plan.jobs.append(Job(cfg, rid, "", label=label, kind=spec.kind,
+                                 resources=resources))
         plan.points[rid] = point
     return plan
 
@@ -84,6 +90,8 @@ def run_sweep(spec: SweepSpec, store: RunStore, *, workers: int | None = None,
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise SeqmemError(f"--workers must be an integer >= 1 (runs at a time), got {workers}")
     plan = plan_sweep(spec, store)
+    if not address:  # a cluster's GPUs are Ray's to find; this machine's are checked here
+        check_gpus(plan.jobs)
     n_total, t0 = len(plan.points), time.monotonic()
     durations: list[float] = []
     started: dict[str, float] = {}
@@ -97,7 +105,8 @@ def run_sweep(spec: SweepSpec, store: RunStore, *, workers: int | None = None,
         plan.points[run.id] = plan.points.pop(job.run_id)
         started[run.id] = started.pop(job.run_id)
         store.update_summary(run.id, {"point": plan.points[run.id]})
-        return Job(job.cfg, run.id, str(run.dir), job.label, kind=job.kind)
+        return Job(job.cfg, run.id, str(run.dir), job.label, kind=job.kind,
+                   resources=job.resources)
 
     def line(out=None, pending=(), running=()) -> str:
         status = {**{rid: "done" for rid in plan.done}, **(out.status if out else {})}

@@ -13,6 +13,7 @@ A sweep is a YAML file, or a Python file defining a dict `SWEEP`, with these key
     seeds: [0, 1]                 # shorthand for grid key `seed`
     retries: 2                    # a run whose worker dies or raises is retried this often
     kind: train                   # the runs' kind: train (default) or continual
+    resources: {gpu: 0.25, cpu: 1}  # optional, per run: a GPU share and CPU cores (see below)
     two_phase:                    # optional: tune on one stream, evaluate on another
       tune: {protocol: n_curriculum}           # dotted keys of the tuning phase's runs
       evaluate: {protocol: power_law}          # ... and of the evaluation phase's
@@ -26,6 +27,13 @@ Two phases (Cha & Cho 2024, "Hyperparameters in Continual Learning: a Reality Ch
 grid runs with the `tune` keys (sweep `<name>-tune`); the point whose mean of `select` over
 its seeds is best is frozen and run with the `evaluate` keys (sweep `<name>-eval`, the same
 seeds); both phases' scores are reported (`seqmem.sweep.driver.run_two_phase`).
+
+Resources are what one run asks for, not part of its config (its hash does not change): on
+Ray they are the task's num_gpus / num_cpus, so that four runs of `gpu: 0.25` share one GPU;
+the process backend pins each run asking for a GPU to one device, round-robin
+(`seqmem.engine.backends`). A GPU share is a fraction of one device (0 < gpu <= 1) or a whole
+number of devices; asking for one on a machine without CUDA is an error unless the runs'
+train.device is cpu.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from seqmem.config import RunConfig, load_config
 from seqmem.continual.config import ContinualConfig
@@ -69,6 +77,24 @@ class TwoPhase(BaseModel):
         return MODES[self.select]
 
 
+class Resources(BaseModel):
+    """The `resources` key of a sweep file: what each run asks for, a share of a GPU (`gpu`,
+    0 = none) and CPU cores (`cpu`, Ray's num_cpus)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: float = Field(0.0, ge=0)
+    cpu: float = Field(1.0, gt=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"{v} GPUs: give a share of one GPU (0 < gpu <= 1) or a whole "
+                             f"number of GPUs")
+        return v
+
+
 class SweepSpec(BaseModel):
     """The keys of a sweep file (see the module docstring)."""
 
@@ -83,6 +109,7 @@ class SweepSpec(BaseModel):
     retries: int = Field(1, ge=0)
     kind: Literal["train", "continual"] = "train"
     two_phase: TwoPhase | None = None
+    resources: Resources | None = None
 
 
 def _fmt(v: Any) -> str:
@@ -122,9 +149,10 @@ def read_sweep(path: str | Path) -> SweepSpec:
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
             if err["type"] == "extra_forbidden":
-                fields = TwoPhase.model_fields if err["loc"][0] == "two_phase" \
-                    else SweepSpec.model_fields
-                parts.append(f"{loc}: unknown key; accepted: {', '.join(fields)}")
+                inner = {"two_phase": TwoPhase, "resources": Resources}.get(err["loc"][0])
+                fields = (inner or SweepSpec).model_fields
+                what = "resource" if inner is Resources else "key"
+                parts.append(f"{loc}: unknown {what}; accepted: {', '.join(fields)}")
             else:
                 parts.append(f"{loc}: {err['msg']}")
         raise ConfigError(f"sweep file {str(p)!r}: {'; '.join(parts)}") from None
