@@ -28,6 +28,7 @@ from seqmem.continual.config import ContinualConfig
 from seqmem.continual.methods import Method, build_method
 from seqmem.continual.protocols import Protocol, build_protocol
 from seqmem.curricula import Curriculum
+from seqmem.devices import check_precision, resolve_device
 from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
@@ -266,7 +267,10 @@ def train_parts(cfg: RunConfig, *, root: str | Path = "runs") -> TrainParts:
     """Everything `seqmem.train.loop.fit` needs for the run (`root`: the store in which
     `train.schedule_from` names a run)."""
     cur = build_curriculum(cfg)
-    model = build_model(cfg, cur)
+    device = resolve_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)
+    # on train.device before the optimizer is made: its state follows the parameters
+    model = build_model(cfg, cur).to(device)
 
     def make_task(c: Curriculum, **kw) -> tasks.Task:
         return build_task(cfg, c, **kw)

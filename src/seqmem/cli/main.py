@@ -26,6 +26,7 @@ from seqmem.config import load_config, parse_value
 from seqmem.config.describe import describe
 from seqmem.continual.loop import aggregate
 from seqmem.dashboard import sweep_dashboard
+from seqmem.devices import check_device_name, resolve_device
 from seqmem.engine import api
 from seqmem.engine.display import Status
 from seqmem.engine.jobs import BenchRequest
@@ -71,7 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def device_override(args, overrides: list[str], key: str = "train.device") -> list[str]:
+    """The overrides with `--device` as `train.device=...` (checked: one line if unknown)."""
+    if getattr(args, "device", None) is None:
+        return overrides
+    return [*overrides, f"{key}={check_device_name(args.device)}"]
+
+
 def cmd_run(args, overrides, console) -> int:
+    overrides = device_override(args, overrides)
     store = RunStore(args.root)
     jobs = flagship.start_flagship(store, args.config, overrides, quick=args.quick)
     cfg = jobs[0].cfg
@@ -97,6 +106,7 @@ def cmd_run(args, overrides, console) -> int:
 
 
 def cmd_train(args, overrides, console) -> int:
+    overrides = device_override(args, overrides)
     store = RunStore(args.root)
     if args.resume:
         if args.config or args.mixer or args.task or args.curriculum:
@@ -118,11 +128,15 @@ def cmd_train(args, overrides, console) -> int:
 def cmd_continual(args, overrides, console) -> int:
     store = RunStore(args.root)
     if args.resume:
-        if args.config or args.protocol or args.method or args.seeds or overrides:
+        if args.config or args.protocol or args.method or args.seeds or args.device \
+                or overrides:
             raise SeqmemError("--resume takes no config or options: a resumed run keeps its own")
         jobs = [api.resume_continual_job(store, args.resume)]
     else:
         seeds = _csv(args.seeds, "--seeds", int)
+        if args.device is not None:
+            resolve_device(args.device)  # a device this machine lacks: one line, no job
+        overrides = device_override(args, overrides, key="device")
         jobs = api.continual_jobs(store, args.config, overrides, protocol=args.protocol,
                                   setting=args.setting, mixer=args.mixer,
                                   methods=_csv(args.method, "--method"), seeds=seeds)
@@ -151,6 +165,10 @@ def cmd_runs(args, overrides, console) -> int:
 
 def cmd_sweep(args, overrides, console) -> int:
     spec = read_sweep(args.file)
+    if args.device is not None:  # every run of the sweep on that device
+        key = "device" if spec.kind == "continual" else "train.device"
+        spec = spec.model_copy(update={"overrides": device_override(args, spec.overrides,
+                                                                    key)})
     store = RunStore(args.root)
     first = phase_spec(spec, "tune") if spec.two_phase else spec
     if args.dry_run:
@@ -213,6 +231,7 @@ def cmd_list(args, overrides, console) -> int:
 
 
 def cmd_analyze(args, overrides, console) -> int:
+    device = resolve_device(args.device)  # a device this machine lacks: one line, first
     store = RunStore(args.root)
     row = store.get(args.run_id)
     if row["status"] != "done":
@@ -222,7 +241,7 @@ def cmd_analyze(args, overrides, console) -> int:
     what = tuple(w.strip() for w in args.what.split(",") if w.strip())
     with Status(console, f"analysing {args.run_id}") as status:
         out, head = analyze_and_record(store, args.run_id, what=what, seed=args.seed,
-                                       progress=status.message)
+                                       progress=status.message, device=device)
     tables.analysis(console, store.open_run(args.run_id), out, head)
     return 0
 
@@ -274,6 +293,7 @@ def cmd_bench(args, overrides, console) -> int:
         ("mixers", args.mixers), ("forms", args.forms), ("references", args.references),
         ("lengths", args.lengths), ("batch", args.batch), ("d_model", args.d_model),
         ("repeats", args.repeats), ("budget_s", args.budget), ("threads", args.threads),
+        ("device", args.device),
         ("memory", False if args.no_memory else None),
         ("peers", True if args.peers else None),
         ("peer_shapes", "quick" if args.peers and args.quick else None),
@@ -290,6 +310,7 @@ def cmd_bench(args, overrides, console) -> int:
         flags.append("write_chunks=true")
     source = (BENCH_QUICK_PARTS if parts else BENCH_QUICK) if args.quick else None
     cfg = load_config(source, flags, schema=BenchConfig)
+    resolve_device(cfg.device)  # a device this machine lacks: one line, before any output
     out = Path(args.out or ("runs/bench-quick" if args.quick else "benchmarks"))
     req = BenchRequest(cfg, command="seqmem " + shlex.join(args.argv),
                        readme=not args.quick and args.out is None)

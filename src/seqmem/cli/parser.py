@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the analysis and the report after training")
     r.add_argument("--sequential", action="store_true",
                    help="train the two curricula one after the other in this process")
+    r.add_argument("--device", help="where it computes: auto (cuda when available, else "
+                   "cpu), cpu, cuda, cuda:N or mps (sets train.device)")
     _common(r)
 
     t = sub.add_parser("train", help="train any mixer on any task under a curriculum",
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", help="task name (see `seqmem list tasks`)")
     t.add_argument("--curriculum", help="single, multi, sliding or none")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    t.add_argument("--device", help="where it computes: auto (cuda when available, else "
+                   "cpu), cpu, cuda, cuda:N or mps (sets train.device)")
     _common(t)
 
     cl = sub.add_parser("continual", help="continual learning: a protocol of experiences x "
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--mixer", help="mixer name (default leaky_rnn)")
     cl.add_argument("--seeds", help="comma-separated seeds (default 0)")
     cl.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    cl.add_argument("--device", help="where it computes: auto (cuda when available, else "
+                    "cpu), cpu, cuda, cuda:N or mps (sets device)")
     _common(cl)
 
     sw = sub.add_parser("sweep", help="run a grid of configs, resumable, on Ray or processes",
@@ -93,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes; inline for --workers 1), ray, process or inline")
     sw.add_argument("--address", help="join an existing Ray cluster (ray://host:port or auto)")
     sw.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    sw.add_argument("--device", help="where it computes: auto (cuda when available, else "
+                   "cpu), cpu, cuda, cuda:N or mps (sets train.device)")
     _common(sw)
 
     ru = sub.add_parser("runs", help="list and query runs in the store",
@@ -131,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"comma-separated subset of {','.join(ANALYSES)} (default: "
                     f"{','.join(DEFAULT_ANALYSES)}; the others only by name)")
     an.add_argument("--seed", type=int, default=0, help="seed of the probe inputs")
+    an.add_argument("--device", default="auto", help="where the models and their probes "
+                    "compute: auto (cuda when available, else cpu; the default), cpu, cuda, "
+                    "cuda:N or mps")
     an.add_argument("--root", default="runs", help="store root (default runs/)")
 
     pr = sub.add_parser("prune", help="prune a run: accuracy against sparsity, tau of the "
@@ -214,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="torch threads (default 1: a busy machine's "
                    "thread pool makes small ops slow and uneven)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    b.add_argument("--device", help="where the grid measures: cpu (the default), auto (cuda "
+                   "when available), cuda, cuda:N or mps; the other parts measure on the CPU "
+                   "only")
     b.add_argument("--peers", action="store_true",
                    help="seqmem's ops and mixers beside the field's own implementations (HF "
                    "transformers, fla's references, torch.nn RNNs, torch.compile) on the same "

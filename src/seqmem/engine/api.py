@@ -12,6 +12,7 @@ from rich.console import Console
 from seqmem.build import check_fits
 from seqmem.config import RunConfig, load_config
 from seqmem.continual.config import ContinualConfig
+from seqmem.devices import check_precision, resolve_device
 from seqmem.engine.backends import Job
 from seqmem.engine.display import Display, Quiet, Status
 from seqmem.engine.jobs import BenchRequest
@@ -19,7 +20,9 @@ from seqmem.engine.run import Outcome, execute
 from seqmem.errors import SeqmemError
 from seqmem.store import RunStore
 
-RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s")  # what a resumed run may change
+# what a resumed run may change: its budget, and where it computes (a checkpoint resumes on
+# any device; the data stream is drawn on the CPU, so it is the same)
+RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s", "train.device", "train.compile")
 
 
 def new_train_job(store: RunStore, source=None, overrides: list[str] | None = None, *,
@@ -31,6 +34,7 @@ def new_train_job(store: RunStore, source=None, overrides: list[str] | None = No
                                    ("curriculum.kind", curriculum)) if v]
     cfg = load_config(source, pre + list(overrides or []))
     check_fits(cfg)  # before the run exists: a batch that cannot fit is a config error
+    check_precision(cfg.train.precision, resolve_device(cfg.train.device))  # likewise
     return job_for(store, cfg, kind=kind)
 
 
@@ -43,11 +47,11 @@ def job_for(store: RunStore, cfg: RunConfig, *, kind: str = "train",
 
 def resume_job(store: RunStore, run_id: str, overrides: list[str] | None = None) -> Job:
     """The job that continues a stored training run from its checkpoint "last". Only the
-    budget may change (`RESUME_OVERRIDES`); the run's config records the extension."""
+    budget and the device may change (`RESUME_OVERRIDES`); the run's config records it."""
     overrides = list(overrides or [])
     bad = [o for o in overrides if o.split("=")[0] not in RESUME_OVERRIDES]
     if bad:
-        raise SeqmemError(f"--resume accepts only budget overrides "
+        raise SeqmemError(f"--resume accepts only budget and device overrides "
                           f"({', '.join(RESUME_OVERRIDES)}); got {', '.join(bad)}")
     run = store.open_run(run_id)
     row = store.get(run.id)
@@ -60,6 +64,7 @@ def resume_job(store: RunStore, run_id: str, overrides: list[str] | None = None)
                           f"start it again with seqmem train")
     store.require_unlocked(run.id)  # still being trained by another process: refused
     cfg = load_config(run.config(), overrides)
+    check_precision(cfg.train.precision, resolve_device(cfg.train.device))
     if overrides:
         store.update_config(run.id, cfg.model_dump(mode="json"))
     store.set_status(run.id, "running")

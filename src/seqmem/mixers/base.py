@@ -144,9 +144,17 @@ class Mixer(nn.Module):
     def _given_state(self, x: Tensor, state: State) -> State:
         """The state to start from for input x (b, ..., d): init_state if None, else `state`
         checked against it."""
+        dtype = self._state_dtype(x)
         if state is None:
-            return self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        return self.check_state(state, x.shape[0], device=x.device, dtype=x.dtype)
+            return self.init_state(x.shape[0], device=x.device, dtype=dtype)
+        return self.check_state(state, x.shape[0], device=x.device, dtype=dtype)
+
+    def _state_dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype of the state for input x: x's, except under autocast, where x comes in
+        the low precision and the state stays in the parameters' (float32)."""
+        if _autocast_input(x):
+            return self._parameter_dtype() or torch.float32
+        return x.dtype
 
     def check_state(self, state: State, batch_size: int, *, device=None, dtype=None) -> State:
         """Return `state` if it has the structure of init_state(batch_size, device=device,
@@ -189,7 +197,7 @@ class Mixer(nn.Module):
                 f"(float32 or float64), got {x.dtype}"
             )
         dtype = self._parameter_dtype()
-        if dtype is not None and dtype != x.dtype:
+        if dtype is not None and dtype != x.dtype and not _autocast_input(x):
             raise SeqmemError(
                 f"{self.name or type(self).__name__}: input dtype {x.dtype} does not match the "
                 f"parameters' dtype {dtype}; convert one with .to(dtype)"
@@ -337,3 +345,11 @@ get = _REGISTRY.get
 def build(name: str, d_model: int, **kw) -> Mixer:
     """Build the mixer registered as `name` with `d_model` and keyword hyperparameters."""
     return _REGISTRY.check_options(name, kw)(d_model, **kw)
+
+
+def _autocast_input(x: Tensor) -> bool:
+    """Whether x is in the dtype of an autocast region enabled for its device (bf16 or fp16
+    activations of a mixed-precision forward, `seqmem.devices.autocast`)."""
+    kind = x.device.type
+    return (x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(kind)
+            and torch.get_autocast_dtype(kind) == x.dtype)

@@ -204,7 +204,7 @@ def _check_tag(tag: str) -> str:
 def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous tensors, each with storage of its own (safetensors refuses shared
     storage: tied weights, or a tensor and its view); tensors alone on their storage are not
-    copied."""
+    copied. Tensors on another device come to the CPU (a checkpoint resumes on any device)."""
     out, seen = {}, set()
     for k, t in tensors.items():
         t = t.detach()
@@ -217,7 +217,7 @@ def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             seen.add(ptr)
             t = t.contiguous()
-        out[k] = t
+        out[k] = t.cpu()  # a checkpoint of a model on a GPU is written from the CPU
     return out
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from seqmem import tasks
 from seqmem.config import RunConfig, length_option
 from seqmem.curricula import Curriculum
+from seqmem.devices import autocast, compile_model, grad_scaler, model_device
 from seqmem.errors import RunFailed
 from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
 from seqmem.train.gtf import latent_gtf_predictions
@@ -133,38 +134,51 @@ def check_finite_inputs(task, batch) -> None:
 
 
 def run_batch(model, task, batch_size, heads, generator, counter: list | None = None, *,
-              gtf_alpha: float | str | None = None, gtf: str = "input"):
+              gtf_alpha: float | str | None = None, gtf: str = "input",
+              precision: str = "fp32"):
     """Loss and per-head accuracy (regression tasks: per-channel MSE) of the model on one
     fresh batch (counter[0] += its tokens). `gtf_alpha`: generalised teacher forcing, of the
     input (`gtf="input"`, `gtf_predictions`) or of the latent state (`gtf="latent"`,
-    `seqmem.train.gtf.latent_gtf_predictions`; alpha may be "adaptive")."""
+    `seqmem.train.gtf.latent_gtf_predictions`; alpha may be "adaptive"). The batch is drawn
+    on the CPU by `generator` and moved to the model's device; `precision` is the autocast of
+    the model's blocks (`seqmem.devices.autocast`)."""
     batch = task.sample(batch_size, generator=generator)
     return batch_loss(model, task, batch, heads, generator, counter, gtf_alpha=gtf_alpha,
-                      gtf=gtf)
+                      gtf=gtf, precision=precision)
 
 
 def batch_loss(model, task, batch, heads, generator, counter: list | None = None, *,
-               gtf_alpha: float | str | None = None, gtf: str = "input"):
-    """`run_batch` on a given batch (e.g. one of an exact pass over a held-out split)."""
+               gtf_alpha: float | str | None = None, gtf: str = "input",
+               precision: str = "fp32"):
+    """`run_batch` on a given batch (e.g. one of an exact pass over a held-out split). The
+    loss is on the model's device, the per-head accuracies (or MSEs) on the CPU."""
     check_finite_inputs(task, batch)
     if counter is not None:
         counter[0] += batch.mask.numel()
+    device = model_device(model)
+    if batch.mask.device != device:
+        batch = batch.to(device)
+    b = batch.mask.shape[0]
     if is_regression(task) and gtf_alpha is not None:
-        state = model.init_state(batch.mask.shape[0], generator=generator)
+        state = model.init_state(b, generator=generator)
         forward = latent_gtf_predictions if gtf == "latent" else gtf_predictions
-        pred = forward(model, batch.inputs, gtf_alpha, state)
-        return masked_mse(pred, batch.targets, batch.mask)
+        with autocast(device, precision):
+            pred = forward(model, batch.inputs, gtf_alpha, state)
+        loss, per_channel = masked_mse(pred.float(), batch.targets, batch.mask)
+        return loss, per_channel.detach().cpu()
     # the final states of a batch are never used: no block builds them (attention's cache),
     # and a block whose initial state draws nothing starts from None
-    state = model.init_state(batch.mask.shape[0], generator=generator, drawn_only=True)
+    state = model.init_state(b, generator=generator, drawn_only=True)
     # the mixers' auxiliary losses (e.g. mom's load balancing), added in training mode only
     aux: list | None = [] if model.training else None
-    h, _ = model.features(batch.inputs, state, aux=aux, final_state=False)
+    with autocast(device, precision):  # the blocks; the heads and the loss in float32
+        h, _ = model.features(batch.inputs, state, aux=aux, final_state=False)
+    h = h.float()
     if is_regression(task):
         loss, per_head = masked_mse_loss(model, h, batch.targets, batch.mask)
     else:
         loss, per_head = masked_heads_loss(model, h, batch.targets, batch.mask, heads)
-    return (loss + sum(aux) if aux else loss), per_head
+    return (loss + sum(aux) if aux else loss), per_head.detach().cpu()
 
 
 def exact_pass(cfg: RunConfig, task) -> bool:
@@ -186,14 +200,14 @@ def evaluate(cfg: RunConfig, model, task, heads: list[int], gen, *, d_out: int
         n, loss_sum = 0, 0.0
         for batch in task.iter_batches(t.batch_size):
             b = batch.mask.shape[0]
-            loss, acc = batch_loss(model, task, batch, heads, gen)
+            loss, acc = batch_loss(model, task, batch, heads, gen, precision=t.precision)
             accs += acc.double() * b
             loss_sum += loss.item() * b
             n += b
         return (accs / n).tolist(), loss_sum / n * t.eval_batches
     eval_loss = 0.0
     for _ in range(t.eval_batches):
-        loss, acc = run_batch(model, task, t.batch_size, heads, gen)
+        loss, acc = run_batch(model, task, t.batch_size, heads, gen, precision=t.precision)
         accs += acc.double()
         eval_loss += loss.item()
     return (accs / t.eval_batches).tolist(), eval_loss
@@ -209,7 +223,8 @@ def knob_eval(model, values: list[int], task_at, heads: list[int], gen, t) -> tu
     for v in values:
         a = torch.zeros(len(heads), dtype=torch.float64)
         for _ in range(per_value):
-            loss, acc = run_batch(model, task_at(v, "test"), t.batch_size, heads, gen)
+            loss, acc = run_batch(model, task_at(v, "test"), t.batch_size, heads, gen,
+                                  precision=t.precision)
             a += acc.double() / per_value
             total += loss.item() / (per_value * len(values))
         accs.append(a.mean().item())
@@ -257,19 +272,25 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
         torch.set_num_threads(t.threads)
     cur, model, opt = parts.curriculum, parts.model, parts.optimizer
     gen = parts.generator
+    # the model is on train.device (seqmem.build.train_parts); fp16 scales its gradients
+    scaler = grad_scaler(model_device(model), t.precision)
+    if t.compile:
+        compile_model(model)
     epoch, elapsed, stages, last = 0, 0.0, [], None
-    if resume:
+    if resume:  # the checkpoint's tensors are on the CPU: loading moves them to the model's
         ck = run.load_checkpoint("last")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optim"])
         gen.set_state(ck["rng"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         st = ck["train"]
         cur = parts.curriculum = Curriculum.from_state(st["curriculum"])
         epoch, elapsed, stages, last = st["epoch"], st["elapsed_s"], st["stages"], st["last"]
         if last is not None:  # stopped between the epoch's checkpoint and its metrics line?
             run.log(last)  # (logging an epoch is idempotent: a logged one is not repeated)
     else:  # a checkpoint before the first epoch: a run stopped during it can be resumed
-        run.save_checkpoint("last", checkpoint(model, opt, gen, cur, 0, 0.0, [], None))
+        run.save_checkpoint("last", checkpoint(model, opt, gen, cur, 0, 0.0, [], None, scaler))
         # the initial weights, kept: what training changed is measured against them
         run.save_checkpoint(INIT_CHECKPOINT, {"model": model.state_dict()})
     emit({"event": "start", "epoch": epoch, "resume": resume,
@@ -309,7 +330,7 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             if knob:  # a uniform mixture of the values reached (one value under single)
                 task = task_at(values[int(torch.randint(len(values), (), generator=gen))])
             loss, _ = run_batch(model, task, t.batch_size, heads, gen, counter=tokens,
-                                gtf_alpha=t.gtf_alpha, gtf=t.gtf)
+                                gtf_alpha=t.gtf_alpha, gtf=t.gtf, precision=t.precision)
             if not torch.isfinite(loss):
                 raise RunFailed(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
                                 f"{step + 1}; the last good checkpoint is kept")
@@ -318,14 +339,22 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is None:
+                loss.backward()
+            else:  # fp16: the scaled loss's gradients, unscaled before clipping
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
             # the norm of the loss's gradient, before clipping and noise: what a refined
             # schedule (seqmem.train.schedules.refine_schedule) is made from
             step_gn.append(grad_norm(model, t.clip))
             if t.grad_noise is not None:
                 add_grad_noise(model.parameters(), epoch * t.steps_per_epoch + step,
                                t.grad_noise, t.grad_noise_gamma, gen)
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:  # skips the update when a gradient overflowed, and adapts the scale
+                scaler.step(opt)
+                scaler.update()
             losses.append(loss.item())
             step_lr.append(lr)
         train_s = time.perf_counter() - t0
@@ -371,8 +400,9 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
                      **tau_stats(model)}
             stages.append(stage)
             run.save_checkpoint(f"N{n_trained:03d}", checkpoint(model, opt, gen, cur, epoch,
-                                                                elapsed, stages, last))
-        run.save_checkpoint("last", checkpoint(model, opt, gen, cur, epoch, elapsed, stages, last))
+                                                                elapsed, stages, last, scaler))
+        run.save_checkpoint("last", checkpoint(model, opt, gen, cur, epoch, elapsed, stages, last,
+                                               scaler))
         run.log(last)  # after the checkpoint: a logged epoch always has its checkpoint to resume
         summary = summarize(cfg, cur, stages, epoch, elapsed, last, None)
         run.write_summary(summary)
@@ -409,7 +439,8 @@ def eval_lengths(cfg: RunConfig, parts: TrainParts, gen: torch.Generator) -> dic
     with torch.no_grad():
         for n in cfg.eval.lengths:
             task = parts.make_task(cur, split="test", **{opt_name: n})
-            accs = [run_batch(model, task, cfg.train.batch_size, heads, gen)[1].double().mean()
+            accs = [run_batch(model, task, cfg.train.batch_size, heads, gen,
+                              precision=cfg.train.precision)[1].double().mean()
                     for _ in range(cfg.eval.batches)]
             out[str(n)] = round(float(sum(accs) / len(accs)), 6)
     return out
@@ -442,10 +473,15 @@ def task_N(task) -> list[int] | None:
     return list(n) if isinstance(n, list | tuple) else [int(n)]
 
 
-def checkpoint(model, opt, gen, cur, epoch, elapsed, stages, last) -> dict:
-    return {
+def checkpoint(model, opt, gen, cur, epoch, elapsed, stages, last, scaler=None) -> dict:
+    """Everything a run resumes from; the store writes its tensors from any device to the
+    CPU, and loading puts them back on the model's device (a run resumes on another)."""
+    out = {
         "model": model.state_dict(), "optim": opt.state_dict(), "rng": gen.get_state(),
         "train": {"epoch": epoch, "elapsed_s": elapsed, "curriculum": cur.state_dict(),
                   "stages": stages, "last": last},
     }
+    if scaler is not None:  # fp16's loss scale and its growth tracker
+        out["scaler"] = scaler.state_dict()
+    return out
 
