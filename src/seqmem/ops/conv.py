@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqmem.ops import backends
+
 
 def short_conv_init_state(batch_size: int, d: int, kernel_size: int, *, device=None,
                           dtype=None) -> Tensor:
@@ -34,6 +36,9 @@ def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, state: Ten
                ) -> tuple[Tensor, Tensor]:
     """The whole sequence at once: x (b, t, d) -> y (b, t, d), final state (b, k-1, d). A
     sequence of no tokens gives an empty output and keeps the state."""
+    kernel = backends.kernel("short_conv", None, x, inputs=(x, bias, state), weight=weight)
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own form
+        return backends.causal_conv1d_short_conv(kernel, x, weight, bias, state)
     b, t, d = x.shape
     k = weight.shape[1]
     if state is None:

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
-from seqmem.ops import tuning
+from seqmem.ops import backends, tuning
 from seqmem.ops.delta_chunk import delta_chunk
 from seqmem.ops.gla_chunk import GlaChunk
 from seqmem.ops.loops import step_loop
@@ -283,6 +283,9 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = N
                      ) -> tuple[Tensor, Tensor]:
     """Linear attention (Katharopoulos et al. 2020): S_t = S_{t-1} + k_t^T v_t,
     o_t = scale q_t S_t. q, k (b, t, h, d_k), v (b, t, h, d_v) -> o (b, t, h, d_v), S_T."""
+    kernel = backends.kernel("linear_attention", mode, q, inputs=(q, k, v))
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.fla_linear_attention(kernel, q, k, v, scale=scale, state=state)
     chunk_size = tuning.resolve("linear_attention", chunk_size)  # None: this machine's best
     C = _dispatch("linear_attention", mode, q.shape[1], chunk_size)
     if C is None:
@@ -295,6 +298,9 @@ def retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, scale: floa
               ) -> tuple[Tensor, Tensor]:
     """Retention (Sun et al. 2023, RetNet): S_t = gamma S_{t-1} + k_t^T v_t with a fixed decay
     gamma = exp(log_decay) per head, log_decay (h,); o_t = scale q_t S_t."""
+    kernel = backends.kernel("retention", mode, q, inputs=(q, k, v), gates=(log_decay,))
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.fla_retention(kernel, q, k, v, log_decay, scale=scale, state=state)
     chunk_size = tuning.resolve("retention", chunk_size)  # None: this machine's best
     C = _dispatch("retention", mode, q.shape[1], chunk_size)
     if C is None:
@@ -308,6 +314,9 @@ def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = Non
         ) -> tuple[Tensor, Tensor]:
     """Gated linear attention (Yang et al. 2023): S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t with
     g (b, t, h, d_k) a log forget gate (<= 0); o_t = scale q_t S_t."""
+    kernel = backends.kernel("gla", mode, q, inputs=(q, k, v), gates=(g,))
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.fla_gla(kernel, q, k, v, g, scale=scale, state=state)
     chunk_size = tuning.resolve("gla", chunk_size)  # None: this machine's best
     C = _dispatch("gla", mode, q.shape[1], chunk_size)
     if C is None:
@@ -323,6 +332,9 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, scale: float | 
     """The delta rule (Schlag et al. 2021; chunked as in Yang et al. 2024):
     S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, beta (b, t, h), k normalised by
     the caller; o_t = scale q_t S_t."""
+    kernel = backends.kernel("delta_rule", mode, q, inputs=(q, k, v), gates=(beta,))
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.fla_delta_rule(kernel, q, k, v, beta=beta, scale=scale, state=state)
     chunk_size = tuning.resolve("delta_rule", chunk_size)  # None: this machine's best
     C = _dispatch("delta_rule", mode, q.shape[1], chunk_size)
     if C is None:
@@ -336,6 +348,10 @@ def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, g: Tensor, beta: Tensor
     """The gated delta rule (Yang, Kautz & Hatamizadeh 2025, Gated DeltaNet):
     S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, g, beta (b, t, h);
     o_t = scale q_t S_t."""
+    kernel = backends.kernel("gated_delta_rule", mode, q, inputs=(q, k, v), gates=(g, beta))
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.fla_gated_delta_rule(kernel, q, k, v, g=g, beta=beta, scale=scale,
+                                             state=state)
     chunk_size = tuning.resolve("gated_delta_rule", chunk_size)  # None: this machine's best
     C = _dispatch("gated_delta_rule", mode, q.shape[1], chunk_size)
     if C is None:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
-from seqmem.ops import tuning
+from seqmem.ops import backends, tuning
 from seqmem.ops.loops import step_loop
 from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
@@ -248,6 +248,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     (chunk, b, d, n) buffer within SCAN_WORKING_SET floats (`scan_chunk`): the length only
     sets the working set, never the result; "recurrent": the step loop, differentiated by
     autograd."""
+    kernel = backends.kernel("selective_scan", mode, u, inputs=(u, delta, B, C, z),
+                             state=state)
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.mamba_selective_scan(kernel, u, delta, A, B, C, D, z,
+                                             delta_bias=delta_bias,
+                                             delta_softplus=delta_softplus)
     if chunk_size is None:  # this machine's measured best, else only the working-set bound
         chunk_size = tuning.measured("selective_scan")
     return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, mode,
@@ -333,6 +339,9 @@ def ssd(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = No
     """Mamba-2's state-space duality (Dao & Gu 2024, "Transformers are SSMs"), the loop of
     `ssd_step`: x (b, t, h, p), a (b, t, h) log decays, B, C (b, t, h, n), state (b, h, p, n)
     -> y (b, t, h, p), h_T. Modes "chunk" (default), "quadratic", "recurrent"."""
+    kernel = backends.kernel("ssd", mode, x, inputs=(x, B, C), gates=(a,))
+    if kernel is not None:  # a CUDA kernel (ops.backends); else seqmem's own forms
+        return backends.fla_ssd(kernel, x, a, B, C, state=state)
     chunk_size = tuning.resolve("ssd", chunk_size)  # None: this machine's best
     return _ssd(x, a, B, C, state, chunk_size, mode, False, "ssd")
 
