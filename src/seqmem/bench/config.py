@@ -13,8 +13,9 @@ from seqmem.config import Strict
 TORCH_REFERENCE_NAMES = ("torch.nn.RNN", "torch.nn.GRU", "torch.nn.LSTM")
 FULL_LENGTHS = (256, 1024, 4096, 16384, 65536)
 #: The parts of a bench: the mixer grid (`seqmem.bench.run`), the op table and the chunk
-#: lengths (`ops_table`), the small-model training table (`small`) and decode (`decode`).
-PARTS = ("grid", "ops", "chunks", "small", "decode", "grid2d")  # grid2d: `bench.grid`
+#: lengths (`ops_table`), the small-model training table (`small`), decode (`decode`) and
+#: what torch.compile gains per mixer family (`compile_table`).
+PARTS = ("grid", "ops", "chunks", "small", "decode", "grid2d", "compile")  # grid2d: `bench.grid`
 QUICK = {"mixers": ("leaky_rnn", "gru"), "references": ("torch.nn.GRU",), "lengths": (64, 128),
          "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0, "parts": ("grid",),
          "shapes": "quick"}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from seqmem import mixers
+from seqmem.bench.compile_table import compile_to
 from seqmem.bench.config import PARTS, BenchConfig
 from seqmem.bench.decode import decode_to
 from seqmem.bench.grid import grid_to
@@ -296,6 +297,7 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
         "small": lambda: small_to(cfg, out, command=command, progress=progress),
         "decode": lambda: decode_to(cfg, out, command=command, progress=progress),
         "grid2d": lambda: grid_to(cfg, out, command=command, progress=progress),
+        "compile": lambda: compile_to(cfg, out, command=command, progress=progress),
     }
     for part in parts:
         if part == "grid":

@@ -256,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--grid", action="store_true",
                    help="the 2-D mixers' forward + backward time and peak memory at grids 8x8, "
                    "16x16, 32x32 (quick: 8x8, 16x16); writes grid2d.jsonl/csv/md")
+    b.add_argument("--compile", action="store_true",
+                   help="eager vs torch.compile (train.compile) of a 2-block model's training "
+                   "step, one mixer per family (quick: 2 mixers, short): first-call seconds, "
+                   "steady tokens/s in interleaved rounds, the speedup; writes "
+                   "compile.jsonl/csv/md")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
 
     cf = sub.add_parser("config", help="every config key of a section: type, default, help",
