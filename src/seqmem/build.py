@@ -33,6 +33,7 @@ from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models import SequenceModel
 from seqmem.models.sequence import parse_pattern
 from seqmem.store import Run, RunStore
+from seqmem.train.distributed import local_device
 from seqmem.train.gtf import set_identity_observation
 from seqmem.train.loop import TrainParts, is_regression
 from seqmem.train.schedules import check_schedule, lr_factor, refined_table
@@ -267,7 +268,7 @@ def train_parts(cfg: RunConfig, *, root: str | Path = "runs") -> TrainParts:
     """Everything `seqmem.train.loop.fit` needs for the run (`root`: the store in which
     `train.schedule_from` names a run)."""
     cur = build_curriculum(cfg)
-    device = resolve_device(cfg.train.device)
+    device = local_device(resolve_device(cfg.train.device))  # a rank's own GPU under torchrun
     check_precision(cfg.train.precision, device)
     # on train.device before the optimizer is made: its state follows the parameters
     model = build_model(cfg, cur).to(device)

@@ -27,7 +27,7 @@ from seqmem.config.describe import describe
 from seqmem.continual.loop import aggregate
 from seqmem.dashboard import sweep_dashboard
 from seqmem.devices import check_device_name, resolve_device
-from seqmem.engine import api
+from seqmem.engine import api, ranks
 from seqmem.engine.display import Status
 from seqmem.engine.jobs import BenchRequest
 from seqmem.errors import SeqmemError
@@ -36,6 +36,7 @@ from seqmem.store import RunStore
 from seqmem.store.mlflow_export import export_mlflow
 from seqmem.store.query import export, select
 from seqmem.sweep import phase_spec, plan_sweep, read_sweep, run_sweep, run_two_phase
+from seqmem.train import distributed
 from seqmem.train.schedules import REFINED_FILE, refine_run
 
 TAKES_OVERRIDES = ("run", "train", "show-task", "continual")
@@ -107,6 +108,12 @@ def cmd_run(args, overrides, console) -> int:
 
 def cmd_train(args, overrides, console) -> int:
     overrides = device_override(args, overrides)
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise SeqmemError(f"--nproc must be a whole number >= 1, got {args.nproc}")
+        overrides = [*overrides, f"train.nproc={args.nproc}"]
+    if distributed.env_rank() > 0:  # a rank > 0 under torchrun: it follows rank 0
+        return follow_rank_zero(args, overrides)
     store = RunStore(args.root)
     if args.resume:
         if args.config or args.mixer or args.task or args.curriculum:
@@ -123,6 +130,20 @@ def cmd_train(args, overrides, console) -> int:
     ev = out.ended[job.run_id]
     tables.train_result(console, cfg, ev, out.summaries.get(job.run_id) or {})
     return 0 if ev["status"] == "done" else 1
+
+
+def follow_rank_zero(args, overrides) -> int:
+    """A rank > 0 of a torchrun launch: it writes nothing and trains as rank 0 tells it (the
+    config only names the device, hence the process group's backend)."""
+    if args.resume:
+        stored = RunStore(args.root).open_run(args.resume).config()
+        device = load_config(stored, [o for o in overrides if o.startswith("train.device=")])
+    else:
+        pre = [f"{k}={v}" for k, v in (("model.mixer.kind", args.mixer),
+                                       ("task.kind", args.task),
+                                       ("curriculum.kind", args.curriculum)) if v]
+        device = load_config(args.config, pre + list(overrides))
+    return ranks.follower(distributed.backend_for(resolve_device(device.train.device)))
 
 
 def cmd_continual(args, overrides, console) -> int:

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", help="task name (see `seqmem list tasks`)")
     t.add_argument("--curriculum", help="single, multi, sliding or none")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    t.add_argument("--nproc", type=int, help="data-parallel processes on this machine (sets "
+                   "train.nproc; gloo on the CPU, NCCL on CUDA); torchrun works too")
     t.add_argument("--device", help="where it computes: auto (cuda when available, else "
                    "cpu), cpu, cuda, cuda:N or mps (sets train.device)")
     _common(t)

@@ -35,6 +35,7 @@ from seqmem.curricula import KINDS as CURRICULUM_KINDS
 from seqmem.devices import check_device_name
 from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models.sequence import SequenceModel, parse_pattern
+from seqmem.ops.backends import check_spec
 
 DEFAULT_MIXER, DEFAULT_TASK = "leaky_rnn", "n_parity"
 
@@ -259,6 +260,13 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast of the forward pass: fp32 (none), bf16, fp16 (with a "
         "gradient scaler); recurrences run in float32 always (seqmem.devices)")
+    backend: str | dict[str, str] = Field(
+        "auto", description="kernels of the ops: auto (the installed GPU kernel that "
+        "supports a call on CUDA, else seqmem's own), torch, fla, mamba_ssm; or per op, e.g. "
+        "{gla: fla, selective_scan: torch} (seqmem.ops.backends)")
+    nproc: int = Field(1, ge=1, description="data-parallel processes of one run (gloo on "
+                       "the CPU, NCCL on CUDA; seqmem.train.distributed): the same numbers as "
+                       "one process with the whole batch")
     compile: bool = Field(False, description="torch.compile the model's blocks (see "
                           "benchmarks/compile.md for what it gains per mixer on a CPU)")
     gtf_alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive"] | None = Field(
@@ -276,6 +284,15 @@ class TrainConfig(Strict):
             return check_device_name(v)
         except SeqmemError as e:  # pydantic names the key: train.device
             raise ValueError(str(e)) from None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v):
+        try:
+            check_spec(v)
+        except SeqmemError as e:  # pydantic names the key: train.backend
+            raise ValueError(str(e)) from None
+        return v
 
     @field_validator("log", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from seqmem.engine.display import Display, Quiet, Status
 from seqmem.engine.jobs import BenchRequest
 from seqmem.engine.run import Outcome, execute
 from seqmem.errors import SeqmemError
+from seqmem.ops import backends
 from seqmem.store import RunStore
 
 # what a resumed run may change: its budget, and where it computes (a checkpoint resumes on
@@ -35,7 +36,16 @@ def new_train_job(store: RunStore, source=None, overrides: list[str] | None = No
     cfg = load_config(source, pre + list(overrides or []))
     check_fits(cfg)  # before the run exists: a batch that cannot fit is a config error
     check_precision(cfg.train.precision, resolve_device(cfg.train.device))  # likewise
+    check_backends(cfg.train.backend)
     return job_for(store, cfg, kind=kind)
+
+
+def check_backends(spec) -> None:
+    """A one-line error for a kernel backend asked for by name that cannot run here."""
+    for name in sorted(set(backends.check_spec(spec).values()) - {"auto", "torch"}):
+        reason = backends.available(name)
+        if reason:
+            raise SeqmemError(f"train.backend: {reason}")
 
 
 def job_for(store: RunStore, cfg: RunConfig, *, kind: str = "train",

@@ -18,6 +18,7 @@ job's folder is only where it writes: a bench).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,9 @@ from seqmem.bench.run import bench_to
 from seqmem.config import RunConfig
 from seqmem.continual.config import ContinualConfig
 from seqmem.continual.loop import HEADLINE, fit_continual
+from seqmem.devices import model_device
 from seqmem.errors import SeqmemError, check_choice
+from seqmem.train import distributed
 from seqmem.train.loop import FREE_RUN_SEED, eval_lengths, fit, is_regression
 
 Emit = Callable[[dict], None]
@@ -80,7 +83,15 @@ def train_run(cfg: RunConfig, run, *, emit: Emit | None = None, resume: bool = F
     """Train a run (see `seqmem.train.loop.fit`), then evaluate it after training: D_stsp and
     D_H of free-running trajectories for tasks that have them, and `eval.lengths`."""
     parts = build.train_parts(cfg, root=run.dir.parent)  # the store the run belongs to
-    summary = fit(cfg, run, parts, emit=emit, resume=resume)
+    if cfg.train.nproc > 1 or distributed.launched_by_torchrun():  # rank 0 of several
+        device = model_device(parts.model)
+        nproc = int(os.environ["WORLD_SIZE"]) if distributed.launched_by_torchrun() \
+            else cfg.train.nproc
+        with distributed.lead(cfg.model_dump(mode="json"), run.id, nproc, device,
+                              resume=resume):
+            summary = fit(cfg, distributed.LeadRun(run), parts, emit=emit, resume=resume)
+    else:
+        summary = fit(cfg, run, parts, emit=emit, resume=resume)
     final_task = parts.make_task(parts.curriculum, split="test")
     if cfg.eval.free_run_steps and hasattr(final_task, "trajectory"):
         parts.model.eval()
@@ -113,12 +124,14 @@ def continual_run(cfg: ContinualConfig, run, *, emit: Emit | None = None,
 @dataclass(frozen=True)
 class AnalysisRequest:
     """What an analyze job computes: the analyses `what`, their probe seed, and options of
-    `seqmem.analysis.analyze.analyze_run` (e.g. the lighter `QUICK` settings)."""
+    `seqmem.analysis.analyze.analyze_run` (e.g. the lighter `QUICK` settings), on `device`
+    (auto | cpu | cuda | cuda:N | mps: where the models and their probes compute)."""
 
     what: tuple[str, ...] | None = None  # None: every registered analysis
     seed: int = 0
     options: dict = field(default_factory=dict)
     threads: int | None = 1
+    device: str = "auto"
 
 
 @job_kind("analyze", records="summary")
@@ -132,7 +145,7 @@ def analyze_job(cfg: AnalysisRequest, run, *, emit: Emit | None = None,
     say = (lambda msg: emit({"event": "analysis", "message": msg})) if emit else None
     what = tuple(cfg.what) if cfg.what is not None else None
     out = analyze_run(run_cfg, run, what=what, seed=cfg.seed, progress=say,
-                      **cfg.options)
+                      device=cfg.device, **cfg.options)
     return headline(out)
 
 

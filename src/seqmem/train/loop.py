@@ -36,6 +36,9 @@ from seqmem.curricula import Curriculum
 from seqmem.devices import autocast, compile_model, grad_scaler, model_device
 from seqmem.errors import RunFailed
 from seqmem.models import SequenceModel, masked_heads_loss, masked_mse, masked_mse_loss
+from seqmem.ops import backends
+from seqmem.tasks.base import Batch
+from seqmem.train import distributed
 from seqmem.train.gtf import latent_gtf_predictions
 from seqmem.train.schedules import add_grad_noise
 
@@ -159,26 +162,51 @@ def batch_loss(model, task, batch, heads, generator, counter: list | None = None
     if batch.mask.device != device:
         batch = batch.to(device)
     b = batch.mask.shape[0]
-    if is_regression(task) and gtf_alpha is not None:
-        state = model.init_state(b, generator=generator)
+    gtf_on = is_regression(task) and gtf_alpha is not None
+    # the initial states are drawn for the whole batch (the same draws as one process), and
+    # the final states of a batch are never used: no block builds them (attention's cache),
+    # and a block whose initial state draws nothing starts from None
+    state = model.init_state(b, generator=generator, drawn_only=not gtf_on)
+    rank, world = distributed.rank_and_world()
+    if world > 1:  # data parallel: this rank's share of the sequences
+        part = distributed.share(b, rank, world)
+        n_all = batch.mask.sum()
+        batch = Batch(batch.inputs[part], batch.targets[part], batch.mask[part])
+        state = distributed.share_tree(state, part)
+    if gtf_on:
         forward = latent_gtf_predictions if gtf == "latent" else gtf_predictions
         with autocast(device, precision):
             pred = forward(model, batch.inputs, gtf_alpha, state)
-        loss, per_channel = masked_mse(pred.float(), batch.targets, batch.mask)
-        return loss, per_channel.detach().cpu()
-    # the final states of a batch are never used: no block builds them (attention's cache),
-    # and a block whose initial state draws nothing starts from None
-    state = model.init_state(b, generator=generator, drawn_only=True)
-    # the mixers' auxiliary losses (e.g. mom's load balancing), added in training mode only
-    aux: list | None = [] if model.training else None
-    with autocast(device, precision):  # the blocks; the heads and the loss in float32
-        h, _ = model.features(batch.inputs, state, aux=aux, final_state=False)
-    h = h.float()
-    if is_regression(task):
-        loss, per_head = masked_mse_loss(model, h, batch.targets, batch.mask)
+        loss, per_head = masked_mse(pred.float(), batch.targets, batch.mask)
     else:
-        loss, per_head = masked_heads_loss(model, h, batch.targets, batch.mask, heads)
-    return (loss + sum(aux) if aux else loss), per_head.detach().cpu()
+        # the mixers' auxiliary losses (e.g. mom's load balancing), in training mode only
+        aux: list | None = [] if model.training else None
+        with autocast(device, precision):  # the blocks; the heads and the loss in float32
+            h, _ = model.features(batch.inputs, state, aux=aux, final_state=False)
+        h = h.float()
+        if is_regression(task):
+            loss, per_head = masked_mse_loss(model, h, batch.targets, batch.mask)
+        else:
+            loss, per_head = masked_heads_loss(model, h, batch.targets, batch.mask, heads)
+        if aux:
+            loss = loss + sum(aux)
+    if world > 1:
+        loss, per_head = _summed_over_ranks(loss, per_head, batch.mask.sum(), n_all)
+    return loss, per_head.detach().cpu()
+
+
+def _summed_over_ranks(loss: Tensor, per_head: Tensor, n: Tensor, n_all: Tensor):
+    """A rank's loss and per-head scores (means over its n supervised positions) as shares
+    of the whole batch's (n_all positions): weighted by n / n_all, so that their sums over
+    the ranks are the whole batch's means. The loss returned has the whole batch's value and
+    this rank's share's gradient (the all-reduce of the gradients sums the shares)."""
+    w = (n / n_all).to(loss.dtype)
+    if int(n) == 0:  # no supervised position in this share: it adds nothing
+        loss, per_head = loss.nan_to_num(0.0), per_head.nan_to_num(0.0)
+    share = loss * w
+    total = distributed.sum_across(torch.cat([share.detach().reshape(1),
+                                              (per_head.detach() * w).reshape(-1)]))
+    return share + (total[0] - share).detach(), total[1:]
 
 
 def exact_pass(cfg: RunConfig, task) -> bool:
@@ -259,6 +287,13 @@ def summarize(cfg: RunConfig, cur: Curriculum, stages: list, epoch: int, elapsed
 
 def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] | None = None,
         resume: bool = False) -> dict:
+    """`train` under the ops' kernel choice of `train.backend` (`seqmem.ops.backends`)."""
+    with backends.use(cfg.train.backend):
+        return train(cfg, run, parts, emit=emit, resume=resume)
+
+
+def train(cfg: RunConfig, run, parts: TrainParts, *,
+          emit: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
     """Train `parts.model` under its curriculum until the budget or the curriculum ends.
 
     `run` is the run's folder (a `seqmem.store.Run`). With `resume`, state comes from its
@@ -276,6 +311,8 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
     scaler = grad_scaler(model_device(model), t.precision)
     if t.compile:
         compile_model(model)
+    if distributed.active():  # every rank starts from rank 0's weights
+        distributed.broadcast_parameters(model)
     epoch, elapsed, stages, last = 0, 0.0, [], None
     if resume:  # the checkpoint's tensors are on the CPU: loading moves them to the model's
         ck = run.load_checkpoint("last")
@@ -339,10 +376,10 @@ def fit(cfg: RunConfig, run, parts: TrainParts, *, emit: Callable[[dict], None] 
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-            else:  # fp16: the scaled loss's gradients, unscaled before clipping
-                scaler.scale(loss).backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            if distributed.active():  # data parallel: the whole batch's gradients
+                distributed.reduce_gradients(model)
+            if scaler is not None:  # fp16: the scaled loss's gradients, unscaled to clip
                 scaler.unscale_(opt)
             # the norm of the loss's gradient, before clipping and noise: what a refined
             # schedule (seqmem.train.schedules.refine_schedule) is made from
