@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 
 
 def alrnn_phi(z: Tensor, n_relu: int) -> Tensor:
@@ -24,12 +24,14 @@ def alrnn_phi(z: Tensor, n_relu: int) -> Tensor:
     return torch.cat([z[..., : M - n_relu], torch.relu(z[..., M - n_relu:])], dim=-1)
 
 
+@float32_recurrence
 def alrnn_step(u_t: Tensor, z: Tensor, A: Tensor, W: Tensor, h: Tensor, n_relu: int) -> Tensor:
     """One AL-RNN step z_t = A z_{t-1} + W Phi*(z_{t-1}) + h + u_t: u_t, z (b, M) (u_t = C s_t
     already applied), A (M,) the diagonal, W (M, M), h (M,), n_relu = P."""
     return A * z + F.linear(alrnn_phi(z, n_relu), W, h) + u_t
 
 
+@float32_recurrence
 def alrnn_recurrent(u: Tensor, z: Tensor, A: Tensor, W: Tensor, h: Tensor, n_relu: int
                     ) -> tuple[Tensor, Tensor]:
     """Loop of `alrnn_step` over u (b, t, M). Returns (z_all (b, t, M), z_final (b, M))."""

@@ -109,10 +109,13 @@ def rotary_table(t: int, offset: int, n_pairs: int, base: float, device, dtype
 
 def _angles(t: int, offset: int, n_pairs: int, base: float, device, dtype
             ) -> tuple[Tensor, Tensor]:
-    freq = base ** (-torch.arange(n_pairs, device=device, dtype=dtype) / n_pairs)  # (p,)
-    pos = torch.arange(t, device=device, dtype=dtype) + offset  # (t,)
+    # the angles in float32 at least: a bf16 position is off by 2 past 256 (8 bits of mantissa)
+    work = torch.promote_types(dtype, torch.float32)
+    freq = base ** (-torch.arange(n_pairs, device=device, dtype=work) / n_pairs)  # (p,)
+    pos = torch.arange(t, device=device, dtype=work) + offset  # (t,)
     angle = pos[:, None] * freq  # (t, p)
-    return angle.cos()[None, :, None], angle.sin()[None, :, None]  # (1, t, 1, p)
+    return (angle.cos().to(dtype)[None, :, None],
+            angle.sin().to(dtype)[None, :, None])  # (1, t, 1, p)
 
 
 # ---- softmax attention ------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from seqmem.ops.loops import float32_recurrence
 from seqmem.ops.scan import linear_recurrence
 
 
@@ -43,6 +44,7 @@ class ChimeraState(NamedTuple):
     h2: Tensor
 
 
+@float32_recurrence
 def chimera_step(a1: Tensor, a2: Tensor, a3: Tensor, a4: Tensor, u1: Tensor, u2: Tensor,
                  up: tuple[Tensor, Tensor], left: tuple[Tensor, Tensor]
                  ) -> tuple[Tensor, Tensor]:
@@ -59,6 +61,7 @@ def chimera_read(C1: Tensor, C2: Tensor, h1: Tensor, h2: Tensor) -> Tensor:
     return (h1 * C1.unsqueeze(-2)).sum(-1) + (h2 * C2.unsqueeze(-2)).sum(-1)
 
 
+@float32_recurrence
 def chimera_rows(a1: Tensor, a2: Tensor, a3: Tensor, a4: Tensor, u1: Tensor, u2: Tensor,
                  C1: Tensor, C2: Tensor, state: ChimeraState) -> tuple[Tensor, ChimeraState]:
     """The grid row by row, each row at once: h1 from the row above (elementwise), then

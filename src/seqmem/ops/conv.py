@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from seqmem.ops import backends
+from seqmem.ops.loops import float32_recurrence
 
 
 def short_conv_init_state(batch_size: int, d: int, kernel_size: int, *, device=None,
@@ -22,6 +23,7 @@ def short_conv_init_state(batch_size: int, d: int, kernel_size: int, *, device=N
     return torch.zeros(batch_size, kernel_size - 1, d, device=device, dtype=dtype)
 
 
+@float32_recurrence
 def short_conv_step(x_t: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor
                     ) -> tuple[Tensor, Tensor]:
     """One step (the specification): x_t (b, d), state (b, k-1, d) -> y_t (b, d), state."""
@@ -32,6 +34,7 @@ def short_conv_step(x_t: Tensor, weight: Tensor, bias: Tensor | None, state: Ten
     return y, window[:, 1:]
 
 
+@float32_recurrence
 def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, state: Tensor | None = None
                ) -> tuple[Tensor, Tensor]:
     """The whole sequence at once: x (b, t, d) -> y (b, t, d), final state (b, k-1, d). A
@@ -69,6 +72,7 @@ class _ShortConv(torch.autograd.Function):
         return y
 
     @staticmethod
+    @float32_recurrence
     def backward(ctx, g: Tensor):
         xp, weight = ctx.saved_tensors
         k, t = weight.shape[1], g.shape[1]

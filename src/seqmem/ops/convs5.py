@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqmem.ops.loops import float32_recurrence
 from seqmem.ops.scan import linear_recurrence
 
 
@@ -44,6 +45,7 @@ def _conv_rows(v: Tensor, weight: Tensor) -> Tensor:
     return out.transpose(1, 2).reshape(*lead, W, weight.shape[0])
 
 
+@float32_recurrence
 def convs5_step(u_k: Tensor, x: Tensor, A_bar: Tensor, gamma: Tensor, B: Tensor, C: Tensor,
                 D: Tensor) -> tuple[Tensor, Tensor]:
     """One frame: u_k (b, W, d), x (b, W, P) -> (y_k (b, W, d), x_k (b, W, P))."""
@@ -51,6 +53,7 @@ def convs5_step(u_k: Tensor, x: Tensor, A_bar: Tensor, gamma: Tensor, B: Tensor,
     return _conv_rows(x, C) + D * u_k, x
 
 
+@float32_recurrence
 def convs5_parallel(u: Tensor, x0: Tensor, A_bar: Tensor, gamma: Tensor, B: Tensor, C: Tensor,
                     D: Tensor) -> tuple[Tensor, Tensor]:
     """Every frame at once: u (b, H, W, d), x0 (b, W, P) -> (y (b, H, W, d), x_H (b, W, P));

@@ -44,6 +44,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from seqmem.ops.loops import float32_recurrence
+
 
 def _decay(b_cum: Tensor) -> Tensor:
     """D[..., t, s] = exp(b_t - b_s) for s <= t, exactly 0 above (`ops.loops.causal_decay`, in
@@ -157,6 +159,7 @@ class _DeltaChunk(torch.autograd.Function):
         return _from_chunks(o, b, t, h), states[N:].view(b, h, d_k, d_v).clone()
 
     @staticmethod
+    @float32_recurrence
     @once_differentiable
     def backward(ctx, d_o, d_S):
         q, k, v, beta, g, starts = ctx.saved_tensors
@@ -230,6 +233,7 @@ class _DeltaChunk(torch.autograd.Function):
                 _from_chunks(d_beta, b, t, h), dg, dS0, None, None)
 
 
+@float32_recurrence
 def delta_chunk(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, S0: Tensor,
                 *, scale: float, chunk_size: int) -> tuple[Tensor, Tensor]:
     """The chunked (gated) delta rule (module docstring), differentiated by the hand-written

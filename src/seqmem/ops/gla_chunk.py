@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from seqmem.ops.loops import carry, chunk, unchunk
+from seqmem.ops.loops import carry, chunk, float32_recurrence, unchunk
 
 # Levels whose half-blocks have at most this many tokens are computed pair by pair with
 # products and sums: a batched matrix product of (2 x 64) @ (64 x 2) blocks costs more in
@@ -205,6 +205,7 @@ class GlaChunk(torch.autograd.Function):
         return unchunk(o[:, :C].unflatten(0, (b, h, n)), t), S
 
     @staticmethod
+    @float32_recurrence
     @once_differentiable
     def backward(ctx, do, dS):
         Q, K, V, B, starts = ctx.saved_tensors

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.linear_attention import gla_chunk
+from seqmem.ops.loops import float32_recurrence
 
 
 class LightNetState(NamedTuple):
@@ -29,6 +30,7 @@ class LightNetState(NamedTuple):
     z: Tensor
 
 
+@float32_recurrence
 def lightnet_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: LightNetState
                   ) -> tuple[Tensor, LightNetState]:
     """One step (the specification): q_t, k_t (b, h, d_k), v_t (b, h, d_v) -> o_t (b, h, d_v)."""
@@ -38,6 +40,7 @@ def lightnet_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: LightNetState
     return (q_t[..., None] * S).sum(dim=-2), LightNetState(S, z)
 
 
+@float32_recurrence
 def lightnet_chunk(q: Tensor, k: Tensor, v: Tensor, state: LightNetState, chunk_size: int
                    ) -> tuple[Tensor, LightNetState]:
     """The sequence in chunks: q, k (b, t, h, d_k), v (b, t, h, d_v) -> o (b, t, h, d_v).

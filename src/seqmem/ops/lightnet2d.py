@@ -30,6 +30,7 @@ from torch import Tensor
 
 from seqmem.ops.attention import EMPTY
 from seqmem.ops.linear_attention import gla_chunk
+from seqmem.ops.loops import float32_recurrence
 
 
 class LightNet2DState(NamedTuple):
@@ -95,6 +96,7 @@ def tpe_grid(x: Tensor, rows: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Ten
     return u, ext[:, ext.shape[1] - (K - 1):]
 
 
+@float32_recurrence
 def lightnet2d_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, phase_t: Tensor | None,
                     S: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One cell (the specification): q_t, k_t (b, h, d_k), v_t (b, h, d_v), phase_t (h, d_k)
@@ -111,6 +113,7 @@ def lightnet2d_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, phase_t: Tensor | Non
     return (lrpe(q_t, phase_t)[..., None] * S).sum(dim=-2), S, z_new
 
 
+@float32_recurrence
 def lightnet2d_chunk(q: Tensor, k: Tensor, v: Tensor, phase: Tensor | None, S: Tensor,
                      z: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """The cells in raster order, in chunks: q, k (b, t, h, d_k), v (b, t, h, d_v), phase

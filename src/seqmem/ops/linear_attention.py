@@ -69,7 +69,7 @@ from seqmem.errors import check_choice, check_int
 from seqmem.ops import backends, tuning
 from seqmem.ops.delta_chunk import delta_chunk
 from seqmem.ops.gla_chunk import GlaChunk
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 LINEAR_ATTENTION_MODES = ("chunk", "parallel", "recurrent")
@@ -115,6 +115,7 @@ def _empty(q: Tensor, v: Tensor) -> Tensor:
 
 
 # ---- steps: the specification --------------------------------------------------------------
+@float32_recurrence
 def linear_attention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None = None, *,
                           scale: float | None = None) -> tuple[Tensor, Tensor]:
     """S_t = S_{t-1} + k_t^T v_t, o_t = scale q_t S_t: q_t, k_t (b, h, d_k), v_t (b, h, d_v),
@@ -124,6 +125,7 @@ def linear_attention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor |
     return _read(q_t * _scale(q_t, scale), S), S
 
 
+@float32_recurrence
 def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay: Tensor,
                    state: Tensor | None = None, *, scale: float | None = None
                    ) -> tuple[Tensor, Tensor]:
@@ -133,6 +135,7 @@ def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay: Tensor,
     return _read(q_t * _scale(q_t, scale), S), S
 
 
+@float32_recurrence
 def gla_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, state: Tensor | None = None, *,
              scale: float | None = None) -> tuple[Tensor, Tensor]:
     """S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t; g_t (b, h, d_k)."""
@@ -141,6 +144,7 @@ def gla_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, state: Tensor |
     return _read(q_t * _scale(q_t, scale), S), S
 
 
+@float32_recurrence
 def delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None = None, *,
                     beta: Tensor, scale: float | None = None) -> tuple[Tensor, Tensor]:
     """S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = scale q_t S_t;
@@ -151,6 +155,7 @@ def delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None 
     return _read(q_t * _scale(q_t, scale), S), S
 
 
+@float32_recurrence
 def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor | None = None,
                           *, g: Tensor, beta: Tensor, scale: float | None = None
                           ) -> tuple[Tensor, Tensor]:
@@ -164,12 +169,14 @@ def gated_delta_rule_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, state: Tensor |
 
 
 # ---- recurrent: the loop of the step -------------------------------------------------------
+@float32_recurrence
 def linear_attention_recurrent(q, k, v, *, scale=None, state=None):
     """The loop of `linear_attention_step`."""
     return step_loop(partial(linear_attention_step, scale=scale), (q, k, v),
                      _initial(k, v, state), empty=_empty(q, v))
 
 
+@float32_recurrence
 def retention_recurrent(q, k, v, log_decay, *, scale=None, state=None):
     """The loop of `retention_step`."""
     def step(q_t, k_t, v_t, S):
@@ -178,12 +185,14 @@ def retention_recurrent(q, k, v, log_decay, *, scale=None, state=None):
     return step_loop(step, (q, k, v), _initial(k, v, state), empty=_empty(q, v))
 
 
+@float32_recurrence
 def gla_recurrent(q, k, v, g, *, scale=None, state=None):
     """The loop of `gla_step`."""
     return step_loop(partial(gla_step, scale=scale), (q, k, v, g), _initial(k, v, state),
                      empty=_empty(q, v))
 
 
+@float32_recurrence
 def delta_rule_recurrent(q, k, v, *, beta, scale=None, state=None):
     """The loop of `delta_rule_step`."""
     def step(q_t, k_t, v_t, beta_t, S):
@@ -192,6 +201,7 @@ def delta_rule_recurrent(q, k, v, *, beta, scale=None, state=None):
     return step_loop(step, (q, k, v, beta), _initial(k, v, state), empty=_empty(q, v))
 
 
+@float32_recurrence
 def gated_delta_rule_recurrent(q, k, v, *, g, beta, scale=None, state=None):
     """The loop of `gated_delta_rule_step`."""
     def step(q_t, k_t, v_t, g_t, beta_t, S):
@@ -201,6 +211,7 @@ def gated_delta_rule_recurrent(q, k, v, *, g, beta, scale=None, state=None):
 
 
 # ---- chunked forms -------------------------------------------------------------------------
+@float32_recurrence
 def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
                        scale: float | None = None, state: Tensor | None = None,
                        chunk_size: int = 64) -> tuple[Tensor, Tensor]:
@@ -221,6 +232,7 @@ def scalar_decay_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, *,
     return scalar_decay_chunked(q, k, v, g, S, C, scale=_scale(q, scale))
 
 
+@float32_recurrence
 def gla_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
               state: Tensor | None = None, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """`gla` in chunks. Inside a chunk (padded with identity tokens to a power of two) the
@@ -242,6 +254,7 @@ def gla_chunk(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None
     return GlaChunk.apply(q, k, v, g, S, _scale(q, scale), C)
 
 
+@float32_recurrence
 def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
                  state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """`gla` as one masked quadratic form over the sequence, memory O(t^2 d_k):
@@ -264,6 +277,7 @@ def gla_parallel(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | N
     return o, S
 
 
+@float32_recurrence
 def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Tensor | None = None,
                      scale: float | None = None, state: Tensor | None = None,
                      chunk_size: int = 64) -> tuple[Tensor, Tensor]:
@@ -278,6 +292,7 @@ def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Tensor
 
 
 # ---- the ops -------------------------------------------------------------------------------
+@float32_recurrence
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
                      state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
                      ) -> tuple[Tensor, Tensor]:
@@ -293,6 +308,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = N
     return scalar_decay_chunk(q, k, v, None, scale=scale, state=state, chunk_size=C)
 
 
+@float32_recurrence
 def retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, scale: float | None = None,
               state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
               ) -> tuple[Tensor, Tensor]:
@@ -309,6 +325,7 @@ def retention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, *, scale: floa
     return scalar_decay_chunk(q, k, v, g, scale=scale, state=state, chunk_size=C)
 
 
+@float32_recurrence
 def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
         state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
         ) -> tuple[Tensor, Tensor]:
@@ -326,6 +343,7 @@ def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = Non
     return gla_chunk(q, k, v, g, scale=scale, state=state, chunk_size=C)
 
 
+@float32_recurrence
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, scale: float | None = None,
                state: Tensor | None = None, mode: str = "chunk", chunk_size: int | None = None
                ) -> tuple[Tensor, Tensor]:
@@ -342,6 +360,7 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, scale: float | 
     return delta_rule_chunk(q, k, v, beta=beta, scale=scale, state=state, chunk_size=C)
 
 
+@float32_recurrence
 def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, g: Tensor, beta: Tensor,
                      scale: float | None = None, state: Tensor | None = None, mode: str = "chunk",
                      chunk_size: int | None = None) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,7 @@ carried from chunk to chunk).
     chunk         (b, t, h, ...) -> (b, h, n, C, ...), padded at the end to n C tokens
     causal_decay  D[t, s] = exp(b_t - b_s) for s <= t, exactly 0 above the diagonal
     carry         S_i = a_i S_{i-1} + KV_i across the chunks i = 1..n
+    float32_recurrence   a recurrence op run in float32 with autocast off, under autocast
 
 Every `<family>_recurrent` form that is "the loop of `<family>_step`" is `step_loop` of that
 step; forms whose loop is written by hand for speed (the RNNs' fused loops and hand-written
@@ -16,12 +17,80 @@ writing a gradient the size of the whole input, so the backward grows quadratica
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+F_ = TypeVar("F_", bound=Callable[..., Any])
+_LOW = (torch.float16, torch.bfloat16)
+# one call that is False unless some device type has autocast on (torch.compile folds it)
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
+    lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+
+
+def _first_device_type(obj: Any) -> str | None:
+    """The device type of the first tensor in obj (a tensor, or nested tuples / lists)."""
+    if isinstance(obj, Tensor):
+        return obj.device.type
+    if isinstance(obj, (tuple, list)):
+        for part in obj:
+            if (found := _first_device_type(part)) is not None:
+                return found
+    return None
+
+
+def _upcast(obj: Any) -> Any:
+    """obj with every float16 / bfloat16 tensor cast to float32, through tuples, NamedTuples
+    and lists (a state); float32, float64, complex and integer tensors and non-tensors as
+    they are."""
+    if isinstance(obj, Tensor):
+        return obj.float() if obj.dtype in _LOW else obj
+    if isinstance(obj, tuple):
+        parts = [_upcast(part) for part in obj]
+        return type(obj)(*parts) if hasattr(obj, "_fields") else tuple(parts)
+    if isinstance(obj, list):
+        return [_upcast(part) for part in obj]
+    return obj
+
+
+def float32_recurrence(fn: F_) -> F_:
+    """`fn` run in float32 when autocast is on for the device of its tensor arguments.
+
+    Under bf16 / fp16 autocast a recurrence loses its memory in the low precision: a decay
+    a = 1 - 1e-3 is 1.0 in bfloat16 (8 bits of mantissa), and a state summed over T steps
+    carries each step's rounding error T times. So, as fla's and mamba-ssm's kernels keep
+    their states and decays in float32, the wrapped op casts every float16 / bfloat16 tensor
+    argument (inside tuple and NamedTuple states too) to float32 and runs with autocast
+    disabled; its outputs come back as computed, in float32, and the projections around it
+    stay in the low precision. float64 arguments are not lowered (autocast leaves them
+    alone as well).
+
+    Without autocast the wrapper is one call of a torch flag and then `fn` itself: the same
+    result bit for bit, the same autograd graph (hand-written autograd Functions included).
+    The device type is that of the first tensor argument (positional, then keyword).
+
+    The backward of the ops' hand-written autograd Functions is wrapped too (below its
+    `@staticmethod`): a backward called inside the autocast region then runs in float32 as
+    its forward did. A kernel backend dispatched from inside a wrapped op gets float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _any_autocast():
+            return fn(*args, **kwargs)
+        device_type = _first_device_type(args)
+        if device_type is None:
+            device_type = _first_device_type(tuple(kwargs.values()))
+        if device_type is None or not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return fn(*_upcast(args), **{k: _upcast(v) for k, v in kwargs.items()})
+
+    wrapper.float32_recurrence = True  # marks a wrapped op (the precision tests list them)
+    return wrapper  # type: ignore[return-value]
 
 
 def step_loop(step: Callable[..., tuple[Tensor, Any]], inputs: Sequence[Tensor], state: Any, *,

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import SeqmemError, check_choice, check_int
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 
 BIASES = ("l2", "lp", "huber")
 RETENTIONS = ("l2", "lq", "kl")
@@ -225,6 +225,7 @@ def _start(init: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if init is None else init.to(like).expand_as(like)
 
 
+@float32_recurrence
 def neural_memory_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, alpha_t: Tensor, eta_t: Tensor,
                        theta_t: Tensor, state: NeuralMemoryState, *, spec: MemorySpec,
                        init: Tensor | None = None, scale: float = 1.0
@@ -246,6 +247,7 @@ def neural_memory_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, alpha_t: Tensor, e
     return o, NeuralMemoryState(A - A0, S, D_start, pos)
 
 
+@float32_recurrence
 def neural_memory_recurrent(q, k, v, alpha, eta, theta, *, spec, state, init=None, scale=1.0):
     """The loop of `neural_memory_step` over time: o (b, t, h, d_v), final state."""
     b, _, h, _ = k.shape
@@ -263,6 +265,7 @@ def _cum_decay(a: Tensor) -> Tensor:
     return torch.cumprod(Z, dim=-2).tril()
 
 
+@float32_recurrence
 def neural_memory_chunk(q, k, v, alpha, eta, theta, *, spec, state, init=None, scale=1.0):
     """The parallel chunk form of gradient="chunk" (see the module docstring): o (b, t, h,
     d_v), final state; sequences at different positions in their chunk run as groups."""
@@ -335,6 +338,7 @@ def _chunk_dual(q, k, v, theta, E, Fd, e0, f0, A_grad, A, S, spec, scale):
     return o, flat(A_end), flat(S_end)
 
 
+@float32_recurrence
 def neural_memory(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, eta: Tensor, theta: Tensor,
                   *, spec: MemorySpec, state: NeuralMemoryState | None = None,
                   init: Tensor | None = None, scale: float = 1.0, mode: str = "chunk"

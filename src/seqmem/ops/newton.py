@@ -24,9 +24,12 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from seqmem.ops.loops import float32_recurrence
+
 Cell = Callable[[Tensor, Tensor], Tensor]  # (u (b, k), h (b, n)) -> h' (b, n)
 
 
+@float32_recurrence
 def linear_scan(A: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     """All states of h_t = A_t h_{t-1} + b_t, t = 1..T, by a parallel (Hillis-Steele) scan.
 
@@ -68,6 +71,7 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-13 if dtype == torch.float64 else 1e-6
 
 
+@float32_recurrence
 def newton_recurrent(cell: Cell, u: Tensor, h0: Tensor, *, tol: float | None = None,
                      max_iter: int | None = None) -> tuple[Tensor, Tensor, int]:
     """The states of h_t = cell(u_t, h_{t-1}) for u (B, T, k), h0 (B, n), solved by Newton

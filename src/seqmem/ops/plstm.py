@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqmem.ops.loops import float32_recurrence
+
 
 def p_mode_transitions(t: Tensor) -> Tensor:
     """P-mode: t (..., 2, 2) [out, in] with each column scaled to absolute sum <= 1."""
@@ -43,6 +45,7 @@ def d_mode_transitions(tau: Tensor) -> Tensor:
     return (tau / 2)[..., None, None].expand(*tau.shape, 2, 2)
 
 
+@float32_recurrence
 def plstm_cell(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
                up: Tensor, left: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One cell (the specification): q, k (b, h, d_k), v (b, h, d_v), S (b, h, 2), T
@@ -56,6 +59,7 @@ def plstm_cell(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor,
     return (q[..., :, None] * C).sum(dim=-2), down, right
 
 
+@float32_recurrence
 def plstm_scan(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
                state: Tensor) -> tuple[Tensor, Tensor]:
     """The grid cell by cell in raster order: q, k (b, H, W, h, d_k), v (b, H, W, h, d_v),
@@ -88,6 +92,7 @@ def row_transfer(a: Tensor) -> Tensor:
     return P.prod(dim=-1) * (idx[None, :] <= idx[:, None]).to(a.dtype)
 
 
+@float32_recurrence
 def plstm_rows(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
                state: Tensor) -> tuple[Tensor, Tensor]:
     """The parallel form of `plstm_scan` (same arguments and results): row by row, each row's
@@ -109,6 +114,7 @@ def plstm_rows(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor,
     return torch.stack(ys, dim=1), up
 
 
+@float32_recurrence
 def plstm_parallel(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
                    state: Tensor) -> tuple[Tensor, Tensor]:
     """The fully parallel form of `plstm_scan` (same arguments and results), as the paper's

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 
 PHIS = {
     "leaky_relu": F.leaky_relu,  # negative slope 0.01, as torch.nn.LeakyReLU()
@@ -30,6 +30,7 @@ def activation(name: str):
 
 
 # ---- leaky (timescale) RNN ----------------------------------------------------------------
+@float32_recurrence
 def leaky_rnn_step(
     u_t: Tensor, h: Tensor, W: Tensor, inv_tau: Tensor, *, rule: str = "default",
     phi: str = "leaky_relu",
@@ -52,6 +53,7 @@ def leaky_rnn_step(
     raise AssertionError  # unreachable
 
 
+@float32_recurrence
 def leaky_rnn_recurrent(
     u: Tensor, h: Tensor, W: Tensor, inv_tau: Tensor, *, rule: str = "default",
     phi: str = "leaky_relu",
@@ -77,6 +79,7 @@ def leaky_rnn_recurrent(
 
 
 # ---- Elman RNN ----------------------------------------------------------------------------
+@float32_recurrence
 def elman_step(u_t: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
                phi: str = "tanh") -> Tensor:
     """Elman RNN, as torch.nn.RNN: h' = phi(u_t + W_hh h + b_hh), u_t = W_ih x_t + b_ih."""
@@ -86,6 +89,7 @@ def elman_step(u_t: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
     return activation(phi)(pre)
 
 
+@float32_recurrence
 def elman_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
                     phi: str = "tanh") -> tuple[Tensor, Tensor]:
     """Loop of `elman_step` over u (b, t, d). Returns (h_all (b, t, d), h_final (b, d))."""
@@ -101,6 +105,7 @@ def elman_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
 
 
 # ---- GRU ----------------------------------------------------------------------------------
+@float32_recurrence
 def gru_step(u_t: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
     """GRU (Cho et al. 2014) in torch.nn.GRU's convention. Returns (h', z).
 
@@ -119,6 +124,7 @@ def gru_step(u_t: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None) -> tuple
     return (1 - z) * n + z * h, z
 
 
+@float32_recurrence
 def gru_recurrent(u: Tensor, h: Tensor, W_hh: Tensor, b_hh: Tensor | None, *,
                   gates: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Loop of `gru_step` over u (b, t, 3d). Returns (h_all, h_final, z_all or None); z_all
@@ -153,6 +159,7 @@ class LSTMState(NamedTuple):
     c: Tensor  # (b, d)
 
 
+@float32_recurrence
 def lstm_step(u_t: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | None
               ) -> tuple[LSTMState, Tensor]:
     """LSTM (Hochreiter & Schmidhuber 1997) in torch.nn.LSTM's convention. Returns (state', f).
@@ -171,6 +178,7 @@ def lstm_step(u_t: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | None
     return LSTMState(h, c), f
 
 
+@float32_recurrence
 def lstm_recurrent(u: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | None, *,
                    gates: bool = False) -> tuple[Tensor, LSTMState, Tensor | None]:
     """Loop of `lstm_step` over u (b, t, 4d). Returns (h_all, final state, f_all or None);
@@ -203,6 +211,7 @@ def lstm_recurrent(u: Tensor, state: LSTMState, W_hh: Tensor, b_hh: Tensor | Non
 
 
 # ---- shallow PLRNN -------------------------------------------------------------------------
+@float32_recurrence
 def plrnn_step(u_t: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Tensor,
                h2: Tensor) -> Tensor:
     """One step of the shallow PLRNN (Hess, Monfared, Brenner & Durstewitz 2023, ICML),
@@ -212,6 +221,7 @@ def plrnn_step(u_t: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Te
     return A * z + F.linear(torch.relu(F.linear(z, W2, h2)), W1, h1) + u_t
 
 
+@float32_recurrence
 def plrnn_recurrent(u: Tensor, z: Tensor, A: Tensor, W1: Tensor, W2: Tensor, h1: Tensor,
                     h2: Tensor) -> tuple[Tensor, Tensor]:
     """Loop of `plrnn_step` over u (b, t, M). Returns (z_all (b, t, M), z_final (b, M))."""
@@ -282,6 +292,7 @@ class _ElmanBPTT(torch.autograd.Function):
         return H
 
     @staticmethod
+    @float32_recurrence
     def backward(ctx, g):
         h0, W, H = ctx.saved_tensors
         T, phi = H.shape[1], ctx.phi
@@ -315,6 +326,7 @@ class _GRUBPTT(torch.autograd.Function):
         return H
 
     @staticmethod
+    @float32_recurrence
     def backward(ctx, gH):
         h0, W, G, RZ, N, H = ctx.saved_tensors
         T, d = H.shape[1], H.shape[-1]
@@ -363,6 +375,7 @@ class _LSTMBPTT(torch.autograd.Function):
         return H, c.clone()
 
     @staticmethod
+    @float32_recurrence
     def backward(ctx, gH, gc):
         h0, c0, W, G, Cs, Tc, H = ctx.saved_tensors
         T, d = H.shape[1], H.shape[-1]
@@ -410,6 +423,7 @@ class _LeakyBPTT(torch.autograd.Function):
         return H
 
     @staticmethod
+    @float32_recurrence
     def backward(ctx, g):
         h0, W, a, H, P = ctx.saved_tensors
         T, phi, want_a = H.shape[1], ctx.phi, ctx.needs_input_grad[3]

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from seqmem.errors import SeqmemError, check_choice, check_int
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 from seqmem.ops.ssm import (
     _blocks,
     _ceil_log2,
@@ -221,6 +221,7 @@ def _re2(v: Tensor) -> Tensor:
     return 2 * v.sum(-1).real
 
 
+@float32_recurrence
 def s4_step(u_t: Tensor, Lam: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor,
             state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One bilinear step of the DPLR SSM, by the Woodbury identity:
@@ -291,6 +292,7 @@ def _nodes(L: int, like: Tensor) -> Tensor:
     return torch.exp(-2j * math.pi * k / L)
 
 
+@float32_recurrence
 def s4_kernel(Lam: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
     """The convolution kernel K_l = 2 Re(C A_bar^l B_bar)_full, l < L (S4, Algorithm 1):
     C~ = C (I - A_bar^L), the generating function 2 C~ (D_z + (1 + z) P P^*)^-1 B at the
@@ -329,6 +331,7 @@ def _initial_output(A_bar: Tensor, Cf: Tensor, x0f: Tensor, t: int) -> Tensor:
     return y0.real
 
 
+@float32_recurrence
 def s4(u: Tensor, Lam: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, *,
        state: Tensor | None = None, mode: str = "conv") -> tuple[Tensor, Tensor]:
     """The loop of `s4_step` over u (b, t, h) -> y (b, t, h) and the final state (b, h, n).

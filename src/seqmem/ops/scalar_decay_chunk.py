@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from seqmem.ops.loops import chunk, unchunk
+from seqmem.ops.loops import chunk, float32_recurrence, unchunk
 
 # A chunk whose cumulative log decays all lie within +-FACTOR_RANGE has its decay matrix
 # factored, exp(c_t - c_s) = exp(c_t) exp(-c_s), into the operands of one matrix product (no
@@ -147,6 +147,7 @@ class _ScalarDecayChunk(torch.autograd.Function):
         return O, S
 
     @staticmethod
+    @float32_recurrence
     @once_differentiable
     def backward(ctx, dO, dS):
         factored = ctx.factored
@@ -210,6 +211,7 @@ class _ScalarDecayChunk(torch.autograd.Function):
                 dS0 if need_s0 else None, None)
 
 
+@float32_recurrence
 def scalar_decay_chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor,
                          chunk_size: int, *, scale: float = 1.0, neg: Tensor | None = None
                          ) -> tuple[Tensor, Tensor]:

@@ -15,9 +15,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from seqmem.ops.loops import float32_recurrence
+
 Elems = tuple[Tensor, ...]
 
 
+@float32_recurrence
 def associative_scan(combine: Callable[[Elems, Elems], Elems], elems: Elems, dim: int = 1
                      ) -> Elems:
     """All inclusive prefixes of `elems` along `dim` under `combine(earlier, later)`."""
@@ -35,11 +38,13 @@ def associative_scan(combine: Callable[[Elems, Elems], Elems], elems: Elems, dim
     return elems
 
 
+@float32_recurrence
 def linear_recurrence_step(a_t: Tensor, b_t: Tensor, h: Tensor) -> Tensor:
     """One step of h_t = a_t * h_{t-1} + b_t (elementwise): the specification."""
     return a_t * h + b_t
 
 
+@float32_recurrence
 def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor, dim: int = 1) -> Tensor:
     """Every h_t of h_t = a_t * h_{t-1} + b_t from h0, by a prefix scan over `dim`.
 

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
 from seqmem.ops import backends, tuning
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 from seqmem.ops.scalar_decay_chunk import scalar_decay_chunked
 
 SELECTIVE_SCAN_MODES = ("chunk", "recurrent")
@@ -92,6 +92,7 @@ def _selective_step(u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, delta_softplu
     return _finish(y, u_t, D, z_t), h
 
 
+@float32_recurrence
 def selective_scan_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor,
                         D: Tensor | None = None, z_t: Tensor | None = None, *,
                         delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -105,6 +106,7 @@ def selective_scan_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_
                            state, False)
 
 
+@float32_recurrence
 def selective_scan_signed_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor,
                                C_t: Tensor, D: Tensor | None = None, z_t: Tensor | None = None,
                                *, delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -162,6 +164,7 @@ class _ChunkedScan(torch.autograd.Function):
         return y, h
 
     @staticmethod
+    @float32_recurrence
     def backward(ctx, gy, gh):
         dt, A, B, C, v, starts = ctx.saved_tensors
         L, signed, t = ctx.chunk_size, ctx.signed, dt.shape[0]
@@ -234,6 +237,7 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, 
     return _finish(y.transpose(0, 1), u, D, z), h
 
 
+@float32_recurrence
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Tensor | None = None, z: Tensor | None = None, *,
                    delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -260,6 +264,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            chunk_size, False, "selective_scan")
 
 
+@float32_recurrence
 def selective_scan_signed(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                           D: Tensor | None = None, z: Tensor | None = None, *,
                           delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -281,6 +286,7 @@ def _ssd_step(x_t, a_t, B_t, C_t, state, signed):
     return torch.einsum("bhpn,bhn->bhp", h, C_t), h  # (b, h, p), (b, h, p, n)
 
 
+@float32_recurrence
 def ssd_step(x_t: Tensor, a_t: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor | None = None
              ) -> tuple[Tensor, Tensor]:
     """One SSD step (the specification): x_t (b, h, p), a_t (b, h), B_t, C_t (b, h, n),
@@ -289,6 +295,7 @@ def ssd_step(x_t: Tensor, a_t: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor |
     return _ssd_step(x_t, a_t, B_t, C_t, state, False)
 
 
+@float32_recurrence
 def ssd_signed_step(x_t: Tensor, a_t: Tensor, B_t: Tensor, C_t: Tensor,
                     state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """`ssd_step` with negative eigenvalues: h_t = (2 exp(a_t) - 1) h_{t-1} + x_t^T B_t."""
@@ -334,6 +341,7 @@ def _ssd(x, a, B, C, state, chunk_size, mode, signed, op):
     return _ssd_chunk(x, a, B, C, S, L, signed)
 
 
+@float32_recurrence
 def ssd(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = None,
         chunk_size: int | None = None, mode: str = "chunk") -> tuple[Tensor, Tensor]:
     """Mamba-2's state-space duality (Dao & Gu 2024, "Transformers are SSMs"), the loop of
@@ -346,6 +354,7 @@ def ssd(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = No
     return _ssd(x, a, B, C, state, chunk_size, mode, False, "ssd")
 
 
+@float32_recurrence
 def ssd_signed(x: Tensor, a: Tensor, B: Tensor, C: Tensor, *, state: Tensor | None = None,
                chunk_size: int | None = None, mode: str = "chunk") -> tuple[Tensor, Tensor]:
     """`ssd` with negative eigenvalues (Grazzi et al. 2025): the transition is 2 exp(a_t) - 1

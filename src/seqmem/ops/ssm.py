@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import SeqmemError, check_choice, check_int
-from seqmem.ops.loops import step_loop
+from seqmem.ops.loops import float32_recurrence, step_loop
 from seqmem.ops.scan import linear_recurrence
 
 SSM_MODES = ("conv", "recurrent")
@@ -144,6 +144,7 @@ def _diag_input(factor: Tensor, A: Tensor, B: Tensor) -> Tensor:
     return factor[..., None] * B if B.ndim == A.ndim + 1 else factor * B
 
 
+@float32_recurrence
 def discretize_zoh(A: Tensor, B: Tensor, dt: Tensor | float, *, diagonal: bool | None = None
                    ) -> tuple[Tensor, Tensor]:
     """Zero-order hold: A_bar = exp(dt A), B_bar = A^-1 (exp(dt A) - I) B = int_0^dt e^{sA} ds B.
@@ -179,6 +180,7 @@ def _triangular_ok(A: Tensor) -> bool:
     return not bool(A.triu(1).any())
 
 
+@float32_recurrence
 def discretize_bilinear(A: Tensor, B: Tensor, dt: Tensor | float, *,
                         diagonal: bool | None = None) -> tuple[Tensor, Tensor]:
     """Bilinear (Tustin; LSSL's GBT with alpha = 1/2): A_bar = (I - dt/2 A)^-1 (I + dt/2 A),
@@ -209,6 +211,7 @@ def discretize_bilinear(A: Tensor, B: Tensor, dt: Tensor | float, *,
 
 
 # ---- long convolution and kernels ----------------------------------------------------------
+@float32_recurrence
 def fft_conv(u: Tensor, K: Tensor) -> Tensor:
     """Causal convolution y[b, t, d] = sum_{s<=t} K[d, t-s] u[b, s, d] by FFT (zero-padded to
     2t, so nothing wraps around). u (b, t, d) real, K (d, L) real; a kernel shorter than t is
@@ -256,6 +259,7 @@ def _blocks(t: int) -> tuple[int, int]:
     return L0, -(-t // L0)
 
 
+@float32_recurrence
 def krylov(L: int, A: Tensor, b: Tensor) -> Tensor:
     """The Krylov sequence [b, A b, ..., A^{L-1} b]: A (..., n, n), b (..., n) -> (..., L, n),
     by doubling (LSSL sec. 3.2): [K, A^k K] for k = 1, 2, 4, ..., log2(L) matrix squarings."""
@@ -263,6 +267,7 @@ def krylov(L: int, A: Tensor, b: Tensor) -> Tensor:
     return _row_krylov(L, Ms, b[..., None, :])[..., 0, :]
 
 
+@float32_recurrence
 def vandermonde(a: Tensor, L: int, *, start: int = 0, step: int = 1) -> Tensor:
     """a^p for p = start, start + step, ..., start + (L - 1) step, as exp(p log a): a (..., n)
     complex -> (..., n, L). The powers of a diagonal transition (exact powers, no repeated
@@ -287,6 +292,7 @@ def _power_sum(w: Tensor, lo: Tensor, hi: Tensor, L: int) -> Tensor:
     return blocks.flatten(-2)[..., :L]
 
 
+@float32_recurrence
 def s4d_kernel(a: Tensor, b: Tensor, C: Tensor, L: int) -> Tensor:
     """The S4D convolution kernel of a diagonal SSM (Gu, Gupta, Goel & Re 2022, sec. 3.2):
 
@@ -304,6 +310,7 @@ def _check_mode(op: str, mode: str, modes) -> str:
     return check_choice(f"{op} mode", mode, modes)
 
 
+@float32_recurrence
 def ssm_step(u_t: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, state: Tensor | None = None
              ) -> tuple[Tensor, Tensor]:
     """x_t = A_bar x_{t-1} + B_bar u_t, y_t = C . x_t per channel: u_t (b, h), A_bar (h, n, n),
@@ -313,6 +320,7 @@ def ssm_step(u_t: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, state: Tensor
     return (C * x).sum(-1), x
 
 
+@float32_recurrence
 def ssm_bilinear_step(u_t: Tensor, A: Tensor, B: Tensor, dt: Tensor, C: Tensor,
                       state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """`ssm_step` with (A_bar, B_bar) = discretize_bilinear(A, B, dt), without forming them:
@@ -338,6 +346,7 @@ def ssm_bilinear_step(u_t: Tensor, A: Tensor, B: Tensor, dt: Tensor, C: Tensor,
     return (C * x).sum(-1), x
 
 
+@float32_recurrence
 def ssm(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, *, state: Tensor | None = None,
         mode: str = "conv") -> tuple[Tensor, Tensor]:
     """The loop of `ssm_step` over u (b, t, h) -> y (b, t, h) and the final state (b, h, n).
@@ -388,6 +397,7 @@ def ssm(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, *, state: Tensor | N
 
 
 # ---- diagonal SSM (S4D) --------------------------------------------------------------------
+@float32_recurrence
 def diag_ssm_step(u_t: Tensor, a: Tensor, b: Tensor, C: Tensor, state: Tensor | None = None
                   ) -> tuple[Tensor, Tensor]:
     """x_t = a * x_{t-1} + b u_t, y_t = Re(C . x_t) per channel: u_t (b, h) real, a, b, C (h, n)
@@ -398,6 +408,7 @@ def diag_ssm_step(u_t: Tensor, a: Tensor, b: Tensor, C: Tensor, state: Tensor | 
     return (C * x).sum(-1).real, x
 
 
+@float32_recurrence
 def diag_ssm(u: Tensor, a: Tensor, b: Tensor, C: Tensor, *, state: Tensor | None = None,
              mode: str = "conv") -> tuple[Tensor, Tensor]:
     """The loop of `diag_ssm_step` over u (b, t, h) -> y (b, t, h) and the final state.
@@ -424,11 +435,13 @@ def diag_ssm(u: Tensor, a: Tensor, b: Tensor, C: Tensor, *, state: Tensor | None
 
 
 # ---- diagonal linear recurrence (S5) -------------------------------------------------------
+@float32_recurrence
 def diag_recurrence_step(a: Tensor, v_t: Tensor, state: Tensor | None = None) -> Tensor:
     """x_t = a * x_{t-1} + v_t: a (n,), v_t (b, n), state (b, n), complex -> x_t (b, n)."""
     return v_t if state is None else a * state + v_t
 
 
+@float32_recurrence
 def diag_recurrence(a: Tensor, v: Tensor, *, state: Tensor | None = None,
                     mode: str = "parallel", chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """Every x_t of x_t = a * x_{t-1} + v_t: a (n,) complex, v (b, t, n) complex, state (b, n)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqmem.ops.loops import float32_recurrence
+
 
 def dilated_conv_init_state(batch_size: int, d_in: int, kernel_size: int, dilation: int, *,
                             device=None, dtype=None) -> Tensor:
@@ -22,6 +24,7 @@ def dilated_conv_init_state(batch_size: int, d_in: int, kernel_size: int, dilati
                        dtype=dtype)
 
 
+@float32_recurrence
 def dilated_conv_step(x_t: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor,
                       dilation: int) -> tuple[Tensor, Tensor]:
     """One step (the specification): x_t (b, d_in), state (b, (k-1) dil, d_in) -> y_t (b,
@@ -34,6 +37,7 @@ def dilated_conv_step(x_t: Tensor, weight: Tensor, bias: Tensor | None, state: T
     return y, window[:, 1:]
 
 
+@float32_recurrence
 def dilated_conv(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor, dilation: int
                  ) -> tuple[Tensor, Tensor]:
     """The whole sequence at once: x (b, t, d_in) -> y (b, t, d_out) and the final state."""

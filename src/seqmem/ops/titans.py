@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmem.errors import check_choice, check_int
-from seqmem.ops.loops import chunk, step_loop
+from seqmem.ops.loops import chunk, float32_recurrence, step_loop
 
 TITANS_MODES = ("chunk", "recurrent")
 
@@ -66,6 +66,7 @@ def titans_init_state(batch_size: int, n_heads: int, d_k: int, d_v: int, *, devi
     return TitansState(z, z.clone())
 
 
+@float32_recurrence
 def titans_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, alpha_t: Tensor, eta_t: Tensor,
                 theta_t: Tensor, state: TitansState, *, scale: float | None = None
                 ) -> tuple[Tensor, TitansState]:
@@ -81,6 +82,7 @@ def titans_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, alpha_t: Tensor, eta_t: T
     return o, TitansState(M, S)
 
 
+@float32_recurrence
 def titans_recurrent(q, k, v, alpha, eta, theta, *, scale=None, state=None
                      ) -> tuple[Tensor, TitansState]:
     """The loop of `titans_step` over time: (b, t, h, d) inputs -> o (b, t, h, d_v), state."""
@@ -102,6 +104,7 @@ def _decay_matrix(a: Tensor) -> Tensor:
     return torch.cumprod(Z, dim=-2).tril()  # (..., C, C)
 
 
+@float32_recurrence
 def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_size=64
                  ) -> tuple[Tensor, TitansState]:
     """The exact chunked form (see the module docstring): o (b, t, h, d_v), final state."""
@@ -162,6 +165,7 @@ def titans_chunk(q, k, v, alpha, eta, theta, *, scale=None, state=None, chunk_si
     return o.movedim(2, 1), TitansState(M, S)
 
 
+@float32_recurrence
 def titans(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, eta: Tensor, theta: Tensor, *,
            scale: float | None = None, state: TitansState | None = None, mode: str = "chunk",
            chunk_size: int = 64) -> tuple[Tensor, TitansState]:
