@@ -112,7 +112,9 @@ class Attention(Mixer):
 
     def _keep(self, state: AttentionState | None, k: Tensor, v: Tensor) -> AttentionState:
         """The cache after appending the tokens k, v (b, t, h, d) to `state` (None: the empty
-        cache): its last n_cache slots."""
+        cache): its last n_cache slots, in the state's dtype (k, v are bf16 under autocast)."""
+        dtype = self.state_options()["dtype"] if state is None else state.k.dtype
+        k, v = k.to(dtype), v.to(dtype)
         n, t = self.n_cache, k.shape[1]
         if t >= n:  # the new tokens alone fill the cache
             log_m = k.new_zeros(k.shape[0], n)

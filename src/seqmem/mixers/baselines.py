@@ -18,6 +18,18 @@ from torch import Tensor, nn
 
 from seqmem.errors import SeqmemError, check_choice, check_int
 from seqmem.mixers.base import Mixer, register
+from seqmem.ops.loops import float32_recurrence
+
+
+@float32_recurrence
+def linear_rnn_loop(u: Tensor, h: Tensor, Wt: Tensor) -> tuple[Tensor, Tensor]:
+    """h_t = h_{t-1} W^T + u_t for the drives u (b, t, d) from h (b, d): (every h_t (b, t, d),
+    the last); in float32 under autocast, as every recurrence."""
+    hs = []
+    for u_t in u.unbind(1):
+        h = torch.addmm(u_t, h, Wt)
+        hs.append(h)
+    return torch.stack(hs, dim=1), h
 
 
 @register("linear")
@@ -46,18 +58,12 @@ class LinearRNN(Mixer):
         self.U = nn.Linear(d_model, d_model, bias=bias)
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        h = state @ self.W.T + self.U(x_t)  # (b, d)
+        _, h = linear_rnn_loop(self.U(x_t)[:, None], state, self.W.T)  # (b, d)
         return h, h
 
     def _forward(self, x: Tensor, state: Tensor, mode: str, chunk_size: int):
-        u = self.U(x)  # (b, t, d): the input drive of every step at once
-        hs = []
-        h = state
-        Wt = self.W.T
-        for u_t in u.unbind(1):
-            h = torch.addmm(u_t, h, Wt)
-            hs.append(h)
-        return torch.stack(hs, dim=1), h
+        # the input drive of every step at once (b, t, d), then the loop
+        return linear_rnn_loop(self.U(x), state, self.W.T)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
         return torch.zeros(batch_size, self.d_model, **self.state_options(device, dtype))

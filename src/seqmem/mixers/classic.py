@@ -20,6 +20,7 @@ from seqmem.errors import check_choice
 from seqmem.mixers.base import Mixer, register
 from seqmem.mixers.parts import NewtonForm
 from seqmem.mixers.recurrent_init import check_init, init_recurrent_
+from seqmem.ops.loops import float32_recurrence
 from seqmem.ops.rnn import (
     LSTMState,
     elman_recurrent,
@@ -31,6 +32,8 @@ from seqmem.ops.rnn import (
 )
 
 PROBE_BATCH, PROBE_STEPS, PROBE_SEED = 64, 200, 0
+# torch's fused LSTM kernel, run in float32 under autocast as every recurrence
+fused_lstm = float32_recurrence(torch.lstm)
 
 
 class _TorchLikeRNN(Mixer):
@@ -196,7 +199,7 @@ class LSTM(NewtonForm, _TorchLikeRNN):
             # torch.lstm checks no sizes (a mis-sized state crashes the process or reads past
             # its memory): the state was checked against init_state by `forward`
             h0, c0 = state
-            y, h, c = torch.lstm(x, (h0[None], c0[None]), params, self.bias_ih is not None,
+            y, h, c = fused_lstm(x, (h0[None], c0[None]), params, self.bias_ih is not None,
                                  1, 0.0, self.training, False, True)  # 1 layer, batch first
             return y, LSTMState(h[0], c[0])
         if mode == "newton":
