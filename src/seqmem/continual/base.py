@@ -33,6 +33,12 @@ is `(model, protocol, seed=0, *, **options)` and calls `super().__init__(model, 
 seed)`; its keyword-only parameters are its options. Every random number comes from the
 generator a hook is given, or from `self.generator(stream)` (a stream of its own seeded by the
 run's seed), never from torch's global generator.
+
+Devices (`seqmem.devices`): batches are drawn on the CPU (the generators are CPU ones) and
+moved to the model's device (`Method.sample` draws and moves); `Method.to(device)` moves the
+model and every tensor, module and dict or list of them that the method holds (its Fisher,
+anchors, masks, hypernetwork; a method holding tensors in another object moves them in its
+own `to`, with `moved`), so a method built on the CPU runs on any device.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqmem.devices import model_device
 from seqmem.errors import SeqmemError, check_choice
 from seqmem.models import SequenceModel
 from seqmem.registry import Registry
@@ -200,6 +207,26 @@ class Method:
         fine-tuning's."""
         return torch.Generator().manual_seed(10007 * stream + self.seed)
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters: where batches and the method's tensors go."""
+        return model_device(self.model)
+
+    def to(self, device: torch.device | str) -> Method:
+        """Move the model, then every tensor, module, and dict, list or tuple of them held in
+        the method's attributes, to `device` (in place: the model's parameters stay the same
+        objects, so hooks and references to them hold). Returns the method."""
+        device = torch.device(device)
+        self.model.to(device)
+        for name, value in list(vars(self).items()):
+            if name not in ("model", "protocol"):  # the protocol's task data stay on the CPU
+                setattr(self, name, moved(value, device))
+        return self
+
+    def sample(self, task: Task, batch_size: int, gen: torch.Generator) -> Batch:
+        """A batch of `task` drawn with the CPU generator `gen`, on the model's device."""
+        return task.sample(batch_size, generator=gen).to(self.device)
+
     def earlier(self, i: int) -> list[int]:
         """The experiences other than i trained in earlier sessions: `seen` (set by the loop),
         or 0..i-1 (every experience once, in order) where no loop set it."""
@@ -214,7 +241,7 @@ class Method:
     def train_batches(self, i: int, batch_size: int, gen: torch.Generator
                       ) -> list[tuple[int, Batch]]:
         """The (experience, batch) pairs of one training step of experience i."""
-        return [(i, self.protocol.experiences[i].train.sample(batch_size, generator=gen))]
+        return [(i, self.sample(self.protocol.experiences[i].train, batch_size, gen))]
 
     def logits(self, j: int, x: Tensor) -> Tensor:
         """The read-out of experience j for inputs x: (b, t, classes)."""
@@ -243,6 +270,20 @@ class Method:
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+
+
+def moved(value, device: torch.device):
+    """`value` on `device`: a tensor (a parameter already there is itself), a module (moved
+    in place), a dict, list or tuple of them; anything else as it is."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, nn.Module):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: moved(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        return type(value)(moved(v, device) for v in value)
+    return value
 
 
 method_names = _METHODS.names

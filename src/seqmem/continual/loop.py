@@ -14,6 +14,11 @@ a fixed evaluation seed). Before training, the untrained model's accuracy on eac
 (the forward-transfer baseline); during experience i, its accuracy on one evaluation batch
 every `curve_every` steps (the learning curve of LCA). A checkpoint after every experience
 lets an interrupted or failed run resume from the last finished experience.
+
+The run computes on `cfg.device` (`seqmem.devices.resolve_device`): the method (its model and
+its own tensors) is moved there before the first step and after a resume; every batch is drawn
+on the CPU by the run's generators and moved there, so the numbers drawn are the same on every
+device.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from seqmem.continual.config import ContinualConfig
 from seqmem.continual.methods import Method, experience_loss
 from seqmem.continual.metrics import summarize
 from seqmem.continual.protocols import Protocol
+from seqmem.devices import resolve_device
 from seqmem.errors import RunFailed
 
 EVAL_SEED = 12345
@@ -44,7 +50,7 @@ def evaluate(method: Method, j: int, n_batches: int, batch_size: int, seed: int)
     task = method.protocol.experiences[j].test
     accs = []
     for _ in range(n_batches):
-        batch = task.sample(batch_size, generator=gen)
+        batch = method.sample(task, batch_size, gen)  # drawn on the CPU, on the model's device
         _, acc = experience_loss(method.logits(j, batch.inputs), batch)
         accs.append(acc.item())
     return sum(accs) / len(accs)
@@ -58,6 +64,8 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
     emit = emit or (lambda ev: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    method.to(device)
     T = len(protocol)
     sessions = protocol.sessions
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -74,6 +82,7 @@ def fit_continual(cfg: ContinualConfig, run, protocol: Protocol, method: Method,
     if resume and run is not None and "last" in run.checkpoints():
         ck = run.load_checkpoint("last")
         method.load_state(ck["method"])
+        method.to(device)  # a checkpoint's tensors come back on the CPU
         gen.set_state(ck["gen"])
         R, curves, baseline = ck["R"], ck["curves"], ck["baseline"]
         start, elapsed0 = int(ck["experience"]) + 1, float(ck["elapsed_s"])

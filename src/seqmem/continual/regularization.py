@@ -63,7 +63,7 @@ class EWC(Method):
         Fi = {n: torch.zeros_like(p) for n, p in params.items()}
         task, n = self.protocol.experiences[i].train, 0
         for _ in range(self.fisher_batches):
-            batch = task.sample(self.fisher_batch_size, generator=gen)
+            batch = self.sample(task, self.fisher_batch_size, gen)
             for b in range(batch.mask.shape[0]):
                 one = Batch(batch.inputs[b:b + 1], batch.targets[b:b + 1], batch.mask[b:b + 1])
                 z = self.logits(i, one.inputs)[one.mask]  # (positions, C)

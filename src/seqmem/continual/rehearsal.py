@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmem.continual.base import Method, register_method
+from seqmem.continual.base import Method, moved, register_method
 from seqmem.errors import check_int
 from seqmem.tasks.base import Batch
 
@@ -25,7 +25,7 @@ class Joint(Method):
     """Every experience from the first step on."""
 
     def train_batches(self, i, batch_size, gen):
-        return [(j, e.train.sample(batch_size, generator=gen))
+        return [(j, self.sample(e.train, batch_size, gen))
                 for j, e in enumerate(self.protocol.experiences)]
 
 
@@ -35,7 +35,7 @@ class MultiHead(Method):
     fresh batch of each per step."""
 
     def train_batches(self, i, batch_size, gen):
-        return [(j, self.protocol.experiences[j].train.sample(batch_size, generator=gen))
+        return [(j, self.sample(self.protocol.experiences[j].train, batch_size, gen))
                 for j in sorted({*self.earlier(i), i})]
 
 
@@ -111,10 +111,16 @@ class Replay(Method):
         current = super().train_batches(i, batch_size, gen)
         if len(self.buffer) == 0:
             return current
-        return current + _collate(self.buffer.sample(self.replay_batch, gen))
+        return current + [(j, b.to(self.device))
+                          for j, b in _collate(self.buffer.sample(self.replay_batch, gen))]
 
     def after_step(self, i, batches, gen):
         self.buffer.add(_examples(*batches[0]), gen)  # the current experience's batch
+
+    def to(self, device):
+        super().to(device)
+        self.buffer.items = moved(self.buffer.items, device)  # (experience, x, y, mask) each
+        return self
 
     def state(self):
         items = [{"j": j, "x": x, "y": y, "m": m} for j, x, y, m in self.buffer.items]

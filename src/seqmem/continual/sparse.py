@@ -125,8 +125,8 @@ class Sparse(Method):
     def dense_gradients(self, i: int) -> dict[str, Tensor]:
         """The gradients of experience i's loss on one batch (from the method's generator
         stream 3) w.r.t. the masked tensors, masked entries included."""
-        batch = self.protocol.experiences[i].train.sample(self.grad_batch_size,
-                                                          generator=self.grad_gen)
+        batch = self.sample(self.protocol.experiences[i].train, self.grad_batch_size,
+                            self.grad_gen)
         self._dense = True
         try:
             loss, _ = experience_loss(self.logits(i, batch.inputs), batch)
