@@ -37,6 +37,7 @@ from seqmem.analysis.registry import (
     option_defaults,
 )
 from seqmem.config import RunConfig, load_config
+from seqmem.devices import resolve_device
 from seqmem.errors import SeqmemError
 from seqmem.store import Run, RunStore
 from seqmem.store.db import git_commit
@@ -100,7 +101,8 @@ def merge_analysis(old: dict, new: dict, rerun: list) -> dict:
 
 
 def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, seed: int = 0,
-                progress: Callable[[str], None] | None = None, **options) -> dict:
+                progress: Callable[[str], None] | None = None,
+                device: str | torch.device = "auto", **options) -> dict:
     """Run the analyses `what` (default: the default ones, `DEFAULT_ANALYSES`) on `run`, a
     stored run of
     config `cfg`; write <run>/analysis.json (atomically) and return its content.
@@ -111,8 +113,10 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
     `options` are the analyses' options (`resolve_options`), e.g. n_trials, stream_len, eps,
     n_draws, tau_net_steps, tau_net_stages (the per-stage measures too costly for every stage,
     tau_net and dimensionality, run at that many stages spread evenly from the first to the
-    last; None: every stage).
+    last; None: every stage). `device` (`seqmem.devices.resolve_device`; auto: cuda when
+    available, else cpu) is where the models and their probes compute.
     """
+    device = resolve_device(device)
     specs = analyses(default_analysis_names() if what is None else tuple(what))
     opts = resolve_options(options)
     Ns = stage_checkpoints(run)
@@ -120,7 +124,7 @@ def analyze_run(cfg: RunConfig, run: Run, *, what: Sequence[str] | None = None, 
         raise SeqmemError(f"run {run.id} has no curriculum-step checkpoints (N<k>) to analyse; "
                           f"it solved no N yet")
     say = progress or (lambda msg: None)
-    ctx = Context.of_run(cfg, run, Ns, seed=seed, options=opts, say=say)
+    ctx = Context.of_run(cfg, run, Ns, seed=seed, options=opts, say=say, device=device)
     out: dict = {"N": Ns, "curriculum": cfg.curriculum_kind()}
     prov = provenance(seed, {}, Ns)
     out["provenance"] = {s.name: {**prov, "options": json.loads(json.dumps(
@@ -201,10 +205,10 @@ def record_headline(store: RunStore, run_id: str, out: dict) -> dict:
 
 def analyze_and_record(store: RunStore, run_id: str, *, what: Sequence[str] | None = None,
                        seed: int = 0, progress: Callable[[str], None] | None = None,
-                       **options) -> tuple[dict, dict]:
+                       device: str | torch.device = "auto", **options) -> tuple[dict, dict]:
     """Analyse a stored run (`analyze_run`: writes its analysis.json) and add the headline
     numbers to its summary in the store; return (analysis, headline)."""
     run = store.open_run(run_id)
     out = analyze_run(load_config(run.config()), run, what=what, seed=seed, progress=progress,
-                      **options)
+                      device=device, **options)
     return out, record_headline(store, run.id, out)

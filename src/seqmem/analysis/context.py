@@ -46,16 +46,16 @@ def spread_stages(Ns: list[int] | tuple[int, ...], n: int | None) -> set[int]:
 
 
 class StageModels:
-    """The models of a run's stages, each loaded once while it is in use."""
+    """The models of a run's stages, each loaded once while it is in use, on `device`."""
 
-    def __init__(self, cfg: RunConfig, run: Run):
-        self.cfg, self.run = cfg, run
+    def __init__(self, cfg: RunConfig, run: Run, device: torch.device | str = "cpu"):
+        self.cfg, self.run, self.device = cfg, run, torch.device(device)
         self._models: dict[int, SequenceModel] = {}
         self.base_accuracy: dict[int, float] = {}
 
     def get(self, N: int) -> SequenceModel:
         if N not in self._models:
-            self._models[N] = probes.load_stage(self.cfg, self.run, N)
+            self._models[N] = probes.load_stage(self.cfg, self.run, N, device=self.device)
         return self._models[N]
 
     def keep_only(self, Ns: set[int]) -> None:
@@ -79,11 +79,23 @@ class Context:
 
     @classmethod
     def of_run(cls, cfg: RunConfig, run: Run, Ns: list[int], *, seed: int,
-               options: Mapping[str, Any], say: Callable[[str], None]) -> Context:
-        """The context of a run's last stage; `focus` gives each analysis its own."""
+               options: Mapping[str, Any], say: Callable[[str], None],
+               device: torch.device | str = "cpu") -> Context:
+        """The context of a run's last stage, its models on `device`; `focus` gives each
+        analysis its own."""
         return cls(cfg, run, tuple(Ns), Ns[-1] if Ns else 0, seed, dict(options),
                    torch.Generator().manual_seed(derived_seed(seed)), say,
-                   StageModels(cfg, run))
+                   StageModels(cfg, run, device))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the analysis computes: its models are there, and the probes built for them
+        (drawn on the CPU by the context's generators, then moved)."""
+        return self.stage_models.device
+
+    def load(self, model: SequenceModel) -> SequenceModel:
+        """`model` (built by an analysis from the run's config) on this context's device."""
+        return model.to(self.device)
 
     def focus(self, name: str, N: int | None = None) -> Context:
         """This context for analysis `name` at stage N (default the last stage), with a

@@ -18,7 +18,7 @@ def forgetting(ctx: Context) -> dict:
     ctx.say("forgetting matrix")
     f = forgetting_matrix(ctx.cfg, ctx.run, generator=ctx.generator,
                           n_trials=max(2, ctx.options["n_trials"] // 2),
-                          stream_len=ctx.options["stream_len"])
+                          stream_len=ctx.options["stream_len"], device=ctx.device)
     return {"forgetting": {"N": f["N"], "R": [[None if np.isnan(v) else float(v) for v in row]
                                               for row in f["R"]]}}
 

@@ -156,11 +156,13 @@ def stage_checkpoints(run: Run) -> list[int]:
     return sorted(out)
 
 
-def load_stage(cfg: RunConfig, run: Run, N: int) -> SequenceModel:
-    """The model of `run` as saved when it solved N (checkpoint N<k>), in eval mode."""
+def load_stage(cfg: RunConfig, run: Run, N: int, *,
+               device: torch.device | str = "cpu") -> SequenceModel:
+    """The model of `run` as saved when it solved N (checkpoint N<k>), in eval mode, on
+    `device` (the probes built for it follow its parameters)."""
     model = build_model(cfg, build_curriculum(cfg))
     model.load_state_dict(run.load_checkpoint(f"N{N:03d}")["model"])
-    return model.eval()
+    return model.to(device).eval()
 
 
 def head_for(cfg: RunConfig, N: int) -> int:
@@ -169,7 +171,8 @@ def head_for(cfg: RunConfig, N: int) -> int:
 
 
 def forgetting_matrix(cfg: RunConfig, run: Run, *, generator: torch.Generator, n_trials: int = 4,
-                      stream_len: int = 1100, burn_in: int = 100) -> dict:
+                      stream_len: int = 1100, burn_in: int = 100,
+                      device: torch.device | str = "cpu") -> dict:
     """Accuracy on every solved N after each curriculum step: R[i, j] = acc on N_j after N_i.
 
     Single-head: the one head is tested on every N_j (earlier N_j measure forgetting, later
@@ -180,7 +183,7 @@ def forgetting_matrix(cfg: RunConfig, run: Run, *, generator: torch.Generator, n
     single = cfg.curriculum_kind() == "single"
     R = np.full((len(Ns), len(Ns)), np.nan)
     for i, n_i in enumerate(Ns):
-        model = load_stage(cfg, run, n_i)
+        model = load_stage(cfg, run, n_i, device=device)
         cols = [j for j, n_j in enumerate(Ns) if single or n_j <= n_i]
         acc = stream_accuracy(model, cfg.task.kind, [Ns[j] for j in cols],
                               [head_for(cfg, Ns[j]) for j in cols], generator=generator,

@@ -148,7 +148,7 @@ def pruning(ctx: Context) -> dict:
     state = ctx.run.load_checkpoint(f"N{ctx.N:03d}")
 
     def pruned_copy(masks):
-        m = build_model(cfg)
+        m = ctx.load(build_model(cfg))
         m.load_state_dict(state["model"])
         P.attach_masks(m, masks)
         return m.eval()
@@ -166,7 +166,7 @@ def pruning(ctx: Context) -> dict:
 
     def scratch(masks, key) -> float:
         fresh_cfg = cfg.model_copy(update={"seed": cfg.seed + 1})  # a fresh initialisation
-        m = build_model(fresh_cfg)
+        m = ctx.load(build_model(fresh_cfg))
         P.attach_masks(m, masks)
         return train(m, retrain_epochs, ("scratch", *key))
 

@@ -181,7 +181,7 @@ def _headline(w: dict) -> dict:
 
 
 def _initial_model(ctx: Context):
-    model = build_model(ctx.cfg, build_curriculum(ctx.cfg))
+    model = ctx.load(build_model(ctx.cfg, build_curriculum(ctx.cfg)))
     if INIT_CHECKPOINT in ctx.run.checkpoints():
         model.load_state_dict(ctx.run.load_checkpoint(INIT_CHECKPOINT)["model"])
         return model.eval(), "checkpoint init"
@@ -189,7 +189,7 @@ def _initial_model(ctx: Context):
 
 
 def _final_model(ctx: Context):
-    model = build_model(ctx.cfg, build_curriculum(ctx.cfg))
+    model = ctx.load(build_model(ctx.cfg, build_curriculum(ctx.cfg)))
     model.load_state_dict(ctx.run.load_checkpoint("last")["model"])
     return model.eval()
 

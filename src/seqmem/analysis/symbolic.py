@@ -133,7 +133,7 @@ def symbolic_code(symbols: list[int], *, n_bits: int, max_len: int, max_cycles: 
 
 def final_model(ctx: Context) -> SequenceModel:
     """The run's model from its checkpoint "last", in eval mode."""
-    model = build_model(ctx.cfg, build_curriculum(ctx.cfg))
+    model = ctx.load(build_model(ctx.cfg, build_curriculum(ctx.cfg)))
     model.load_state_dict(ctx.run.load_checkpoint("last")["model"])
     return model.eval()
 
