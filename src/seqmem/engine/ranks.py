@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 
@@ -26,7 +27,6 @@ def follower(backend: str) -> int:
     """Train as rank RANK of the run the lead describes; 0 at the end, or 1 with one line on
     stderr when the lead has gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the lead
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the lead stops a follower so
     rank = int(os.environ.get("RANK", "0"))
     try:
         dist.init_process_group(backend, init_method="env://", timeout=distributed.TIMEOUT)
@@ -35,8 +35,8 @@ def follower(backend: str) -> int:
         parts = build.train_parts(cfg)
         fit(cfg, distributed.FollowerRun(msg["run_id"]), parts, resume=bool(msg["resume"]))
     except (RuntimeError, dist.DistBackendError) as e:
-        print(f"seqmem rank {rank}: the run's lead has gone ({str(e).splitlines()[0][:160]})",
-              file=sys.stderr)
+        why = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])  # gloo's source line
+        print(f"seqmem rank {rank}: the run's lead has gone ({why[:120]})", file=sys.stderr)
         return 1
     finally:
         with contextlib.suppress(Exception):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -227,18 +226,22 @@ def lead(cfg_json: dict, run_id: str, nproc: int, device: torch.device, *,
                                 world_size=nproc, timeout=TIMEOUT)
     else:
         dist.init_process_group(backend, init_method="env://", timeout=TIMEOUT)
+    ended = False
     try:
         broadcast_object({"config": cfg_json, "run_id": run_id, "resume": resume})
         yield
+        ended = True
     except (RuntimeError, dist.DistBackendError) as e:
         if not _follower_gone():
             raise
         raise KeyboardInterrupt(f"a rank of the run ended ({str(e).splitlines()[0][:120]})"
                                 ) from None
-    finally:  # leaving the group ends a follower still waiting in a collective
+    finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
-        _stop_followers()
+        # at the end of the run the followers end by themselves; after an interruption they
+        # may be waiting in a collective, and they write nothing: they are stopped at once
+        _stop_followers(grace_s=10.0 if ended else 0.0)
 
 
 def _follower_gone() -> bool:
@@ -252,18 +255,14 @@ def _follower_gone() -> bool:
     return any(p.poll() is not None for p in FOLLOWERS)
 
 
-def _stop_followers(grace_s: float = 5.0) -> None:
-    """Wait for the followers to end (they end with the run), stopping any that have not
-    after `grace_s` seconds."""
+def _stop_followers(grace_s: float) -> None:
+    """Wait up to `grace_s` seconds for the followers to end, then kill any left (a follower
+    holds nothing to save: killing it loses nothing)."""
     for p in FOLLOWERS:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=grace_s)
     for p in FOLLOWERS:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-    for p in FOLLOWERS:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+                p.kill()
+            p.wait()
