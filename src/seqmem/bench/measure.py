@@ -5,6 +5,10 @@ warm-up run, with the spread (min and max) kept beside them, and subjects that a
 timed in interleaved rounds (`interleaved_rounds`); peak memory is the process's resident-set
 high-water mark (Linux VmHWM, reset before each measurement) above the resident set before it;
 FLOPs are counted by PyTorch's FlopCounterMode on a short sequence and scaled per token.
+
+On a GPU the work a call queues runs after the call returns: every timed closure waits for its
+device (`synchronize`) before the clock is read, and peak memory is the allocator's peak on
+that device (torch.cuda.max_memory_allocated) above what was allocated before.
 """
 
 from __future__ import annotations
@@ -69,14 +73,31 @@ class Timing:
     n: int
 
 
-def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
-    """Run fn `warmup` times unmeasured, then `repeats` times; the seconds of each run."""
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait until `device` has run the work queued on it, so that a clock read after it times
+    the work and not its launch: torch.cuda.synchronize on cuda, torch.mps.synchronize on mps;
+    nothing on the CPU (or None), whose ops have run when they return."""
+    if device is None:
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1, *,
+            device: torch.device | str | None = None) -> Timing:
+    """Run fn `warmup` times unmeasured, then `repeats` times; the seconds of each run, each
+    until `device` has finished its work (`synchronize`)."""
     for _ in range(warmup):
         fn()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return timing(times)
 
@@ -147,9 +168,19 @@ def _release_free_memory() -> None:
         ctypes.CDLL(name).malloc_trim(0)
 
 
-def peak_memory_mib(fn: Callable[[], object]) -> float | None:
-    """Peak resident memory (MiB) that fn adds above the resident set before it (Linux only;
-    None where the kernel does not let a process reset its high-water mark)."""
+def peak_memory_mib(fn: Callable[[], object], device: torch.device | str | None = None
+                    ) -> float | None:
+    """Peak memory (MiB) that fn adds: on the CPU (or None) above the resident set before it
+    (Linux only; None where the kernel does not let a process reset its high-water mark); on
+    cuda, the allocator's peak on the device above what was allocated before."""
+    if device is not None and torch.device(device).type == "cuda":
+        device = torch.device(device)
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return max(torch.cuda.max_memory_allocated(device) - before, 0) / 2**20
     gc.collect()
     _release_free_memory()
     try:
@@ -182,14 +213,16 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
-    """The machine's float32 matmul rate (GFLOP/s) with the current thread count: the roofline
-    that the benchmark's fractions refer to. The fastest of `repeats` products: a ceiling is
-    what the machine can do, and on a shared machine a median can land in a slow spell."""
+def matmul_gflops(n: int = 1024, repeats: int = 20, *,
+                  device: torch.device | str = "cpu") -> float:
+    """The float32 matmul rate (GFLOP/s) of `device` (on the CPU with the current thread
+    count): the roofline that the benchmark's fractions refer to. The fastest of `repeats`
+    products: a ceiling is what the machine can do, and on a shared machine a median can land
+    in a slow spell."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
-    t = time_it(lambda: a @ b, repeats=repeats, warmup=2)
+    a = torch.randn(n, n, generator=g).to(device)  # drawn on the CPU, where the generator is
+    b = torch.randn(n, n, generator=g).to(device)
+    t = time_it(lambda: a @ b, repeats=repeats, warmup=2, device=device)
     return 2 * n**3 / t.low / 1e9
 
 
@@ -211,6 +244,7 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, call: Callable) -> Callable[[], 
         y = call(module, x)
         y.sum().backward()
         x.grad = None  # not kept between runs: many subjects share one long input
+        synchronize(x.device)  # a GPU's queued work is part of the call
 
     return run
 
@@ -221,6 +255,7 @@ def fwd_only(module: nn.Module, x: torch.Tensor, call: Callable) -> Callable[[],
     def run():
         with torch.no_grad():
             call(module, x)
+        synchronize(x.device)
 
     return run
 

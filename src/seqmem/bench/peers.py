@@ -43,6 +43,8 @@ from seqmem import mixers, ops
 from seqmem.bench.config import BenchConfig
 from seqmem.bench.measure import ROUND_S, interleaved_rounds, machine, thread_count, write_rows
 from seqmem.build import seeded
+from seqmem.devices import resolve_device
+from seqmem.errors import SeqmemError
 
 
 @dataclass(frozen=True)
@@ -418,7 +420,11 @@ def peers_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
              ) -> tuple[dict, list[dict], dict[str, Path]]:
     """Run the peers (`cfg.peer_shapes`, `cfg.peer_rounds`, `cfg.threads`, `cfg.seed`) and
     write peers.jsonl, peers.csv and peers.md to `out_dir`; returns (context, rows, paths),
-    the context's "skipped" naming every pair not measured and why."""
+    the context's "skipped" naming every pair not measured and why. The peers measure on the
+    CPU only: another `cfg.device` is refused in one line."""
+    if cfg.device != "cpu" and resolve_device(cfg.device).type != "cpu":
+        raise SeqmemError(f"the peers measure on the CPU only; device {cfg.device!r} is "
+                          f"accepted by the grid alone (seqmem bench --quick, --mixers, ...)")
     quick = cfg.peer_shapes == "quick"
     shapes = QUICK_SHAPES if quick else Shapes()
     rows, skipped = run_peers(shapes, rounds=cfg.peer_rounds, seed=cfg.seed,

@@ -8,6 +8,12 @@ run). At each length every subject is timed against the others in interleaved ro
 warm-up run exceeds `budget_s` is measured once at that length and skipped at longer ones
 (recorded as such), so a slow reference loop cannot stall the bench. `bench_to` also runs the
 other tables (`BenchConfig.parts`: `ops_table`, `small`, `decode`).
+
+The grid measures on `cfg.device` (`seqmem.devices.resolve_device`): modules and inputs live
+there (inputs drawn on the CPU by the bench's generator, then moved, so every device sees the
+same numbers), every timed call waits for the device (`measure.synchronize`), peak memory is
+the device allocator's, and the roofline is the device's matmul rate. The other parts measure
+on the CPU and refuse another device in one line.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from seqmem.bench.measure import (
 from seqmem.bench.ops_table import chunks_to, ops_to
 from seqmem.bench.small import small_to
 from seqmem.build import seeded
+from seqmem.devices import resolve_device
 from seqmem.errors import SeqmemError
 
 TORCH_REFERENCES = {"torch.nn.RNN": nn.RNN, "torch.nn.GRU": nn.GRU, "torch.nn.LSTM": nn.LSTM}
@@ -112,7 +119,7 @@ def _subjects(cfg: BenchConfig) -> Iterator[tuple[str, str, Callable[[], nn.Modu
                lambda m, x: m(x)[0])
 
 
-def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen) -> float:
+def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen, device="cpu") -> float:
     """fwd+bwd FLOPs per token at length T: counted directly up to 2048 tokens per sequence
     and for mixers whose state grows (attention's span, RAT's chunks change the cost with T);
     above, extrapolated from counts at 1024 and 2048 by flops(T) = a T + b T^2 (exact for
@@ -121,7 +128,7 @@ def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen) -> float:
     negative at long T, so it is counted directly."""
 
     def at(t):
-        x = torch.randn(1, t, cfg.d_model, generator=gen)
+        x = torch.randn(1, t, cfg.d_model, generator=gen).to(device)
         return count_flops(fwd_bwd(module, x, call))
 
     if T <= 2048 or getattr(module, "state_grows", False):
@@ -135,15 +142,16 @@ def _flops_per_token(module, call, cfg: BenchConfig, T: int, gen) -> float:
     return (a * T + b * T * T) / T
 
 
-def _step_ms(module, form, cfg: BenchConfig, T: int, gen) -> float | None:
+def _step_ms(module, form, cfg: BenchConfig, T: int, gen, device="cpu") -> float | None:
     """Median ms of one `step` from the state after a prefill of T tokens (decode latency)."""
     if not isinstance(module, mixers.Mixer):
         return None
-    x = torch.randn(1, T, cfg.d_model, generator=gen)
+    x = torch.randn(1, T, cfg.d_model, generator=gen).to(device)
     with torch.no_grad():
         _, state = module(x, mode=form)
-        x_t = torch.randn(1, cfg.d_model, generator=gen)
-        t = time_it(lambda: module.step(x_t, state), repeats=cfg.step_repeats, warmup=2)
+        x_t = torch.randn(1, cfg.d_model, generator=gen).to(device)
+        t = time_it(lambda: module.step(x_t, state), repeats=cfg.step_repeats, warmup=2,
+                    device=device)
     return t.median * 1e3
 
 
@@ -160,21 +168,28 @@ def run_bench(cfg: BenchConfig, *, progress: Callable[[str], None] | None = None
     whose peak memory, extrapolated from the shorter ones, would pass the memory limit is not
     run (the OS would kill the process), nor are longer ones."""
     progress = progress or (lambda msg: None)
+    device = resolve_device(cfg.device)
     limit = cfg.memory_limit_mib
     if limit is None:
-        avail = available_mib()
+        avail = device_mib(device) if device.type == "cuda" else available_mib()
         limit = 0.6 * avail if avail else None
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _measure_all(cfg, limit, progress, on_row)
+        return _measure_all(cfg, limit, progress, on_row, device)
     finally:
         torch.set_num_threads(threads)  # the process's own setting, for what runs next
 
 
+def device_mib(device: torch.device) -> float:
+    """The memory of a CUDA device (MiB)."""
+    return torch.cuda.get_device_properties(device).total_memory / 2**20
+
+
 def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str], None],
-                 on_row: Callable[[dict], None] | None) -> tuple[dict, list[dict]]:
+                 on_row: Callable[[dict], None] | None, device: torch.device
+                 ) -> tuple[dict, list[dict]]:
     """Every subject at each length in turn: at each length the subjects still running are
     warmed up (the budget probe), then timed together in interleaved rounds (fwd+bwd, then
     forward), so that they share the machine's load; rows come back in subject order."""
@@ -183,14 +198,15 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
     subjects = list(_subjects(cfg))  # unknown names fail before anything is measured
     progress("matmul rate")
     ctx = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": machine(),
-           "matmul_gflops": round(matmul_gflops(), 2), "batch": cfg.batch,
+           "device": _device_name(device),
+           "matmul_gflops": round(matmul_gflops(device=device), 2), "batch": cfg.batch,
            "d_model": cfg.d_model, "dtype": "float32",
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped": skipped,
            "timing": f"interleaved rounds ({cfg.repeats} per length)"}
     modules = []
     for i, (_, _, build, _) in enumerate(subjects):
         with seeded(cfg.seed + i):  # the module's initial weights
-            modules.append(build())
+            modules.append(build().to(device))
     history: list[list[tuple[int, float | None]]] = [[] for _ in subjects]
     alive = set(range(len(subjects)))
     rows: list[tuple[int, dict]] = []
@@ -204,7 +220,8 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
                 alive.discard(i)
         if not alive:
             break
-        x = torch.randn(cfg.batch, T, cfg.d_model, generator=gen)  # one input for all
+        # one input for all, drawn on the CPU (the generator's device), then moved
+        x = torch.randn(cfg.batch, T, cfg.d_model, generator=gen).to(device)
         tokens = cfg.batch * T
         runs, first = {}, {}
         for i in sorted(alive):
@@ -236,9 +253,9 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
             name, form, _, call = subjects[i]
             module, slow = modules[i], i not in tb
             if slow:  # measured once: one forward, beside the warm-up's fwd+bwd
-                tf[i] = time_it(fwd_only(module, x, call), repeats=1, warmup=0)
+                tf[i] = time_it(fwd_only(module, x, call), repeats=1, warmup=0, device=device)
             fb_median = tb[i].median if not slow else first[i]
-            flops = _flops_per_token(module, call, cfg, T, gen)
+            flops = _flops_per_token(module, call, cfg, T, gen, device)
             row = {
                 "subject": name, "form": form, "T": T, "batch": cfg.batch,
                 "d_model": cfg.d_model,
@@ -250,11 +267,11 @@ def _measure_all(cfg: BenchConfig, limit: float | None, progress: Callable[[str]
                 "runs": 1 if slow else cfg.repeats,
                 "spread": spread(tf[i], tb.get(i)),
                 "iterations": _newton_iterations(module, x) if form == "newton" else None,
-                "step_ms": _step_ms(module, form, cfg, T, gen),
-                "peak_mib": peak_memory_mib(runs[i]) if cfg.memory else None,
+                "step_ms": _step_ms(module, form, cfg, T, gen, device),
+                "peak_mib": peak_memory_mib(runs[i], device) if cfg.memory else None,
                 "flops_per_token": flops,
                 "roofline_frac": flops * tokens / fb_median / (ctx["matmul_gflops"] * 1e9),
-                **{k: ctx[k] for k in ("torch", "threads", "machine")},
+                **{k: ctx[k] for k in ("torch", "threads", "machine", "device")},
             }
             rows.append((i, row))
             history[i].append((T, row["peak_mib"]))
@@ -280,10 +297,14 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
     `cfg.write_chunks` (None: in the full bench). Returns (context, grid rows, paths); a
     bench without the grid has context["kind"] == "parts", and context["pages"] lists the
     Markdown page of every part but the grid."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     parts = cfg.parts or PARTS
     full = not cfg.parts
+    if resolve_device(cfg.device).type != "cpu" and parts != ("grid",):
+        raise SeqmemError(f"bench parts {', '.join(p for p in parts if p != 'grid')} measure "
+                          f"on the CPU only; device {cfg.device!r} is accepted by the grid "
+                          f"alone (--quick, --mixers, --forms, --lengths, ...)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     ctx: dict = {"kind": "parts", "skipped": [], "pages": []}
     rows: list[dict] = []
     paths: dict[str, Path] = {}
@@ -306,6 +327,14 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
         paths.update({f"{part}.{k}": p for k, p in written.items()})
         ctx["pages"].append(str(written["md"]))
     return ctx, rows, paths
+
+
+def _device_name(device: torch.device) -> str:
+    """The device measured on, as the tables state it: cpu, or e.g. "cuda:0 (NVIDIA H100)"."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def _grid_to(cfg: BenchConfig, out: Path, *, command: str,
@@ -382,7 +411,8 @@ def write_outputs(ctx: dict, rows: list[dict], out_dir: str | Path, *, skipped: 
     lines = [
         "# seqmem bench", "",
         f"Regenerate with `{command}`.", "",
-        f"Machine: {ctx['machine']}; torch {ctx['torch']}, {ctx['threads']} thread(s); "
+        f"Machine: {ctx['machine']}; device {ctx.get('device', 'cpu')}; torch {ctx['torch']}, "
+        f"{ctx['threads']} thread(s); "
         f"float32, batch {ctx['batch']}, d_model {ctx['d_model']}; measured {ctx['date']}.",
         f"Matmul rate (the roofline): {ctx['matmul_gflops']} GFLOP/s.", "",
         "Throughput in tokens/s (median of the runs; fwd+bwd = forward and backward of the sum "
