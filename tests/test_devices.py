@@ -162,5 +162,5 @@ def test_resume_may_move_a_run_to_another_device(tmp_path):
     store.set_status(job.run_id, "done")
     again = api.resume_job(store, job.run_id, ["train.max_epochs=3", "train.device=cpu"])
     assert again.cfg.train.device == "cpu" and again.resume
-    with pytest.raises(SeqmemError, match="only budget and device overrides"):
+    with pytest.raises(SeqmemError, match="only budget, device and process overrides"):
         api.resume_job(store, job.run_id, ["train.precision=bf16"])

@@ -22,8 +22,9 @@ from seqmem.ops import backends
 from seqmem.store import RunStore
 
 # what a resumed run may change: its budget, and where it computes (a checkpoint resumes on
-# any device; the data stream is drawn on the CPU, so it is the same)
-RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s", "train.device", "train.compile")
+# any device and under any number of processes; the data stream is the same)
+RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s", "train.device", "train.compile",
+                    "train.nproc")
 
 
 def new_train_job(store: RunStore, source=None, overrides: list[str] | None = None, *,
@@ -57,11 +58,12 @@ def job_for(store: RunStore, cfg: RunConfig, *, kind: str = "train",
 
 def resume_job(store: RunStore, run_id: str, overrides: list[str] | None = None) -> Job:
     """The job that continues a stored training run from its checkpoint "last". Only the
-    budget and the device may change (`RESUME_OVERRIDES`); the run's config records it."""
+    budget, the device and the processes may change (`RESUME_OVERRIDES`); the run's config
+    records it."""
     overrides = list(overrides or [])
     bad = [o for o in overrides if o.split("=")[0] not in RESUME_OVERRIDES]
     if bad:
-        raise SeqmemError(f"--resume accepts only budget and device overrides "
+        raise SeqmemError(f"--resume accepts only budget, device and process overrides "
                           f"({', '.join(RESUME_OVERRIDES)}); got {', '.join(bad)}")
     run = store.open_run(run_id)
     row = store.get(run.id)
