@@ -13,6 +13,7 @@ from seqmem import devices, mixers
 from seqmem.config import load_config
 from seqmem.engine import train_run
 from seqmem.errors import ConfigError, SeqmemError
+from seqmem.mixers.grid import names_2d
 from seqmem.store import RunStore
 
 SMALL = ["model.d_model=16", "train.batch_size=32", "train.steps_per_epoch=3",
@@ -20,11 +21,12 @@ SMALL = ["model.d_model=16", "train.batch_size=32", "train.steps_per_epoch=3",
 
 
 def _family_representatives() -> list[str]:
-    """The first registered mixer of each mixer module (one per family)."""
+    """The first registered mixer of each mixer module (one per family), and every 2-D
+    mixer (each its own family)."""
     seen: dict[str, str] = {}
     for name in mixers.names():
         seen.setdefault(mixers.lookup(name).__module__, name)
-    return sorted(seen.values())
+    return sorted(seen.values()) + sorted(names_2d())
 
 
 def _losses(run) -> list[float]:
@@ -76,13 +78,16 @@ def test_cli_device_it_lacks_is_one_line_and_creates_no_run(tmp_path):
 @pytest.mark.parametrize("device", [str(d) for d in devices.device_kinds()])
 @pytest.mark.parametrize("mixer", _family_representatives())
 def test_every_family_trains_on_every_device(tmp_path, mixer, device):
-    """A short training run (forecasting Lorenz-63 one step ahead, which every mixer learns
-    at once) on the device: the loss of the last six updates is below 0.8 of that of the
-    first six, and the checkpoint's tensors come back on the CPU."""
+    """A short training run (forecasting Lorenz-63 one step ahead, or Lorenz-96 on a grid for
+    a 2-D mixer, which every mixer learns at once) on the device: the loss of the last six
+    updates is below 0.8 of that of the first six, and the checkpoint's tensors come back on
+    the CPU."""
+    task = (["task.kind=lorenz96", "task.n_vars=6", "task.seq_len=6", "task.burn_in=0.5"]
+            if mixer in names_2d() else  # a 2-D mixer: Lorenz-96 on a time x variables grid
+            ["task.kind=dynamics", "task.seq_len=24", "task.burn_in=0.5"])
     cfg = load_config(None, ["model.d_model=16", "train.batch_size=16",
                              "train.steps_per_epoch=10", "train.eval_batches=1",
-                             "train.max_epochs=3", "curriculum.kind=none",
-                             "task.kind=dynamics", "task.seq_len=24", "task.burn_in=0.5",
+                             "train.max_epochs=3", "curriculum.kind=none", *task,
                              "eval.free_run_steps=0",
                              "train.optimizer=adam", "train.lr=0.01",
                              f"model.mixer.kind={mixer}", f"train.device={device}"])

@@ -177,13 +177,13 @@ def batch_loss(model, task, batch, heads, generator, counter: list | None = None
         forward = latent_gtf_predictions if gtf == "latent" else gtf_predictions
         with autocast(device, precision):
             pred = forward(model, batch.inputs, gtf_alpha, state)
-        loss, per_head = masked_mse(pred.float(), batch.targets, batch.mask)
+        loss, per_head = masked_mse(_full_precision(pred), batch.targets, batch.mask)
     else:
         # the mixers' auxiliary losses (e.g. mom's load balancing), in training mode only
         aux: list | None = [] if model.training else None
         with autocast(device, precision):  # the blocks; the heads and the loss in float32
             h, _ = model.features(batch.inputs, state, aux=aux, final_state=False)
-        h = h.float()
+        h = _full_precision(h)
         if is_regression(task):
             loss, per_head = masked_mse_loss(model, h, batch.targets, batch.mask)
         else:
@@ -193,6 +193,12 @@ def batch_loss(model, task, batch, heads, generator, counter: list | None = None
     if world > 1:
         loss, per_head = _summed_over_ranks(loss, per_head, batch.mask.sum(), n_all)
     return loss, per_head.detach().cpu()
+
+
+def _full_precision(x: Tensor) -> Tensor:
+    """x in float32 if autocast left it in bf16 / fp16 (the heads and the loss run in full
+    precision), else as it is (a float64 model stays float64)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def _summed_over_ranks(loss: Tensor, per_head: Tensor, n: Tensor, n_all: Tensor):
