@@ -100,6 +100,8 @@ def test_bench_parser_has_the_compile_flag():
 
 
 @pytest.mark.slow
+# torch's compiler imports torch.utils.mkldnn, which warns of its own deprecated jit API
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_real_compile_of_a_tiny_model_equals_eager():
     """torch.compile for real (about 30 s on 2 cores): the table's row, and the compiled
     features equal to the eager model's on the same batch."""
