@@ -18,6 +18,9 @@ FULL_LENGTHS = (256, 1024, 4096, 16384, 65536)
 #: lengths (`ops_table`), the small-model training table (`small`), decode (`decode`) and
 #: what torch.compile gains per mixer family (`compile_table`).
 PARTS = ("grid", "ops", "chunks", "small", "decode", "grid2d", "compile")  # grid2d: `bench.grid`
+#: parts run only when asked for: kernels (`bench.kernels`, seqmem's forms vs the GPU kernels)
+#: needs CUDA
+EXTRA_PARTS = ("kernels",)
 QUICK = {"mixers": ("leaky_rnn", "gru"), "references": ("torch.nn.GRU",), "lengths": (64, 128),
          "batch": 2, "d_model": 32, "repeats": 2, "budget_s": 5.0, "parts": ("grid",),
          "shapes": "quick"}
@@ -88,9 +91,10 @@ class BenchConfig(Strict):
     @field_validator("parts")
     @classmethod
     def _known_parts(cls, v):
-        unknown = [p for p in v if p not in PARTS]
+        unknown = [p for p in v if p not in PARTS + EXTRA_PARTS]
         if unknown:
-            raise ValueError(f"unknown bench part {unknown[0]!r}; accepted: {', '.join(PARTS)}")
+            raise ValueError(f"unknown bench part {unknown[0]!r}; accepted: "
+                             f"{', '.join(PARTS + EXTRA_PARTS)}")
         return v
 
     @field_validator("lengths")

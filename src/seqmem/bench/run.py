@@ -33,6 +33,7 @@ from seqmem.bench.compile_table import compile_to
 from seqmem.bench.config import PARTS, BenchConfig
 from seqmem.bench.decode import decode_to
 from seqmem.bench.grid import grid_to
+from seqmem.bench.kernels import kernels_to
 from seqmem.bench.measure import (
     Timing,
     count_flops,
@@ -299,10 +300,11 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
     Markdown page of every part but the grid."""
     parts = cfg.parts or PARTS
     full = not cfg.parts
-    if resolve_device(cfg.device).type != "cpu" and parts != ("grid",):
-        raise SeqmemError(f"bench parts {', '.join(p for p in parts if p != 'grid')} measure "
-                          f"on the CPU only; device {cfg.device!r} is accepted by the grid "
-                          f"alone (--quick, --mixers, --forms, --lengths, ...)")
+    on_device = ("grid", "kernels")  # the parts that measure on another device than the CPU
+    if resolve_device(cfg.device).type != "cpu" and not set(parts) <= set(on_device):
+        raise SeqmemError(f"bench parts {', '.join(p for p in parts if p not in on_device)} "
+                          f"measure on the CPU only; device {cfg.device!r} is accepted by the "
+                          f"grid (--quick, --mixers, --forms, --lengths, ...) and --kernels")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx: dict = {"kind": "parts", "skipped": [], "pages": []}
@@ -319,6 +321,7 @@ def bench_to(cfg: BenchConfig, out_dir: str | Path, *, command: str,
         "decode": lambda: decode_to(cfg, out, command=command, progress=progress),
         "grid2d": lambda: grid_to(cfg, out, command=command, progress=progress),
         "compile": lambda: compile_to(cfg, out, command=command, progress=progress),
+        "kernels": lambda: kernels_to(cfg, out, command=command, progress=progress),
     }
     for part in parts:
         if part == "grid":

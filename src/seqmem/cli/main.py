@@ -319,7 +319,8 @@ def cmd_bench(args, overrides, console) -> int:
         ("peers", True if args.peers else None),
         ("peer_shapes", "quick" if args.peers and args.quick else None),
         ("peer_rounds", args.repeats if args.peers else None)) if v is not None]
-    parts = [p for p in ("ops", "chunks", "small", "decode", "compile") if getattr(args, p)] + \
+    parts = [p for p in ("ops", "chunks", "small", "decode", "compile", "kernels")
+             if getattr(args, p)] + \
         (["grid2d"] if args.grid else [])
     grid_flags = (args.mixers, args.forms, args.references, args.lengths, args.batch,
                   args.d_model)

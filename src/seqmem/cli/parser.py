@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "step, one mixer per family (quick: 2 mixers, short): first-call seconds, "
                    "steady tokens/s in interleaved rounds, the speedup; writes "
                    "compile.jsonl/csv/md")
+    b.add_argument("--kernels", action="store_true",
+                   help="with --device cuda: seqmem's own forms vs the GPU kernels (fla, "
+                   "mamba-ssm, causal-conv1d; pip install 'seqmem[gpu]') per mixer, forward + "
+                   "backward at T up to 65,536; writes kernels.jsonl/csv/md")
     b.add_argument("--out", help="output folder (default benchmarks/, quick: runs/bench-quick/)")
 
     cf = sub.add_parser("config", help="every config key of a section: type, default, help",
