@@ -16,6 +16,7 @@ EPILOG = """examples:
   seqmem run                              the flagship (about 10 minutes on 2 cores)
   seqmem train --mixer gru --task n_dms --curriculum multi train.max_epochs=20
   seqmem train --resume RUN_ID            continue an interrupted run
+  seqmem train --device cuda train.precision=bf16 --nproc 2   GPU, mixed precision, 2 processes
   seqmem runs                             list runs and their status
   seqmem sweep experiments/sweeps/quick.yaml   a grid of runs; re-run to finish what is missing
   seqmem runs --sweep quick --where 'acc>0.9' --best mixer --format csv
