@@ -27,6 +27,7 @@ TIERS = [
     ("dashboard",),
     ("engine",),
     ("sweep", "flagship"),
+    ("reproduce",),
     ("cli",),
 ]
 TIER = {name: i for i, names in enumerate(TIERS) for name in names}

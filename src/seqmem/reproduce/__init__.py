@@ -1,0 +1,18 @@
+"""Reproductions: the field's headline findings, one command each (`seqmem reproduce NAME`),
+with the paper's numbers beside ours. The registry and shared pieces are in
+`seqmem.reproduce.base`; each finding is one module here that registers itself with
+`@reproduction(...)` and is imported below (one line per finding)."""
+
+from seqmem.reproduce.base import (
+    REPRODUCTIONS,
+    Outcome,
+    Reproduction,
+    get,
+    reproduction,
+    run_experiment_sweep,
+    run_reproduction,
+    write_page,
+)
+
+__all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "get", "reproduction",
+           "run_experiment_sweep", "run_reproduction", "write_page"]
