@@ -104,3 +104,27 @@ def test_a_killed_rank_ends_the_run_interrupted_and_it_resumes_to_the_same_numbe
     train_run(cfg, run, resume=True)  # under 2 processes again
     assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4]
     _close(_losses(whole), _losses(run))
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_numbers_of_one_process(tmp_path):
+    """`torchrun --nproc-per-node 2 --no-python seqmem train ...`: rank 0 writes one run, whose
+    losses are those of one process with the whole batch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    seqmem = Path(sys.executable).with_name("seqmem")
+    if not torchrun.exists() or not seqmem.exists():
+        pytest.skip("torchrun and the seqmem script are not beside this python")
+    args = ["train", "--mixer", "gru", "--no-progress", *BASE]
+    root2 = tmp_path / "two"
+    out = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--no-python", str(seqmem),
+                          *args, "--root", str(root2)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = RunStore(root2).list_runs()
+    assert len(runs) == 1
+    one, _ = _train(tmp_path, "one", ["model.mixer.kind=gru"])
+    _close(_losses(one), _losses(RunStore(root2).open_run(runs[0]["id"])))
