@@ -8,6 +8,7 @@ import statistics
 import matplotlib.pyplot as plt
 import pytest
 
+from seqmem.cli.main import main
 from seqmem.errors import SeqmemError
 from seqmem.reproduce import base
 from seqmem.reproduce.base import (
@@ -98,3 +99,27 @@ def test_run_experiment_sweep_and_page(tmp_path, registered):
     assert "data:image/png;base64," in text and "<td>0.9</td>" in text
     with pytest.raises(SeqmemError, match="not found"):
         write_page(store.root, "toy", "t", outcome, [tmp_path / "missing.png"])
+
+
+def test_cli_list_and_run(tmp_path, registered, capsys):
+    seen = {}
+
+    def run(store, *, quick, progress=None):
+        seen.update(root=store.root, quick=quick, workers=base.WORKERS.get())
+        outcome = Outcome((["N", "ours"], [["3", "0.91"]]), (["N", "paper"], [["3", "0.95"]]),
+                          "partly", "0.91 against 0.95")
+        outcome.page = write_page(store.root, "toy_cli", "toy", outcome, [])
+        return outcome
+
+    registered("toy_cli", run)
+    assert main(["reproduce", "--list"]) == 0
+    assert "toy_cli" in capsys.readouterr().out
+    root = tmp_path / "runs"
+    assert main(["reproduce", "toy_cli", "--quick", "--root", str(root), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert seen == {"root": root, "quick": True, "workers": 1}
+    assert "0.95" in out and "0.91" in out and "partly" in out
+    assert (root / "reproduce" / "toy_cli" / "index.html").is_file()
+    assert main(["reproduce", "no_such", "--root", str(root)]) == 2
+    assert "toy_cli" in capsys.readouterr().err
+    assert main(["reproduce", "toy_cli", "--workers", "0", "--root", str(root)]) == 2

@@ -32,6 +32,7 @@ from seqmem.engine.display import Status
 from seqmem.engine.jobs import BenchRequest
 from seqmem.errors import SeqmemError
 from seqmem.report import load_entries, write_report
+from seqmem.reproduce import REPRODUCTIONS, run_reproduction
 from seqmem.store import RunStore
 from seqmem.store.mlflow_export import export_mlflow
 from seqmem.store.query import export, select
@@ -246,6 +247,22 @@ def cmd_report(args, overrides, console) -> int:
     return 0
 
 
+def cmd_reproduce(args, overrides, console) -> int:
+    if args.list:
+        if args.name:
+            raise SeqmemError("give a NAME or --list, not both")
+        tables.reproductions(console, REPRODUCTIONS)
+        return 0
+    if not args.name:
+        raise SeqmemError(f"give the finding to reproduce (one of: "
+                          f"{', '.join(sorted(REPRODUCTIONS))}) or --list")
+    say = (lambda msg: console.print(msg, markup=False)) if not args.no_progress else None
+    outcome = run_reproduction(args.name, args.root, quick=args.quick, workers=args.workers,
+                               progress=say)
+    tables.reproduction(console, REPRODUCTIONS[args.name], outcome)
+    return 0
+
+
 def cmd_list(args, overrides, console) -> int:
     tables.registry(console, args.what, mixers if args.what == "mixers" else tasks)
     return 0
@@ -379,7 +396,7 @@ COMMANDS = {"run": cmd_run, "continual": cmd_continual, "analyze": cmd_analyze,
             "prune": cmd_prune, "refine-schedule": cmd_refine_schedule,
             "report": cmd_report, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "list": cmd_list, "show-task": cmd_show_task, "bench": cmd_bench, "sweep": cmd_sweep,
-            "store": cmd_store, "config": cmd_config}
+            "store": cmd_store, "config": cmd_config, "reproduce": cmd_reproduce}
 
 if __name__ == "__main__":
     sys.exit(main())

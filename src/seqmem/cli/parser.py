@@ -29,6 +29,7 @@ EPILOG = """examples:
   seqmem config --show train              every train.* key: type, default, help
   seqmem train --mixer "gated_deltanet*3,attention" --task mqar --eval.lengths 128,256
   seqmem continual --method finetune,ewc,replay,hnet --seeds 0,1,2   forgetting on N-parity
+  seqmem reproduce --list                 published findings re-measured (also: NAME --quick)
 
 Overrides are dotted keys, e.g. train.lr=3e-4 model.d_model=64 task.N=5 (a leading -- is
 optional). Runs live under --root (default runs/, database runs/seqmem.db)."""
@@ -200,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--out", default=None, help="output: a .html path (PNGs beside "
                     "it) or a folder (default <root>/report-<first run id>/)")
     rp.add_argument("--root", default="runs", help="store root (default runs/)")
+
+    rr = sub.add_parser("reproduce", help="a published finding re-measured, the paper's "
+                        "numbers beside ours", description="Run one reproduction (its sweep "
+                        "from experiments/NAME/, resumable like every sweep), print our table "
+                        "beside the paper's and the verdict computed from the numbers, and "
+                        "write the page <root>/reproduce/NAME/index.html with its figures.")
+    rr.add_argument("name", nargs="?", help="the finding (see --list)")
+    rr.add_argument("--list", action="store_true", help="the findings: name, title, budget")
+    rr.add_argument("--quick", action="store_true", help="the quick form (a few minutes)")
+    rr.add_argument("--workers", type=int, help="runs at a time (default 2)")
+    _common(rr)
 
     ls = sub.add_parser("list", help="list registered mixers or tasks")
     ls.add_argument("what", choices=("mixers", "tasks"))

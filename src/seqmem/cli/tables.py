@@ -380,3 +380,28 @@ def config_keys(console: Console, section: str, rows: list[dict]) -> None:
     for r in rows:
         tab.add_row(*(escape(str(r[k])) for k in ("key", "type", "default", "help")))
     console.print(tab)
+
+
+def reproductions(console: Console, reps: dict) -> None:
+    """The registered reproductions: name, the finding, the paper, the budget."""
+    tab = _table("reproductions (seqmem reproduce NAME [--quick])",
+                 ["name", "finding", "paper", "budget"])
+    for name in sorted(reps):
+        r = reps[name]
+        tab.add_row(name, escape(r.title), escape(r.paper), escape(r.budget))
+    console.print(tab)
+
+
+def reproduction(console: Console, rep, outcome) -> None:
+    """A reproduction's outcome: our table, the paper's, the verdict with its reason, the
+    page."""
+    for title, (header, rows) in ((f"{rep.name}: ours", outcome.ours),
+                                  (f"{rep.name}: the paper's ({rep.paper})", outcome.paper)):
+        tab = _table(escape(title), [escape(str(h)) for h in header])
+        for row in rows:
+            tab.add_row(*(escape(str(c)) for c in row))
+        console.print(tab)
+    colour = {"reproduced": "green", "partly": "yellow"}.get(outcome.verdict, "red")
+    console.print(f"verdict: [{colour}]{outcome.verdict}[/{colour}]. {escape(outcome.reason)}")
+    if outcome.page is not None:
+        console.print(f"page: {escape(str(outcome.page))}")
