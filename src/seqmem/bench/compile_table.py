@@ -196,6 +196,11 @@ def _load(v: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in v)
 
 
+def _range(r: dict, which: str) -> str:
+    return (f"{ms(r[f'{which}_step_ms'])} ({ms(r[f'{which}_step_ms_low'])}-"
+            f"{ms(r[f'{which}_step_ms_high'])})")
+
+
 def compile_markdown(rows: list[dict], ctx: dict, *, command: str) -> str:
     """The compile table with how to read it."""
     s = ctx["shapes"]
@@ -212,9 +217,10 @@ def compile_markdown(rows: list[dict], ctx: dict, *, command: str) -> str:
         "does (`seqmem.devices.compile_model`: torch.compile of `model.features`, "
         "dynamic=False). First step: seconds of the first call, compilation included. "
         f"Steady state: {ctx['rounds']} interleaved rounds after two unmeasured calls each, "
-        "median step ms and tokens/s. Speedup: compiled tokens/s over eager (above 1: "
-        "compiled is faster). Break-even: steps after which the compile time has paid off. "
-        "Same loss: the first step's loss of both models (same seed) agrees to 1e-4.", "",
+        "median step ms (min-max over the rounds) and tokens/s. Speedup: compiled tokens/s "
+        "over eager (above 1: compiled is faster). Break-even: steps after which the compile "
+        "time has paid off. Same loss: the first step's loss of both models (same seed) "
+        "agrees to 1e-4.", "",
         "| mixer | family | form | first step eager s | first step compiled s | "
         "step ms eager | step ms compiled | tokens/s eager | tokens/s compiled | speedup | "
         "break-even steps | same loss |",
@@ -228,8 +234,8 @@ def compile_markdown(rows: list[dict], ctx: dict, *, command: str) -> str:
             continue
         be = f"{r['break_even_steps']:,.0f}" if r["break_even_steps"] is not None else "never"
         lines.append(
-            head + f"{r['compiled_first_s']:.1f} | {ms(r['eager_step_ms'])} | "
-            f"{ms(r['compiled_step_ms'])} | {r['eager_tok_s']:,.0f} | "
+            head + f"{r['compiled_first_s']:.1f} | {_range(r, 'eager')} | "
+            f"{_range(r, 'compiled')} | {r['eager_tok_s']:,.0f} | "
             f"{r['compiled_tok_s']:,.0f} | {r['speedup']:.2f}x | {be} | "
             f"{'yes' if r['same_loss'] else 'NO'} |")
     ok = [r for r in rows if not r.get("error")]
