@@ -14,5 +14,7 @@ from seqmem.reproduce.base import (
     write_page,
 )
 
+from seqmem.reproduce import state_tracking  # noqa: F401  (registers itself)
+
 __all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "get", "reproduction",
            "run_experiment_sweep", "run_reproduction", "write_page"]
