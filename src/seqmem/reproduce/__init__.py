@@ -14,6 +14,7 @@ from seqmem.reproduce.base import (
     write_page,
 )
 
+# isort: split
 from seqmem.reproduce import state_tracking  # noqa: F401  (registers itself)
 
 __all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "get", "reproduction",
