@@ -15,7 +15,11 @@ from seqmem.reproduce.base import (
 )
 
 # isort: split
-from seqmem.reproduce import state_tracking  # noqa: F401  (registers itself)
+from seqmem.reproduce import (
+    continual_table,  # noqa: F401  (registers itself)
+    flagship5,  # noqa: F401  (registers itself)
+    state_tracking,  # noqa: F401  (registers itself)
+)
 
 __all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "get", "reproduction",
            "run_experiment_sweep", "run_reproduction", "write_page"]

@@ -177,19 +177,22 @@ def mean_sd(values: Iterable[float | None]) -> tuple[float, float, int]:
     return m, sd, len(v)
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A number for a table: `digits` significant figures, "" for None or nan."""
+def fmt(x: float | None, digits: int = 3, *, fixed: bool = False) -> str:
+    """A number for a table: `digits` significant figures (`fixed`: decimals), "" for None
+    or nan."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return ""
-    return f"{x:.{digits}g}"
+    return f"{x:.{digits}f}" if fixed else f"{x:.{digits}g}"
 
 
-def fmt_mean_sd(values: Iterable[float | None], digits: int = 3) -> str:
-    """"mean ± sd (n=k)" of the finite values ("" if none)."""
+def fmt_mean_sd(values: Iterable[float | None], digits: int = 3, *, fixed: bool = False
+                ) -> str:
+    """"mean ± sd (n=k)" of the finite values ("" if none); `fixed`: `digits` decimals."""
     m, sd, n = mean_sd(values)
     if n == 0:
         return ""
-    return f"{fmt(m, digits)} ± {fmt(sd, digits) or '–'} (n={n})"
+    return (f"{fmt(m, digits, fixed=fixed)} ± {fmt(sd, digits, fixed=fixed) or '–'} "
+            f"(n={n})")
 
 
 # ---- the page -----------------------------------------------------------------------------
