@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqmem.reproduce import get
+from seqmem.reproduce import get, gtf
 from seqmem.reproduce import state_tracking as st
 from seqmem.store import RunStore
 
@@ -86,3 +86,59 @@ def test_state_tracking_quick_runs_end_to_end(tmp_path):
     labels = [r[0] for r in out.ours[1]]
     assert labels == ["deltanet [0, 1]", "deltanet [-1, 1]", "lstm"]
     assert out.reason.startswith("Quick form") and out.page.is_file()
+
+
+# ---- generalised teacher forcing ------------------------------------------------------------
+def _gtf_summary(gtf_kind, alpha, d_stsp, d_h, seed=0, status="done"):
+    point = {"train.gtf": gtf_kind, "seed": seed}
+    if alpha is not None:
+        point["train.gtf_alpha"] = alpha
+    return {"status": status, "point": point, "d_stsp": d_stsp, "d_h": d_h, "eval_mse": 0.01}
+
+
+def _gtf_runs(gtf_dstsp, gtf_dh):
+    """No GTF at D_stsp 8 and 6, D_H 0.5 (two seeds); adaptive GTF at the given values and
+    0.1 above; fixed alpha 0.1 worse than adaptive."""
+    return {"n0": _gtf_summary("input", None, 8.0, 0.5),
+            "n1": _gtf_summary("input", None, 6.0, 0.5, seed=1),
+            "a0": _gtf_summary("latent", "adaptive", gtf_dstsp, gtf_dh),
+            "a1": _gtf_summary("latent", "adaptive", gtf_dstsp + 0.1, gtf_dh, seed=1),
+            "f0": _gtf_summary("latent", 0.1, gtf_dstsp + 1.0, gtf_dh),
+            "x": _gtf_summary("latent", 0.3, 0.0, 0.0, status="failed")}
+
+
+def test_gtf_conditions_table_and_means():
+    data = gtf.collect(_gtf_runs(0.4, 0.1))
+    assert sorted(data) == sorted([gtf.NO_GTF, "latent GTF, adaptive alpha",
+                                   "latent GTF, alpha = 0.1"])  # the failed run is left out
+    _header, rows = gtf.our_table(data)
+    assert [r[0] for r in rows] == [gtf.NO_GTF, "latent GTF, alpha = 0.1",
+                                    "latent GTF, adaptive alpha"]
+    # no GTF: mean of 8 and 6 is 7, sample sd sqrt(2) = 1.41
+    assert rows[0][1] == "7 ± 1.41 (n=2)"
+    assert rows[2][1] == "0.45 ± 0.0707 (n=2)"
+
+
+def test_gtf_verdicts_follow_the_thresholds():
+    verdict, reason = gtf.judge(gtf.collect(_gtf_runs(0.4, 0.1)))
+    assert verdict == "reproduced"
+    assert "adaptive alpha" in reason and "D_stsp 0.45" in reason and "D_stsp 7" in reason
+    # better than no GTF by far, but no good reconstruction: partly
+    assert gtf.judge(gtf.collect(_gtf_runs(3.0, 0.3)))[0] == "partly"
+    # as bad as no GTF on both measures: not reproduced
+    assert gtf.judge(gtf.collect(_gtf_runs(7.0, 0.5)))[0] == "not reproduced"
+    assert gtf.judge({})[0] == "not reproduced"
+
+
+def test_gtf_page_and_figure(tmp_path):
+    out = gtf.outcome_of(_gtf_runs(0.4, 0.1), tmp_path, quick=True)
+    assert out.reason.startswith("Quick form")
+    assert out.figures[0].is_file() and out.page.is_file()
+    assert "see Table 1 of the paper" in out.page.read_text()
+
+
+@pytest.mark.slow
+def test_gtf_quick_runs_end_to_end(tmp_path):
+    out = get("gtf").run(RunStore(tmp_path), quick=True)
+    assert [r[0] for r in out.ours[1]] == [gtf.NO_GTF, "latent GTF, adaptive alpha"]
+    assert out.page.is_file() and out.figures[0].is_file()

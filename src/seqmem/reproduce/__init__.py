@@ -18,6 +18,7 @@ from seqmem.reproduce.base import (
 from seqmem.reproduce import (
     continual_table,  # noqa: F401  (registers itself)
     flagship5,  # noqa: F401  (registers itself)
+    gtf,  # noqa: F401  (registers itself)
     state_tracking,  # noqa: F401  (registers itself)
 )
 
