@@ -189,6 +189,10 @@ def test_curriculum_test_matches_closed_forms():
     assert out["U"] == pytest.approx(U) and U == 25
     assert out["p_t"] < 0.01 and out["p_U"] < 0.05
     assert math.isnan(flagship5.curriculum_test([3], [4, 5])["t"])
+    # every single-head seed at the same N: Welch's t from multi-head's variance alone
+    const = flagship5.curriculum_test([3] * 5, [3, 3, 3, 4, 4])
+    va = statistics.variance([3, 3, 3, 4, 4])
+    assert const["t"] == pytest.approx((3.4 - 3) / math.sqrt(va / 5))
 
 
 def _flagship(curriculum, seed, n_solved, tau_end, ablate, perturb, earlier):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -140,10 +141,14 @@ def curriculum_test(single: list[float], multi: list[float]) -> dict:
     if len(single) < 2 or len(multi) < 2:
         return out
     a, b = np.asarray(multi, float), np.asarray(single, float)
-    if a.var() + b.var() > 0:
-        t = stats.ttest_ind(a, b, equal_var=False)
-        out.update(t=float(t.statistic), p_t=float(t.pvalue))
-    u = stats.mannwhitneyu(a, b, alternative="two-sided")
+    with warnings.catch_warnings():
+        # scipy warns of precision loss when one side is constant (every seed reached the same
+        # N); its variance is exactly 0 then, and Welch's t stays exact
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if a.var() + b.var() > 0:
+            t = stats.ttest_ind(a, b, equal_var=False)
+            out.update(t=float(t.statistic), p_t=float(t.pvalue))
+        u = stats.mannwhitneyu(a, b, alternative="two-sided")
     out.update(U=float(u.statistic), p_U=float(u.pvalue))
     return out
 
@@ -158,11 +163,14 @@ ROWS = (("largest N solved", "n_solved"), ("epochs", "epochs"),
         ("accuracy on earlier N after the last", "earlier_acc"))
 
 
+FIXED = {"tau_start", "tau_last", "tau_net_last", "ablate", "perturb", "earlier_acc"}
+
+
 def our_table(groups: dict[str, list[dict]], test: dict) -> tuple[list[str], list[list[str]]]:
     """Per quantity: mean ± sd over seeds for each curriculum; then the tests' rows."""
     header = ["quantity", *(LABELS[c] for c in groups)]
-    rows = [[label, *(fmt_mean_sd(n[key] for n in groups[c]) for c in groups)]
-            for label, key in ROWS]
+    rows = [[label, *(fmt_mean_sd((n[key] for n in groups[c]), fixed=key in FIXED)
+                      for c in groups)] for label, key in ROWS]
     rows.append(["largest N per seed", *(", ".join(str(n["n_solved"]) for n in groups[c])
                                          for c in groups)])
     rows.append(["Welch t (multi vs single), p", f"t = {fmt(test['t'])}, p = {fmt(test['p_t'])}",
@@ -242,10 +250,10 @@ def reach_figure(groups: dict[str, list[dict]], canvas=CANVAS):
                 continue
             N, ep, t = zip(*n["reach"], strict=True)
             lab = _once(f"{LABELS[c]} ({len(runs)} seeds)", seen)
-            axes[0].step([0, *t, n["elapsed_s"] or t[-1]], [N[0] - 1, *N, N[-1]], where="post",
-                         color=COLORS[c], alpha=0.8, lw=1.2, label=lab)
-            axes[1].step([0, *ep, n["epochs"] or ep[-1]], [N[0] - 1, *N, N[-1]], where="post",
-                         color=COLORS[c], alpha=0.8, lw=1.2, label=lab)
+            for ax, xs, end in ((axes[0], t, n["elapsed_s"]), (axes[1], ep, n["epochs"])):
+                ax.step([*xs, max(end or xs[-1], xs[-1])], [*N, N[-1]], where="post",
+                        color=COLORS[c], alpha=0.7, lw=1.2, label=lab)
+                ax.plot(xs, N, "o", color=COLORS[c], ms=3, alpha=0.7)
     axes[0].set_xlabel("training time (s)")
     axes[1].set_xlabel("epoch (50 training steps)")
     for ax in axes:
@@ -278,7 +286,6 @@ def tau_figure(groups: dict[str, list[dict]], canvas=CANVAS):
     for ax in axes:
         ax.set_xlabel("N solved")
         canvas.integer_axis(ax, "x")
-    canvas.legend(axes[0])
     canvas.legend(axes[1])
     return fig
 
@@ -307,7 +314,7 @@ def robustness_figure(groups: dict[str, list[dict]], canvas=CANVAS):
             if key in PAPER_ROBUSTNESS:
                 ax.plot(x, PAPER_ROBUSTNESS[key][j], "x", color="k", ms=8, mew=2,
                         label=_once("paper (N = 30)", seen))
-    ax.axhline(0.5, color="#888", ls="--", lw=0.8)
+    ax.axhline(0.5, color="#888", ls="--", lw=0.8, label="chance (0.5)")
     ax.set_xticks(range(len(keys)), [lab for _, lab in keys])
     ax.set_ylabel("accuracy relative to intact\n(earlier N: accuracy)")
     ax.set_ylim(0, 1.08)
