@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqmem.reproduce import get, gtf
+from seqmem.reproduce import get, gtf, zoology
 from seqmem.reproduce import state_tracking as st
 from seqmem.store import RunStore
 
@@ -141,4 +141,63 @@ def test_gtf_page_and_figure(tmp_path):
 def test_gtf_quick_runs_end_to_end(tmp_path):
     out = get("gtf").run(RunStore(tmp_path), quick=True)
     assert [r[0] for r in out.ours[1]] == [gtf.NO_GTF, "latent GTF, adaptive alpha"]
+    assert out.page.is_file() and out.figures[0].is_file()
+
+
+# ---- Zoology (MQAR) -------------------------------------------------------------------------
+def _zoo_summary(mixer, width, acc, state, seed=0, status="done"):
+    return {"mixer": mixer, "status": status, "acc_mean": acc, "state_size": state,
+            "point": {"model.mixer.kind": mixer, "model.d_model": width, "seed": seed}}
+
+
+def _zoo_runs(att_small, gla_small, gla_large):
+    """Attention at `att_small` at width 32 and 1.0 at 64; gla and gru as given (gru like
+    gla); the state sizes of a KV cache and of a recurrent state."""
+    runs = {"a32": _zoo_summary("attention", 32, att_small, 4096),
+            "a64": _zoo_summary("attention", 64, 1.0, 8192)}
+    for m in ("gla", "gru"):
+        runs[f"{m}32"] = _zoo_summary(m, 32, gla_small, 256)
+        runs[f"{m}64"] = _zoo_summary(m, 64, gla_large, 1024)
+    return runs
+
+
+def test_zoology_table_means_over_seeds():
+    runs = _zoo_runs(1.0, 0.2, 0.6)
+    runs["gla32b"] = _zoo_summary("gla", 32, 0.4, 256, seed=1)
+    runs["x"] = _zoo_summary("gru", 128, 1.0, 9, status="failed")
+    data = zoology.collect(runs)
+    header, rows = zoology.our_table(data)
+    assert header == ["mixer", "acc @ d_model 32", "acc @ d_model 64",
+                      "state size @ d_model 64 (floats)"]  # the failed width-128 run is out
+    assert [r[0] for r in rows] == ["attention", "gla", "gru"]
+    assert rows[1] == ["gla", "0.3", "0.6", "1024"]  # (0.2 + 0.4) / 2 over two seeds
+    assert rows[0][-1] == "8192"
+
+
+def test_zoology_verdicts_follow_the_thresholds():
+    verdict, reason = zoology.judge(zoology.collect(_zoo_runs(1.0, 0.2, 0.6)))
+    assert verdict == "reproduced"
+    assert "gla 0.2 -> 0.6" in reason and "2 of 2" in reason
+    # the efficient models as good as attention: only attention's half holds
+    assert zoology.judge(zoology.collect(_zoo_runs(1.0, 0.95, 1.0)))[0] == "partly"
+    # attention short of SOLVED at width 32, efficient models far below it: partly
+    assert zoology.judge(zoology.collect(_zoo_runs(0.85, 0.1, 0.3)))[0] == "partly"
+    # neither: attention fails at 32 and the others are within GAP of it
+    assert zoology.judge(zoology.collect(_zoo_runs(0.5, 0.45, 0.5)))[0] == "not reproduced"
+    # accuracy falling with width does not count as needing width
+    assert zoology.judge(zoology.collect(_zoo_runs(1.0, 0.5, 0.2)))[0] == "partly"
+    assert zoology.judge({})[0] == "not reproduced"
+
+
+def test_zoology_page_and_figure(tmp_path):
+    out = zoology.outcome_of(_zoo_runs(1.0, 0.2, 0.6), tmp_path)
+    assert out.figures[0].is_file() and out.page.is_file()
+    assert "Fig. 2" in out.page.read_text()
+
+
+@pytest.mark.slow
+def test_zoology_quick_runs_end_to_end(tmp_path):
+    out = get("zoology").run(RunStore(tmp_path), quick=True)
+    assert [r[0] for r in out.ours[1]] == ["attention", "gla", "gru"]
+    assert out.ours[0][1:3] == ["acc @ d_model 16", "acc @ d_model 32"]
     assert out.page.is_file() and out.figures[0].is_file()

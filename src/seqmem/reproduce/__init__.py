@@ -20,6 +20,7 @@ from seqmem.reproduce import (
     flagship5,  # noqa: F401  (registers itself)
     gtf,  # noqa: F401  (registers itself)
     state_tracking,  # noqa: F401  (registers itself)
+    zoology,  # noqa: F401  (registers itself)
 )
 
 __all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "get", "reproduction",
