@@ -188,7 +188,8 @@ def final_accuracy_figure(groups: dict[str, list[dict]], canvas=CANVAS):
               paper="Kirkpatrick et al. 2017 (EWC); Rolnick et al. 2019 (replay); "
                     "von Oswald et al. 2020 (hypernetworks); Khajehabdollahi et al. 2024 "
                     "(multi-head)",
-              budget="about 4 min on 2 cores (15 runs; quick: under 1 min, 10 runs)",
+              budget="about 8 min on 2 shared cores (15 runs, two at a time; quick: about "
+                     "3 min)",
               directory=DIRECTORY)
 def run(store: RunStore, *, quick: bool = False,
         progress: Callable[[str], None] | None = None) -> Outcome:
