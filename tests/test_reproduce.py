@@ -172,8 +172,9 @@ def test_continual_table_numbers_and_verdict(tmp_path):
 def test_continual_table_quick_runs(tmp_path):
     out = run_reproduction("continual_table", tmp_path, quick=True, workers=2)
     header, rows = out.ours
-    assert [r[0] for r in rows] == list(continual_table.METHODS)
-    assert all("(n=2)" in r[header.index("ACC")] for r in rows)
+    assert [r[0] for r in rows] == list(continual_table.METHODS), rows
+    assert all("(n=2)" in r[header.index("ACC")] for r in rows), (
+        rows, RunStore(tmp_path).list_runs())
     assert out.page.is_file()
 
 
