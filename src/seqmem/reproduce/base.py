@@ -212,6 +212,22 @@ def save_figure(fig, root: str | Path, name: str, stem: str) -> Path:
     return path
 
 
+def report_outcome(name: str, title: str, data, *, judge: Callable, table: Callable,
+                   paper: tuple[list[str], list[list[str]]], figure: Callable,
+                   root: str | Path, quick_note: str | None = None) -> Outcome:
+    """The Outcome of a finding from its collected data: `judge(data)` -> (verdict, reason),
+    `table(data)` -> our table, `figure(data, root)` -> the figure's path (none without data),
+    and the page written; `quick_note` (the quick form) opens the reason, saying what the
+    smoke-test budget checks."""
+    verdict, reason = judge(data)
+    if quick_note:
+        reason = f"Quick form ({quick_note}). {reason}"
+    figures = [figure(data, root)] if data else []
+    out = Outcome(table(data), paper, verdict, reason, None, figures)
+    out.page = write_page(root, name, title, out, figures)
+    return out
+
+
 def write_page(root: str | Path, name: str, title: str, outcome: Outcome,
                figures: Iterable[Path]) -> Path:
     """Write <root>/reproduce/<name>/index.html: the title, the verdict and its reason, our

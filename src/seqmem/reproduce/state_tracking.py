@@ -34,10 +34,10 @@ from seqmem.reproduce.base import (
     Outcome,
     fmt,
     mean_sd,
+    report_outcome,
     reproduction,
     run_experiment_sweep,
     save_figure,
-    write_page,
 )
 from seqmem.store import RunStore
 
@@ -215,15 +215,11 @@ def figure(data: dict, root: Path, stem: str = "scaled_accuracy_by_length") -> P
 def outcome_of(summaries: dict[str, dict], root: Path, *, quick: bool = False) -> Outcome:
     """The tables, verdict, figure and page of a set of run summaries (quick: the reason
     says that the smoke-test budget checks the pipeline, not the finding)."""
-    data = collect(summaries)
-    verdict, reason = judge(data)
-    if quick:
-        reason = ("Quick form (a smoke test of a few hundred updates: too short to learn "
-                  "the tasks, not the finding's test). " + reason)
-    figures = [figure(data, root)] if data else []
-    out = Outcome(our_table(data), PAPER_TABLE, verdict, reason, None, figures)
-    out.page = write_page(root, NAME, TITLE, out, figures)
-    return out
+    note = ("a smoke test of a few hundred updates: too short to learn the tasks, not the "
+            "finding's test")
+    return report_outcome(NAME, TITLE, collect(summaries), judge=judge, table=our_table,
+                          paper=PAPER_TABLE, figure=figure, root=root,
+                          quick_note=note if quick else None)
 
 
 @reproduction(NAME, title=TITLE, paper=PAPER,
