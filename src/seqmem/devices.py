@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 
 from seqmem.errors import SeqmemError
 
@@ -37,6 +39,17 @@ def check_device_name(name: str) -> str:
     if not isinstance(name, str) or not _DEVICE.match(name.strip()):
         raise SeqmemError(f"unknown device {name!r}; accepted: {DEVICE_FORMS}")
     return name.strip()
+
+
+def _valid_device_name(name: str) -> str:
+    try:
+        return check_device_name(name)
+    except SeqmemError as e:  # pydantic names the config key (train.device, device)
+        raise ValueError(str(e)) from None
+
+
+#: a config field holding a device name, checked by `check_device_name`
+DeviceName = Annotated[str, AfterValidator(_valid_device_name)]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

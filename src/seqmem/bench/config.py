@@ -9,8 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from seqmem.config import Strict
-from seqmem.devices import check_device_name
-from seqmem.errors import SeqmemError
+from seqmem.devices import DeviceName
 
 TORCH_REFERENCE_NAMES = ("torch.nn.RNN", "torch.nn.GRU", "torch.nn.LSTM")
 FULL_LENGTHS = (256, 1024, 4096, 16384, 65536)
@@ -51,7 +50,7 @@ class BenchConfig(Strict):
     # where the grid measures (seqmem.devices: auto | cpu | cuda | cuda:N | mps). cpu by
     # default: the bench's tables are the CPU reference; the other parts measure on the CPU
     # only and refuse another device
-    device: str = "cpu"
+    device: DeviceName = "cpu"
     memory_limit_mib: float | None = Field(None, gt=0)  # None: 60 % of the memory available
     # --peers: seqmem beside the field's implementations (`seqmem.bench.peers`) instead of
     # the mixer grid; quick: small shapes and no torch.compile
@@ -74,14 +73,6 @@ class BenchConfig(Strict):
         if isinstance(v, int | float) and not isinstance(v, bool):
             return (v,)
         return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v):
-        try:
-            return check_device_name(v)
-        except SeqmemError as e:  # pydantic names the key: device
-            raise ValueError(str(e)) from None
 
     @field_validator("references", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from pydantic import (
 from seqmem import mixers, tasks
 from seqmem.config.base import ComponentConfig, Strict, component_config_class, validate_component
 from seqmem.curricula import KINDS as CURRICULUM_KINDS
-from seqmem.devices import check_device_name
+from seqmem.devices import DeviceName
 from seqmem.errors import ConfigError, SeqmemError
 from seqmem.models.sequence import SequenceModel, parse_pattern
 from seqmem.ops.backends import check_spec
@@ -255,8 +255,9 @@ class TrainConfig(Strict):
     target_patience: int = Field(1, ge=1, description="consecutive evaluations at target_acc "
                                  "to stop")
     threads: int | None = Field(1, ge=1, description="torch threads (null: torch's choice)")
-    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, "
-                        "cuda:N or mps: where the model, its optimiser and its batches live")
+    device: DeviceName = Field("auto", description="auto (cuda when available, else cpu), "
+                               "cpu, cuda, cuda:N or mps: where the model, its optimiser and "
+                               "its batches live")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast of the forward pass: fp32 (none), bf16, fp16 (with a "
         "gradient scaler); recurrences run in float32 always (seqmem.devices)")
@@ -276,14 +277,6 @@ class TrainConfig(Strict):
                                             "forcing acts: the next input, or the latent state")
     log: list[str] = Field(default_factory=list, description="live logging of every epoch: "
                            "tensorboard, wandb (offline; files in the run's folder)")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v):
-        try:
-            return check_device_name(v)
-        except SeqmemError as e:  # pydantic names the key: train.device
-            raise ValueError(str(e)) from None
 
     @field_validator("backend")
     @classmethod

@@ -27,8 +27,8 @@ from seqmem.config.run import check_loggers
 from seqmem.continual.base import method_class, protocol_function
 from seqmem.continual.methods import METHODS
 from seqmem.continual.protocols import PROTOCOLS
-from seqmem.devices import check_device_name
-from seqmem.errors import ConfigError, SeqmemError
+from seqmem.devices import DeviceName
+from seqmem.errors import ConfigError
 
 
 class OptionsConfig(ComponentConfig):
@@ -83,16 +83,8 @@ class ContinualConfig(Strict):
     curve_every: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (seqmem.devices)
+    device: DeviceName = "auto"  # auto | cpu | cuda | cuda:N | mps (seqmem.devices)
     log: list[str] = Field(default_factory=list)  # live logging per experience (see train.log)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v):
-        try:
-            return check_device_name(v)
-        except SeqmemError as e:  # pydantic names the key: device
-            raise ValueError(str(e)) from None
 
     @field_validator("log", mode="before")
     @classmethod
