@@ -140,10 +140,8 @@ def follow_rank_zero(args, overrides) -> int:
         stored = RunStore(args.root).open_run(args.resume).config()
         device = load_config(stored, [o for o in overrides if o.startswith("train.device=")])
     else:
-        pre = [f"{k}={v}" for k, v in (("model.mixer.kind", args.mixer),
-                                       ("task.kind", args.task),
-                                       ("curriculum.kind", args.curriculum)) if v]
-        device = load_config(args.config, pre + list(overrides))
+        device = api.train_config(args.config, overrides, mixer=args.mixer, task=args.task,
+                                  curriculum=args.curriculum)
     return ranks.follower(distributed.backend_for(resolve_device(device.train.device)))
 
 

@@ -27,14 +27,21 @@ RESUME_OVERRIDES = ("train.max_epochs", "train.max_time_s", "train.device", "tra
                     "train.nproc")
 
 
+def train_config(source=None, overrides: list[str] | None = None, *, mixer: str | None = None,
+                 task: str | None = None, curriculum: str | None = None) -> RunConfig:
+    """The config of a training run: a config (file, dict or defaults), the shortcuts
+    `mixer`, `task`, `curriculum` and dotted overrides, applied in that order."""
+    pre = [f"{k}={v}" for k, v in (("model.mixer.kind", mixer), ("task.kind", task),
+                                   ("curriculum.kind", curriculum)) if v]
+    return load_config(source, pre + list(overrides or []))
+
+
 def new_train_job(store: RunStore, source=None, overrides: list[str] | None = None, *,
                   mixer: str | None = None, task: str | None = None,
                   curriculum: str | None = None, kind: str = "train") -> Job:
     """A new training run in the store, from a config (file, dict or defaults), the
     shortcuts `mixer`, `task`, `curriculum` and dotted overrides (applied in that order)."""
-    pre = [f"{k}={v}" for k, v in (("model.mixer.kind", mixer), ("task.kind", task),
-                                   ("curriculum.kind", curriculum)) if v]
-    cfg = load_config(source, pre + list(overrides or []))
+    cfg = train_config(source, overrides, mixer=mixer, task=task, curriculum=curriculum)
     check_fits(cfg)  # before the run exists: a batch that cannot fit is a config error
     check_precision(cfg.train.precision, resolve_device(cfg.train.device))  # likewise
     check_backends(cfg.train.backend)
