@@ -43,18 +43,25 @@ def _first_device_type(obj: Any) -> str | None:
     return None
 
 
-def _upcast(obj: Any) -> Any:
-    """obj with every float16 / bfloat16 tensor cast to float32, through tuples, NamedTuples
-    and lists (a state); float32, float64, complex and integer tensors and non-tensors as
-    they are."""
+def map_tensors(fn: Callable[[Tensor], Tensor], obj: Any) -> Any:
+    """obj with fn applied to every tensor in it, through tuples, NamedTuples, lists and
+    dicts (a state, or the arguments of an op); anything else as it is."""
     if isinstance(obj, Tensor):
-        return obj.float() if obj.dtype in _LOW else obj
+        return fn(obj)
     if isinstance(obj, tuple):
-        parts = [_upcast(part) for part in obj]
+        parts = [map_tensors(fn, part) for part in obj]
         return type(obj)(*parts) if hasattr(obj, "_fields") else tuple(parts)
     if isinstance(obj, list):
-        return [_upcast(part) for part in obj]
+        return [map_tensors(fn, part) for part in obj]
+    if isinstance(obj, dict):
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
     return obj
+
+
+def _upcast(obj: Any) -> Any:
+    """obj with every float16 / bfloat16 tensor cast to float32 (`map_tensors`); float32,
+    float64, complex and integer tensors and non-tensors as they are."""
+    return map_tensors(lambda t: t.float() if t.dtype in _LOW else t, obj)
 
 
 def float32_recurrence(fn: F_) -> F_:

@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from seqmem.errors import SeqmemError
+from seqmem.ops.loops import map_tensors
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a rank that waits longer than this gives up
 FOLLOWERS: list[subprocess.Popen] = []  # the follower processes this lead started (tests)
@@ -93,15 +94,7 @@ def share(n: int, rank: int, world: int) -> slice:
 def share_tree(tree: Any, part: slice) -> Any:
     """Every tensor of a nested state (tensors, tuples, lists, dicts, NamedTuples, None) cut
     to the sequences `part` along the batch axis 0."""
-    if isinstance(tree, Tensor):
-        return tree[part]
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # NamedTuple
-        return type(tree)(*(share_tree(x, part) for x in tree))
-    if isinstance(tree, list | tuple):
-        return type(tree)(share_tree(x, part) for x in tree)
-    if isinstance(tree, dict):
-        return {k: share_tree(v, part) for k, v in tree.items()}
-    return tree
+    return map_tensors(lambda t: t[part], tree)
 
 
 def sum_across(t: Tensor) -> Tensor:
