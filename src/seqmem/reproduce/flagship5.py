@@ -353,8 +353,8 @@ def analyse(store: RunStore, summaries: dict[str, dict], *, quick: bool,
 
 
 @reproduction(NAME, title=TITLE, paper=PAPER_SOURCE,
-              budget="about 35 min on 2 cores (34 min measured): 10 runs x 360 s, two at a time, and their "
-                     "analysis (quick: 10 x 30 s, about 6 min)",
+              budget="about 35 min on 2 cores (34 min measured): 10 runs x 360 s, two at a "
+                     "time, and their analysis (quick: 10 x 30 s, about 6 min)",
               directory=DIRECTORY)
 def run(store: RunStore, *, quick: bool = False,
         progress: Callable[[str], None] | None = None, overrides: Iterable[str] = (),
