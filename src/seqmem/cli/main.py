@@ -40,7 +40,7 @@ from seqmem.sweep import phase_spec, plan_sweep, read_sweep, run_sweep, run_two_
 from seqmem.train import distributed
 from seqmem.train.schedules import REFINED_FILE, refine_run
 
-TAKES_OVERRIDES = ("run", "train", "show-task", "continual")
+TAKES_OVERRIDES = ("run", "train", "show-task", "continual", "reproduce")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +255,9 @@ def cmd_reproduce(args, overrides, console) -> int:
         raise SeqmemError(f"give the finding to reproduce (one of: "
                           f"{', '.join(sorted(REPRODUCTIONS))}) or --list")
     say = (lambda msg: console.print(msg, markup=False)) if not args.no_progress else None
+    seeds = None if args.seeds is None else _csv(args.seeds, "--seeds", int)
     outcome = run_reproduction(args.name, args.root, quick=args.quick, workers=args.workers,
+                               seeds=seeds, overrides=overrides,
                                progress=say)
     tables.reproduction(console, REPRODUCTIONS[args.name], outcome)
     return 0

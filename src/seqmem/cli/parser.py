@@ -206,11 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "numbers beside ours", description="Run one reproduction (its sweep "
                         "from experiments/NAME/, resumable like every sweep), print our table "
                         "beside the paper's and the verdict computed from the numbers, and "
-                        "write the page <root>/reproduce/NAME/index.html with its figures.")
+                        "write the page <root>/reproduce/NAME/index.html with its figures. Dotted "
+                        "overrides after NAME (train.max_time_s=60) apply to every run, and "
+                        "the verdict then names them.")
     rr.add_argument("name", nargs="?", help="the finding (see --list)")
     rr.add_argument("--list", action="store_true", help="the findings: name, title, budget")
     rr.add_argument("--quick", action="store_true", help="the quick form (a few minutes)")
-    rr.add_argument("--workers", type=int, help="runs at a time (default 2)")
+    rr.add_argument("--workers", type=int, help="runs at a time (default 2; 1: the runs "
+                    "go one after another in this process)")
+    rr.add_argument("--seeds", help="comma-separated seeds replacing the sweep file's, e.g. "
+                    "0,1,2 for more seeds (runs already done are kept)")
     _common(rr)
 
     ls = sub.add_parser("list", help="list registered mixers or tasks")

@@ -7,6 +7,7 @@ from seqmem.reproduce.base import (
     REPRODUCTIONS,
     Outcome,
     Reproduction,
+    SweepChanges,
     get,
     reproduction,
     run_experiment_sweep,
@@ -23,5 +24,5 @@ from seqmem.reproduce import (
     zoology,  # noqa: F401  (registers itself)
 )
 
-__all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "get", "reproduction",
+__all__ = ["REPRODUCTIONS", "Outcome", "Reproduction", "SweepChanges", "get", "reproduction",
            "run_experiment_sweep", "run_reproduction", "write_page"]

@@ -43,6 +43,27 @@ WORKERS: contextvars.ContextVar[int] = contextvars.ContextVar("seqmem_reproduce_
 
 
 @dataclass(frozen=True)
+class SweepChanges:
+    """What `run_reproduction` changes in every sweep of an experiment: `seeds` replace the
+    sweep file's seeds (None: keep them), `overrides` (dotted key=value) are applied after the
+    file's own. A changed sweep says so in the verdict's reason (`describe`)."""
+
+    seeds: tuple[int, ...] | None = None
+    overrides: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """"seeds 0, 1; train.max_time_s=5" ("" when nothing is changed)."""
+        parts = ([f"seeds {', '.join(map(str, self.seeds))}"] if self.seeds is not None
+                 else []) + list(self.overrides)
+        return "; ".join(parts)
+
+
+#: the changes `run_reproduction` makes to the experiment's sweeps (none by default)
+CHANGES: contextvars.ContextVar[SweepChanges] = contextvars.ContextVar(
+    "seqmem_reproduce_changes", default=SweepChanges())  # noqa: B039 (frozen)
+
+
+@dataclass(frozen=True)
 class Reproduction:
     """One published finding: its name, the finding in one line, the paper, the budget on this
     machine, the function that runs it, and its experiment folder (relative to the repo)."""
@@ -115,7 +136,9 @@ def run_experiment_sweep(store: RunStore | str | Path, directory: str | Path, *,
                          backend: str = "process") -> dict[str, dict]:
     """Run `<directory>/sweep.yaml` (quick: `sweep.quick.yaml`) with extra dotted `overrides`
     on `store`, `workers` runs at a time (default: `WORKERS`, 2) on `backend` (spawned
-    processes by default); runs already done are kept, failed or interrupted ones resumed.
+    processes by default; with one worker the runs go inline, in this process); runs already
+    done are kept, failed or interrupted ones resumed. The seeds and overrides of `CHANGES`
+    (set by `run_reproduction`) apply on top of the file's.
 
     Returns run id -> the run's summary (the store's, with its summary.json over it, which
     holds a continual run's full matrix), plus "point" (its grid point), "status" and
@@ -127,11 +150,15 @@ def run_experiment_sweep(store: RunStore | str | Path, directory: str | Path, *,
         raise SeqmemError(f"sweep file {str(path)!r} not found; an experiment folder holds "
                           f"sweep.yaml and sweep.quick.yaml")
     spec = read_sweep(path)
-    extra = list(overrides)
+    changes = CHANGES.get()
+    extra = [*overrides, *changes.overrides]
     if extra:
         spec = spec.model_copy(update={"overrides": [*spec.overrides, *extra]})
+    if changes.seeds is not None:
+        spec = spec.model_copy(update={"seeds": list(changes.seeds)})
     st = as_store(store)
-    res = run_sweep(spec, st, workers=workers or WORKERS.get(), backend=backend,
+    workers = workers or WORKERS.get()
+    res = run_sweep(spec, st, workers=workers, backend="inline" if workers == 1 else backend,
                     progress=progress)
     if res.interrupted:
         raise KeyboardInterrupt
@@ -151,18 +178,32 @@ def run_experiment_sweep(store: RunStore | str | Path, directory: str | Path, *,
 
 
 def run_reproduction(name: str, store: RunStore | str | Path, *, quick: bool = False,
-                     workers: int | None = None,
+                     workers: int | None = None, seeds: Iterable[int] | None = None,
+                     overrides: Iterable[str] = (),
                      progress: Callable[[str], None] | None = None) -> Outcome:
-    """Run reproduction `name` on `store` (its sweeps `workers` runs at a time) and return its
-    Outcome (whose page lies under the store's root)."""
+    """Run reproduction `name` on `store` (its sweeps `workers` runs at a time; one worker:
+    inline) and return its Outcome (whose page lies under the store's root). `seeds` replace
+    the sweeps' seeds and `overrides` (dotted key=value) are applied to every run; the
+    verdict's reason then names them, since the result is no longer the stated budget's."""
     rep = get(name)
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise SeqmemError(f"--workers must be an integer >= 1 (runs at a time), got {workers}")
-    token = WORKERS.set(workers or 2)
+    seeds = None if seeds is None else tuple(seeds)
+    if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int)
+                                               or s < 0 for s in seeds)):
+        raise SeqmemError(f"--seeds must be integers >= 0, comma-separated (e.g. 0,1,2), got "
+                          f"{', '.join(map(str, seeds)) or 'none'}")
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
+    if bad:
+        raise SeqmemError(f"an override takes key=value (e.g. train.max_time_s=60), got "
+                          f"{bad[0]!r}")
+    changes = SweepChanges(seeds, tuple(overrides))
+    tokens = WORKERS.set(workers or 2), CHANGES.set(changes)
     try:
         return rep.run(as_store(store), quick=quick, progress=progress)
     finally:
-        WORKERS.reset(token)
+        WORKERS.reset(tokens[0])
+        CHANGES.reset(tokens[1])
 
 
 # ---- numbers ------------------------------------------------------------------------------
@@ -232,8 +273,12 @@ def write_page(root: str | Path, name: str, title: str, outcome: Outcome,
                figures: Iterable[Path]) -> Path:
     """Write <root>/reproduce/<name>/index.html: the title, the verdict and its reason, our
     table beside the paper's, and the figures (PNGs, inlined so that the page is
-    self-contained; a PNG from elsewhere is also copied into the page's folder)."""
+    self-contained; a PNG from elsewhere is also copied into the page's folder). Under
+    `CHANGES` (other seeds or overrides than the sweep file's) the reason opens with them."""
     d = page_dir(root, name)
+    changed = CHANGES.get().describe()
+    if changed and not outcome.reason.startswith("Changed from the sweep file"):
+        outcome.reason = f"Changed from the sweep file: {changed}. {outcome.reason}"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p><b>verdict: {html.escape(outcome.verdict)}</b>. "
              f"{html.escape(outcome.reason)}</p>",

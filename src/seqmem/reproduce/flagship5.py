@@ -40,6 +40,7 @@ from seqmem.engine.jobs import AnalysisRequest
 from seqmem.errors import SeqmemError
 from seqmem.report.render import CANVAS, COLORS
 from seqmem.reproduce.base import (
+    CHANGES,
     WORKERS,
     Outcome,
     fmt,
@@ -363,11 +364,12 @@ def run(store: RunStore, *, quick: bool = False,
     the runs (the lighter settings when quick, or `light_analysis`), tabulate, test, judge,
     draw and write the page under the store's root."""
     overrides = list(overrides)
+    every = [*overrides, *CHANGES.get().overrides]
     summaries = run_experiment_sweep(store, DIRECTORY, quick=quick, progress=progress,
                                      overrides=overrides)
     light = quick if light_analysis is None else light_analysis
     analyse(store, summaries, quick=light, progress=progress)
-    budget = next((f"{o.split('=')[1]} s per run" for o in reversed(overrides)
+    budget = next((f"{o.split('=')[1]} s per run" for o in reversed(every)
                    if o.startswith("train.max_time_s=")), "30 s per run" if quick else
                   "360 s per run")
     return outcome_of(summaries, Path(store.root), budget=budget)
