@@ -154,6 +154,11 @@ def figure(data: dict, root: Path, stem: str = "mqar_accuracy_by_width") -> Path
     left.set_xlabel("model width d_model")
     right.set_xlabel("state size (floats per sequence; attention: its KV cache)")
     CANVAS.auto_log(right, states, "x")
+    if states:  # decades only: 1-2-5 labels collide over four decades at this width
+        lo, hi = math.floor(math.log10(min(states))), math.ceil(math.log10(max(states)))
+        right.set_xticks([10 ** k for k in range(lo, hi + 1)],
+                         [f"{10 ** k:,}" for k in range(lo, hi + 1)])
+        right.minorticks_off()
     for ax in (left, right):
         ax.set_ylabel("MQAR accuracy (queried positions)")
         ax.set_ylim(-0.02, 1.02)
